@@ -1,0 +1,86 @@
+"""The ``paced`` command line: subcommands only, each calls one function.
+
+    paced <command> --config FILE.yaml [key=value ...] [--run-dir DIR] [--resume]
+
+Every option of a command is listed by ``paced <command> --help``.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from . import config as C
+
+COMMANDS = {
+    # name: (root config, one-line description)
+    "sft": (C.SFTConfig, "supervised fine-tuning on reference solutions"),
+    "passrate": (C.PassrateConfig, "draw K rollouts per problem and record pass rates in the ledger"),
+    "eval": (C.EvalConfig, "pass@k, mean@n and greedy accuracy on held-out problems"),
+    "ledger": (C.LedgerConfig, "inspect the pass-rate ledger: runs and the p-hat histogram"),
+    "demo": (C.DemoConfig, "end-to-end demo on CPU: teacher + student SFT, pass rates, evaluation"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="paced", description="Frontier-aware post-training of reasoning language models.",
+        epilog="Run 'paced <command> --help' for every option of a command.")
+    sub = parser.add_subparsers(dest="command", metavar="<command>")
+    for name, (root, desc) in COMMANDS.items():
+        p = sub.add_parser(name, help=desc, description=desc,
+                           formatter_class=argparse.RawDescriptionHelpFormatter,
+                           epilog="options (set in the YAML file or as key=value):\n" + C.describe(root))
+        p.add_argument("--config", help="YAML config file (sections as in configs/)")
+        p.add_argument("--run-dir", help="run directory (same as run.dir=...)")
+        p.add_argument("overrides", nargs="*", metavar="key=value",
+                       help="override any option, e.g. optim.lr=3e-4 'eval.ks=[1,4]'")
+        if name in ("sft", "demo"):
+            p.add_argument("--resume", action="store_true",
+                           help="continue from the newest complete checkpoint in the run directory")
+        if name == "ledger":
+            p.add_argument("--path", help="ledger file or run directory (same as ledger.path=...)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.command:
+        parser.print_help()
+        return 2
+    root = COMMANDS[args.command][0]
+    try:
+        cfg = C.load_config(root, args.config, args.overrides, args.run_dir)
+    except C.ConfigError as e:
+        print(f"paced {args.command}: config error: {e}", file=sys.stderr)
+        return 2
+    try:
+        _dispatch(args, cfg)
+    except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as e:
+        from .tasks.files import DataError
+        kind = "data error" if isinstance(e, DataError) else "error"
+        print(f"paced {args.command}: {kind}: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _dispatch(args, cfg) -> None:
+    if args.command == "sft":
+        from .train.sft import train
+        train(cfg, resume=args.resume)
+    elif args.command == "passrate":
+        from .passrate import run
+        run(cfg)
+    elif args.command == "eval":
+        from .evaluate import run
+        run(cfg)
+    elif args.command == "ledger":
+        from .passrate import inspect
+        inspect(cfg, args.path)
+    elif args.command == "demo":
+        from .demo import run
+        run(cfg, resume=args.resume)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

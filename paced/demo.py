@@ -1,0 +1,105 @@
+"""The end-to-end demo on CPU: a teacher and a weaker student from scratch, their pass rates.
+
+    paced demo                      # the built-in default (configs/demo.yaml says the same)
+    paced demo --config configs/demo.yaml teacher_steps=2000 --run-dir runs/demo
+
+Steps, each one the same function the matching command runs, each in its own sub-directory
+(a finished step is skipped when the demo is run again, so ``--resume`` continues a killed run):
+    1. teacher/  paced sft   (bigger preset, more steps) on the built-in synthetic families
+    2. student/  paced sft   (smaller preset, fewer steps): a weaker student
+    3. passrate/ paced passrate: K student rollouts per training problem -> ledger.sqlite
+    4. eval-teacher/, eval-student/  paced eval on held-out problems (other seeds)
+    5. the table: pass@1, pass@k, mean@n, greedy for both, and the student's p̂ histogram
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+from . import config as C
+from .runlog import console, write_json
+
+# The default task mix: the teacher and the student see the same problems; difficulty ranges are
+# wide so that the student's pass rates spread over (0, 1) and reach both ends.
+DEFAULT_TRAIN = [
+    {"source": "add", "n": 20000, "difficulty": [1, 8], "seed": 0},
+    {"source": "mul1", "n": 10000, "difficulty": [1, 8], "seed": 0},
+    {"source": "modular", "n": 10000, "difficulty": [1, 6], "seed": 0},
+]
+DEFAULT_EVAL = [
+    {"source": "add", "n": 64, "difficulty": [1, 8], "seed": 1},
+    {"source": "mul1", "n": 64, "difficulty": [1, 8], "seed": 1},
+    {"source": "modular", "n": 64, "difficulty": [1, 6], "seed": 1},
+]
+
+
+def _sources(raw: list[dict]) -> list[C.DataSource]:
+    return [C.load_config(C.DataCfg, None, [f"train={json.dumps([r])}"]).train[0] for r in raw]
+
+
+def _done(run_dir: Path) -> bool:
+    return (run_dir / "summary.json").is_file() or (run_dir / "eval.json").is_file()
+
+
+def run(cfg: C.DemoConfig, resume: bool = False) -> dict:
+    from .evaluate import run as run_eval, table
+    from .passrate import histogram_text, run as run_passrate
+    from .train.sft import train as run_sft
+
+    root = Path(cfg.run.dir)
+    root.mkdir(parents=True, exist_ok=True)
+    C.save_config(cfg, root / "config.yaml")
+    train_sources = cfg.data.train or _sources(DEFAULT_TRAIN)
+    eval_sources = cfg.data.eval or _sources(DEFAULT_EVAL)
+    data = C.DataCfg(train=train_sources, eval=eval_sources)
+    run_cfg = lambda sub: dataclasses.replace(cfg.run, dir=str(root / sub))  # noqa: E731
+
+    models = {}
+    for who, preset, steps in (("teacher", cfg.teacher_preset, cfg.teacher_steps),
+                               ("student", cfg.student_preset, cfg.student_steps)):
+        sub = root / who
+        if _done(sub):
+            console.print(f"[dim]{who}: already trained in {sub}, skipping[/]")
+        else:
+            console.rule(f"{who}: SFT of a '{preset}' model for {steps} steps")
+            run_sft(C.SFTConfig(
+                model=C.ModelCfg(preset=preset, init_seed=cfg.run.seed), data=data, optim=cfg.optim,
+                train=dataclasses.replace(cfg.train, max_steps=steps), run=run_cfg(who)),
+                resume=resume)
+        models[who] = str(sub / "model")
+
+    ledger_path = str(root / "ledger.sqlite")
+    if not _done(root / "passrate"):
+        console.rule("student pass rates")
+        share = max(1, cfg.passrate_pool // len(train_sources))  # the first problems of each source
+        pool = dataclasses.replace(data, train=[dataclasses.replace(s, n=min(s.n, share) if s.n else share)
+                                                 for s in train_sources])
+        run_passrate(C.PassrateConfig(
+            model=C.ModelCfg(path=models["student"]), data=pool, sampling=cfg.sampling,
+            passrate=cfg.passrate, ledger=C.LedgerCfg(path=ledger_path, model="student", stage="demo"),
+            run=run_cfg("passrate")))
+    results = {}
+    for who in ("teacher", "student"):
+        sub = root / f"eval-{who}"
+        if not _done(sub):
+            console.rule(f"evaluating the {who}")
+            run_eval(C.EvalConfig(model=C.ModelCfg(path=models[who]), data=data, eval=cfg.eval,
+                                  run=run_cfg(f"eval-{who}")))
+        results[who] = json.loads((sub / "eval.json").read_text())
+    passrate = json.loads((root / "passrate" / "summary.json").read_text())
+
+    console.rule("demo results")
+    console.print(table({w: r["overall"] for w, r in results.items()},
+                        f"held-out problems (n = {cfg.eval.n}, T = {cfg.eval.temperature})"))
+    per_source = {f"{w}/{s}": r for w, res in results.items() for s, r in res["by_source"].items()}
+    console.print(table(per_source, "per family"))
+    console.print(f"student pass rates p̂ on {passrate['problems']} training problems "
+                  f"(K = {passrate['num_generations']}):")
+    console.print(histogram_text(passrate["histogram"]))
+    summary = {"teacher": results["teacher"]["overall"], "student": results["student"]["overall"],
+               "by_source": {w: r["by_source"] for w, r in results.items()},
+               "student_pass_rates": passrate["histogram"], "ledger": ledger_path, "models": models}
+    write_json(root / "demo.json", summary)
+    console.print(f"wrote {root / 'demo.json'}")
+    return summary

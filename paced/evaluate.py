@@ -1,0 +1,122 @@
+"""Sampling + verification, shared by ``paced eval``, ``paced passrate`` and the trainers.
+
+    paced eval --config configs/eval.yaml model.path=runs/demo/student/model
+
+``rollout_and_verify`` draws n completions per example with the one sampler and checks each;
+``evaluate`` turns those counts into the pass@k table (unbiased estimator, ALGORITHMS.md §2),
+mean@n accuracy and greedy accuracy, overall and per source.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+
+import numpy as np
+import torch
+
+from .ledger import default_ks, pass_at_k
+from .models import encode_prompts
+from .rollout import Rollouts, SamplingParams, sample
+from .tasks import Example, verify
+
+
+def rollout_and_verify(model, tokenizer, examples: list[Example], params: SamplingParams,
+                       batch_size: int = 256, progress: bool = False
+                       ) -> tuple[Rollouts, list[str], torch.Tensor]:
+    """Sample ``params.n`` completions per example; returns (rollouts, texts, rewards (N,))."""
+    prompt_ids = encode_prompts(tokenizer, [e.prompt for e in examples])
+    ro = sample(model, prompt_ids, params, eos_token_id=tokenizer.eos_token_id,
+                pad_token_id=tokenizer.pad_token_id, batch_size=batch_size, progress=progress)
+    texts = ro.texts(tokenizer)
+    rewards = torch.tensor([float(verify(t, examples[int(i)])) for t, i in zip(texts, ro.prompt_index)])
+    return ro, texts, rewards
+
+
+def success_counts(rewards: torch.Tensor, n_prompts: int, n: int) -> list[int]:
+    """Correct samples per prompt from grouped rewards (N = n_prompts * n,)."""
+    return rewards.view(n_prompts, n).sum(-1).long().tolist()
+
+
+def evaluate(model, tokenizer, examples: list[Example], n: int, ks: list[int] | None = None,
+             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, max_tokens: int = 32,
+             greedy: bool = True, batch_size: int = 256, seed: int = 0, progress: bool = False,
+             keep_samples: int = 2) -> dict:
+    """pass@k (k in ``ks``, default 1, 2, 4, ... <= n), mean@n and greedy accuracy."""
+    ks = sorted(set(ks or default_ks(n)))
+    params = SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k,
+                            max_tokens=max_tokens, seed=seed)
+    _, texts, rewards = rollout_and_verify(model, tokenizer, examples, params, batch_size, progress)
+    counts = success_counts(rewards, len(examples), n)
+    greedy_ok = [None] * len(examples)
+    if greedy:
+        gp = SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens, seed=seed)
+        _, _, g = rollout_and_verify(model, tokenizer, examples, gp, batch_size, progress)
+        greedy_ok = [bool(x) for x in g.tolist()]
+    problems = [{"id": e.id, "source": e.source, "difficulty": e.difficulty, "n": n, "c": c,
+                 "greedy": gok, "samples": texts[i * n: i * n + keep_samples]}
+                for i, (e, c, gok) in enumerate(zip(examples, counts, greedy_ok))]
+    groups, levels = defaultdict(list), defaultdict(list)
+    for p in problems:
+        groups[p["source"]].append(p)
+        if p["difficulty"] is not None:
+            levels[f"{p['source']}/d{p['difficulty']}"].append(p)
+    return {"n": n, "ks": ks, "temperature": temperature, "top_p": top_p, "top_k": top_k,
+            "overall": aggregate(problems, ks),
+            "by_source": {s: aggregate(ps, ks) for s, ps in groups.items()},
+            "by_difficulty": {s: aggregate(levels[s], ks) for s in sorted(levels, key=_level_key)},
+            "problems": problems}
+
+
+def _level_key(name: str) -> tuple[str, int]:
+    source, level = name.rsplit("/d", 1)
+    return source, int(level)
+
+
+def aggregate(problems: list[dict], ks: list[int]) -> dict:
+    """Mean over problems of pass@k, of c/n (mean@n) and of greedy correctness."""
+    out = {"problems": len(problems)}
+    for k in ks:
+        out[f"pass@{k}"] = float(np.mean([pass_at_k(p["n"], p["c"], k) for p in problems]))
+    out["mean@n"] = float(np.mean([p["c"] / p["n"] for p in problems]))
+    g = [p["greedy"] for p in problems if p["greedy"] is not None]
+    out["greedy"] = float(np.mean(g)) if g else None
+    return out
+
+
+def table(results: dict[str, dict], title: str = "evaluation"):
+    """A rich table: one row per named result (model or source), columns pass@k / mean / greedy."""
+    from rich.table import Table
+
+    first = next(iter(results.values()))
+    cols = [k for k in first if k.startswith("pass@")] + ["mean@n", "greedy"]
+    t = Table(title=title)
+    t.add_column("")
+    t.add_column("problems", justify="right")
+    for c in cols:
+        t.add_column(c, justify="right")
+    for name, r in results.items():
+        t.add_row(name, str(r["problems"]),
+                  *("-" if r.get(c) is None else f"{r[c]:.3f}" for c in cols))
+    return t
+
+
+def run(cfg) -> dict:
+    """``paced eval``: evaluate ``model`` on ``data.eval`` (or ``data.train`` if no eval set)."""
+    from .run import load_model, start_run
+    from .runlog import console, write_json
+    from .tasks import load_sources
+
+    run_dir = start_run(cfg)
+    sources = cfg.data.eval or cfg.data.train
+    examples = load_sources(sources, "data.eval" if cfg.data.eval else "data.train")
+    model, tok, path = load_model(cfg.model.path, cfg.model.preset, cfg.model.init_seed,
+                                  cfg.model.dtype, run_dir)
+    e = cfg.eval
+    result = evaluate(model, tok, examples, e.n, e.ks or None, e.temperature, e.top_p, e.top_k,
+                      e.max_completion_length, e.greedy, e.batch_size, cfg.run.seed,
+                      cfg.run.progress)
+    result["model"] = path
+    write_json(run_dir / "eval.json", result)
+    rows = {"all": result["overall"], **result["by_source"]}
+    console.print(table(rows, f"eval: {path} (n={e.n}, T={e.temperature})"))
+    console.print(f"wrote {run_dir / 'eval.json'}")
+    return result

@@ -1,0 +1,176 @@
+"""The pass-rate ledger: a durable per-problem record of trials and successes.
+
+Every command that samples and verifies (``passrate``, ``eval``, later the trainers) appends
+``(problem_id, trials, successes, model, stage, step, time)`` rows to one SQLite file. SQLite in
+WAL mode with one transaction per batch means a process killed mid-write leaves either the whole
+batch or none of it — never a half-written record. Reading aggregates the rows of the chosen
+model (and optionally stage / step window) into per-problem counts (c, K).
+
+Estimators of the pass rate p and of the PACED weight p^a (1-p)^b from c successes in K trials
+(ALGORITHMS.md §1), and the unbiased pass@k (§2), are small pure functions here.
+"""
+from __future__ import annotations
+
+import math
+import sqlite3
+import time
+from contextlib import closing
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS trials (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    problem_id TEXT NOT NULL,
+    trials INTEGER NOT NULL CHECK (trials > 0),
+    successes INTEGER NOT NULL CHECK (successes >= 0 AND successes <= trials),
+    model TEXT NOT NULL,
+    stage TEXT NOT NULL,
+    step INTEGER NOT NULL,
+    time REAL NOT NULL
+);
+CREATE INDEX IF NOT EXISTS trials_by_model ON trials (model, problem_id);
+"""
+
+
+# ---------------------------------------------------------------------------------------------
+# Estimators (pure functions)
+# ---------------------------------------------------------------------------------------------
+def plain(c, k):
+    """p̂ = c / K."""
+    return np.asarray(c, dtype=float) / np.asarray(k, dtype=float)
+
+
+def beta_mean(c, k, prior_a: float = 1.0, prior_b: float = 1.0):
+    """Posterior mean of p under a Beta(a, b) prior: (c + a) / (K + a + b); never exactly 0 or 1."""
+    c, k = np.asarray(c, dtype=float), np.asarray(k, dtype=float)
+    return (c + prior_a) / (k + prior_a + prior_b)
+
+
+def falling(x, n: int):
+    """Falling factorial x^(n) = x (x-1) ... (x-n+1), elementwise; x^(0) = 1."""
+    x = np.asarray(x, dtype=float)
+    out = np.ones_like(x)
+    for i in range(n):
+        out = out * (x - i)
+    return out
+
+
+def unbiased_power(c, k, a: int, b: int):
+    """Unbiased estimate of p^a (1-p)^b from c ~ Binomial(K, p): c^(a) (K-c)^(b) / K^(a+b).
+
+    ALGORITHMS.md §1. Needs integers a, b with a + b <= K (else no unbiased estimator exists
+    and this raises). E.g. a = b = 1: c (K - c) / (K (K - 1)), whereas the plug-in p̂(1-p̂) is
+    biased by the factor (K-1)/K.
+    """
+    if int(a) != a or int(b) != b or a < 0 or b < 0:
+        raise ValueError(f"unbiased_power needs integer a, b >= 0, got a={a}, b={b}")
+    c, k = np.asarray(c, dtype=float), np.asarray(k, dtype=float)
+    if np.any(k < a + b):
+        raise ValueError(f"unbiased_power needs K >= a + b = {a + b}")
+    return falling(c, int(a)) * falling(k - c, int(b)) / falling(k, int(a + b))
+
+
+ESTIMATORS = {"plain": plain, "beta_mean": beta_mean}
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k = 1 - C(n-c, k) / C(n, k), in the stable product form (Chen et al. 2021).
+
+    1 - prod_{i = n-c+1}^{n} (1 - k / i); exactly 1 when n - c < k.
+    """
+    if not 0 <= c <= n or not 1 <= k <= n:
+        raise ValueError(f"pass_at_k needs 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
+    if n - c < k:
+        return 1.0
+    return float(1.0 - np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def default_ks(n: int) -> list[int]:
+    """1, 2, 4, ... up to n (and n itself)."""
+    ks = [2 ** i for i in range(int(math.log2(n)) + 1)]
+    return ks + ([n] if ks[-1] != n else [])
+
+
+def histogram(p, bins: int = 8) -> dict:
+    """Counts of p̂ over [0, 1] in equal bins, plus the exact-0 and exact-1 counts."""
+    p = np.asarray(p, dtype=float)
+    counts, edges = np.histogram(p, bins=bins, range=(0.0, 1.0))
+    return {"edges": edges.round(4).tolist(), "counts": counts.tolist(),
+            "at_zero": int((p == 0).sum()), "at_one": int((p == 1).sum()), "n": int(p.size)}
+
+
+# ---------------------------------------------------------------------------------------------
+# Storage
+# ---------------------------------------------------------------------------------------------
+class Ledger:
+    """``Ledger(path).record({...})`` appends; ``.counts(model=...)`` aggregates to (c, K)."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with closing(self._connect()) as db, db:
+            db.executescript(SCHEMA)
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path, timeout=60)
+        db.execute("PRAGMA journal_mode=WAL")
+        db.execute("PRAGMA synchronous=FULL")
+        return db
+
+    def record(self, results: dict[str, tuple[int, int]], model: str, stage: str,
+               step: int = 0) -> None:
+        """Append {problem_id: (successes, trials)} in one transaction (all or nothing)."""
+        now = time.time()
+        rows = []
+        for pid, (c, k) in results.items():
+            if not 0 <= int(c) <= int(k) or int(k) < 1:
+                raise ValueError(f"ledger: problem {pid!r}: need 0 <= successes <= trials, 1 <= trials;"
+                                 f" got successes={c}, trials={k}")
+            rows.append((str(pid), int(k), int(c), model, stage, int(step), now))
+        with closing(self._connect()) as db, db:  # `with db` = one transaction, rolled back on error
+            db.executemany("INSERT INTO trials (problem_id, trials, successes, model, stage, step, time)"
+                           " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
+
+    def counts(self, model: str | None = None, stage: str | None = None,
+               problem_ids=None, latest_only: bool = False) -> dict[str, tuple[int, int]]:
+        """{problem_id: (successes, trials)} summed over the matching rows.
+
+        ``latest_only``: use only each problem's most recent row (a fresh estimate after the
+        model moved) instead of the running sum over its whole history.
+        """
+        where, args = [], []
+        if model is not None:
+            where.append("model = ?"); args.append(model)
+        if stage is not None:
+            where.append("stage = ?"); args.append(stage)
+        clause = f"WHERE {' AND '.join(where)}" if where else ""
+        if latest_only:
+            sql = (f"SELECT problem_id, successes, trials FROM trials WHERE id IN "
+                   f"(SELECT MAX(id) FROM trials {clause} GROUP BY problem_id)")
+        else:
+            sql = f"SELECT problem_id, SUM(successes), SUM(trials) FROM trials {clause} GROUP BY problem_id"
+        with closing(self._connect()) as db:
+            out = {pid: (int(c), int(k)) for pid, c, k in db.execute(sql, args)}
+        if problem_ids is not None:
+            wanted = set(problem_ids)
+            out = {pid: ck for pid, ck in out.items() if pid in wanted}
+        return out
+
+    def summary(self) -> list[dict]:
+        """One row per (model, stage): problems, trials, when — for ``paced ledger``."""
+        sql = ("SELECT model, stage, COUNT(DISTINCT problem_id), SUM(trials), SUM(successes),"
+               " MIN(time), MAX(time), MAX(step) FROM trials GROUP BY model, stage ORDER BY MIN(time)")
+        with closing(self._connect()) as db:
+            return [dict(zip(("model", "stage", "problems", "trials", "successes", "first", "last",
+                              "max_step"), r)) for r in db.execute(sql)]
+
+    def pass_rates(self, estimator: str = "plain", **filters) -> dict[str, float]:
+        counts = self.counts(**filters)
+        if not counts:
+            return {}
+        ids = list(counts)
+        c = np.array([counts[i][0] for i in ids])
+        k = np.array([counts[i][1] for i in ids])
+        return dict(zip(ids, ESTIMATORS[estimator](c, k).tolist()))

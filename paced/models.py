@@ -1,0 +1,136 @@
+"""Models and tokenizers: load any local Hugging Face causal LM, or build a tiny one in code.
+
+Tiny models are Llama-style (``LlamaForCausalLM``) with a character-level tokenizer built from
+the ``tokenizers`` library (a BPE model with no merges, so every printable ASCII character is
+one token). Both are written with ``save_pretrained`` and loaded back through
+``load_model_and_tokenizer`` — exactly the path a user's real model takes. Nothing is
+downloaded: ``local_files_only=True`` everywhere.
+"""
+from __future__ import annotations
+
+import os
+import string
+from pathlib import Path
+
+import torch
+
+CHAT_TEMPLATE = (
+    # Kept short on purpose: with one token per character every template character costs a
+    # position. The assistant turn ends with eos so SFT teaches the model to stop.
+    "{% for m in messages %}"
+    "{% if m['role'] == 'user' %}{{ bos_token }}{{ m['content'] }}"
+    "{% elif m['role'] == 'assistant' %}{{ m['content'] }}{{ eos_token }}{% endif %}"
+    "{% endfor %}"
+)
+SPECIAL_TOKENS = ["<pad>", "<bos>", "<eos>", "<unk>"]
+CHARS = string.printable[:95] + "\n"  # digits, letters, punctuation, space, newline
+
+# name -> (hidden, layers, heads, intermediate); parameter counts at vocab 100 in the comment.
+PRESETS: dict[str, tuple[int, int, int, int]] = {
+    "nano": (32, 1, 2, 64),        # 14k: unit tests
+    "tiny": (64, 2, 4, 256),       # 0.14M: the demo's student
+    "small": (128, 4, 4, 512),     # 1.1M: the demo's teacher
+    "medium": (256, 6, 8, 1024),   # 6.3M
+    "base15m": (384, 8, 6, 1024),  # 14M: the throughput benchmark's second size
+}
+
+
+def char_tokenizer():
+    """A character-level ``PreTrainedTokenizerFast`` with a chat template, built in code."""
+    from tokenizers import Tokenizer, decoders, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {tok: i for i, tok in enumerate(SPECIAL_TOKENS)}
+    for ch in CHARS:
+        vocab[ch] = len(vocab)
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], unk_token="<unk>"))
+    backend.decoder = decoders.Fuse()  # join characters back without spaces
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=backend, bos_token="<bos>", eos_token="<eos>", pad_token="<pad>",
+        unk_token="<unk>", padding_side="left", clean_up_tokenization_spaces=False,
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def tiny_model(preset: str, vocab_size: int, seed: int = 0, max_positions: int = 256):
+    """A randomly initialised Llama-style causal LM of the given size preset."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    if preset not in PRESETS:
+        raise ValueError(f"unknown model preset {preset!r}; choose one of {sorted(PRESETS)}")
+    hidden, layers, heads, inter = PRESETS[preset]
+    config = LlamaConfig(
+        vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=layers,
+        num_attention_heads=heads, num_key_value_heads=heads, intermediate_size=inter,
+        max_position_embeddings=max_positions, tie_word_embeddings=True,
+        bos_token_id=1, eos_token_id=2, pad_token_id=0, attention_dropout=0.0,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return LlamaForCausalLM(config)
+
+
+def build_tiny(preset: str, out_dir: str | os.PathLike, seed: int = 0):
+    """Create a tiny model + char tokenizer and save both to ``out_dir`` (a normal HF dir)."""
+    tok = char_tokenizer()
+    model = tiny_model(preset, vocab_size=len(tok), seed=seed)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    model.generation_config.eos_token_id = tok.eos_token_id
+    save_pretrained(model, tok, out_dir)
+    return model, tok
+
+
+def quiet_hf() -> None:
+    """No per-shard progress bars from transformers: our own bars and log lines are enough."""
+    from transformers.utils import logging as hf_logging
+    hf_logging.disable_progress_bar()
+
+
+def save_pretrained(model, tokenizer, out_dir: str | os.PathLike, state_dict=None) -> None:
+    quiet_hf()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True, state_dict=state_dict)
+    tokenizer.save_pretrained(out)
+
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def load_model_and_tokenizer(path: str | os.PathLike, dtype: str = "float32"):
+    """Load a local causal LM directory and its tokenizer (left padding, pad token ensured)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    quiet_hf()
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"model.path {str(path)!r} is not a model directory (no config.json)")
+    tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    tok.padding_side = "left"
+    if tok.pad_token is None:  # common for base models: reuse eos, as TRL does
+        tok.pad_token = tok.eos_token
+    torch_dtype = DTYPES[dtype] if dtype != "auto" else "auto"
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
+    return model, tok
+
+
+def render_prompt(tokenizer, prompt: str) -> str:
+    """The text the policy is conditioned on: the chat template's user turn when there is one."""
+    if getattr(tokenizer, "chat_template", None):
+        return tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
+        )
+    return prompt
+
+
+def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
+    """Token ids of each rendered prompt (no padding; the sampler pads)."""
+    texts = [render_prompt(tokenizer, p) for p in prompts]
+    # The template already holds bos/special tokens; do not let the tokenizer add them twice.
+    add_special = not getattr(tokenizer, "chat_template", None)
+    return [tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in texts]
+
+
+def count_parameters(model) -> int:
+    return sum(p.numel() for p in model.parameters())

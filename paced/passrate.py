@@ -1,0 +1,106 @@
+"""Estimate the student's pass rate p̂ per problem and inspect the ledger.
+
+    paced passrate --config configs/passrate.yaml model.path=runs/demo/student/model
+    paced ledger runs/demo/ledger.sqlite
+
+``estimate``: K = ``passrate.num_generations`` rollouts per problem of ``data.train`` with the
+shared sampler, each verified, (successes, K) appended to the ledger under (model, stage) in one
+transaction per sampler batch — so a run killed half-way keeps every finished batch.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from .evaluate import rollout_and_verify, success_counts
+from .ledger import Ledger, histogram
+from .rollout import SamplingParams
+from .runlog import Progress, console, write_json
+
+
+def estimate(model, tokenizer, examples, ledger: Ledger, k: int, params: SamplingParams,
+             model_name: str, stage: str, step: int = 0, batch_size: int = 256,
+             progress: bool = False) -> dict[str, tuple[int, int]]:
+    """Draw K rollouts per example, verify, record; returns {id: (successes, K)}."""
+    per_call = max(1, batch_size // k)           # prompts per sampler call
+    out: dict[str, tuple[int, int]] = {}
+    starts = range(0, len(examples), per_call)
+    bar = Progress(len(starts), "pass rates", progress)
+    for s in starts:
+        batch = examples[s: s + per_call]
+        p = SamplingParams(n=k, temperature=params.temperature, top_p=params.top_p,
+                           top_k=params.top_k, max_tokens=params.max_tokens, seed=params.seed + s)
+        _, _, rewards = rollout_and_verify(model, tokenizer, batch, p, batch_size)
+        got = {e.id: (c, k) for e, c in zip(batch, success_counts(rewards, len(batch), k))}
+        ledger.record(got, model=model_name, stage=stage, step=step)
+        out.update(got)
+        bar.update()
+    bar.close()
+    return out
+
+
+def histogram_text(hist: dict, width: int = 40) -> str:
+    """An ASCII bar chart of a ``ledger.histogram`` dict."""
+    lines, top = [], max(hist["counts"] + [1])
+    edges = hist["edges"]
+    for i, c in enumerate(hist["counts"]):
+        bar = "#" * round(width * c / top)
+        lines.append(f"  [{edges[i]:.2f}, {edges[i + 1]:.2f}{']' if i == len(hist['counts']) - 1 else ')'}"
+                     f" {c:>6} {bar}")
+    lines.append(f"  p̂ = 0: {hist['at_zero']}   p̂ = 1: {hist['at_one']}   problems: {hist['n']}")
+    return "\n".join(lines)
+
+
+def run(cfg) -> dict:
+    """``paced passrate``."""
+    from .run import load_model, model_tag, start_run
+    from .tasks import load_sources
+
+    run_dir = start_run(cfg)
+    examples = load_sources(cfg.data.train, "data.train")
+    model, tok, path = load_model(cfg.model.path, cfg.model.preset, cfg.model.init_seed,
+                                  cfg.model.dtype, run_dir)
+    ledger = Ledger(cfg.ledger.path or run_dir / "ledger.sqlite")
+    name = cfg.ledger.model or model_tag(path)
+    s = cfg.sampling
+    params = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
+                            max_tokens=s.max_completion_length, seed=cfg.run.seed)
+    counts = estimate(model, tok, examples, ledger, cfg.passrate.num_generations, params, name,
+                      cfg.ledger.stage, batch_size=s.batch_size, progress=cfg.run.progress)
+    p_hat = [c / k for c, k in counts.values()]
+    hist = histogram(p_hat)
+    summary = {"command": "passrate", "model": name, "stage": cfg.ledger.stage,
+               "ledger": str(ledger.path), "problems": len(counts),
+               "num_generations": cfg.passrate.num_generations,
+               "mean_pass_rate": sum(p_hat) / len(p_hat), "histogram": hist}
+    write_json(run_dir / "summary.json", summary)
+    console.print(f"pass rates of {name} on {len(counts)} problems "
+                  f"(K = {cfg.passrate.num_generations}, T = {s.temperature}); ledger {ledger.path}")
+    console.print(histogram_text(hist))
+    return summary
+
+
+def inspect(cfg, path: str | None = None) -> dict:
+    """``paced ledger``: what the ledger holds, and the p̂ histogram of one model."""
+    from rich.table import Table
+
+    db = Path(path or cfg.ledger.path or Path(cfg.run.dir) / "ledger.sqlite")
+    if db.is_dir():
+        db = db / "ledger.sqlite"
+    if not db.is_file():
+        raise FileNotFoundError(f"no ledger at {db} (pass a ledger file or run directory)")
+    ledger = Ledger(db)
+    rows = ledger.summary()
+    t = Table(title=f"ledger {db}")
+    for col in ("model", "stage", "problems", "trials", "successes", "max_step"):
+        t.add_column(col, justify="left" if col in ("model", "stage") else "right")
+    for r in rows:
+        t.add_row(*(str(r[c]) for c in ("model", "stage", "problems", "trials", "successes", "max_step")))
+    console.print(t)
+    model = cfg.ledger.model or (rows[-1]["model"] if rows else None)
+    stage = cfg.ledger.stage if cfg.ledger.stage != "passrate" or any(
+        r["stage"] == "passrate" and r["model"] == model for r in rows) else None
+    rates = ledger.pass_rates(cfg.estimator, model=model, stage=stage)
+    hist = histogram(list(rates.values()), bins=cfg.bins)
+    console.print(f"p̂ ({cfg.estimator}) of {model}, stage {stage or 'all'}:")
+    console.print(histogram_text(hist))
+    return {"ledger": str(db), "rows": rows, "model": model, "stage": stage, "histogram": hist}

@@ -1,0 +1,206 @@
+"""One sampling function for every trainer: batched, KV-cached, left-padded, n per prompt.
+
+    rollouts = sample(model, prompt_ids, SamplingParams(n=8, temperature=1.0, max_tokens=32),
+                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+
+The signature mirrors vLLM's ``LLM.generate(prompts=TokensPrompt..., SamplingParams(n, temperature,
+top_p, top_k, max_tokens, seed))`` so that a vLLM backend can sit behind ``SAMPLERS`` without any
+trainer changing: trainers pass token ids in and get a ``Rollouts`` of padded tensors back.
+
+Shapes: N = len(prompt_ids) * n rows (grouped: row i belongs to prompt i // n), L = longest
+completion in the result (<= max_tokens), B = rows in one sampler chunk, P = longest prompt.
+
+``sample_logp`` is log softmax(logits / T) of the sampled token — the temperature-scaled
+distribution *before* top-k / top-p truncation, i.e. exactly what a trainer's forward pass at
+temperature T recomputes (with top_p = 1 and top_k = 0 it is the sampling distribution itself).
+At T = 0 (greedy) it is the plain log softmax.
+
+Rows that end (EOS) are dropped from the batch and from the KV cache as they finish, so a chunk
+costs what its unfinished rows cost; Hugging Face ``generate`` keeps decoding finished rows.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .runlog import Progress
+
+
+@dataclass(frozen=True)
+class SamplingParams:
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    max_tokens: int = 32
+    seed: int = 0
+
+
+@dataclass
+class Rollouts:
+    prompt_ids: list[list[int]]    # the unique prompts, unpadded
+    prompt_index: torch.Tensor     # (N,) which prompt each row answers
+    completion_ids: torch.Tensor   # (N, L) right-padded with pad_token_id
+    completion_mask: torch.Tensor  # (N, L) 1 on generated tokens, EOS included
+    sample_logp: torch.Tensor      # (N, L) log-prob of each sampled token (0 on padding)
+    finished: torch.Tensor         # (N,) True if the row ended with EOS, False if cut at max_tokens
+
+    @property
+    def lengths(self) -> torch.Tensor:  # (N,)
+        return self.completion_mask.sum(-1)
+
+    def texts(self, tokenizer) -> list[str]:
+        """Decoded completions without special tokens (EOS, padding)."""
+        return tokenizer.batch_decode(
+            [ids[: int(n)] for ids, n in zip(self.completion_ids.tolist(), self.lengths)],
+            skip_special_tokens=True,
+        )
+
+
+def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:
+    """Mask logits outside the top-k set and outside the smallest top-p nucleus with -inf."""
+    if top_k > 0 and top_k < logits.size(-1):
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]        # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+        cum = sorted_logits.softmax(-1).cumsum(-1)
+        drop = cum - sorted_logits.softmax(-1) > top_p                   # keep the token crossing p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    return logits
+
+
+def _cache_kw(model) -> str:
+    """transformers >= 5.x names the KV-cache argument ``cache``; older releases ``past_key_values``."""
+    import inspect
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _select_cache(cache, idx: torch.Tensor) -> None:
+    if hasattr(cache, "batch_select_indices"):
+        cache.batch_select_indices(idx)
+    else:  # older transformers: legacy per-layer tensors
+        for layer in cache.layers:
+            layer.keys, layer.values = layer.keys[idx], layer.values[idx]
+
+
+@torch.no_grad()
+def _sample_chunk(model, prompts: list[list[int]], repeats: list[int], params: SamplingParams,
+                  eos: int, pad: int, gen: torch.Generator):
+    """Decode ``repeats[i]`` samples of each distinct prompt ``prompts[i]``.
+
+    Each prompt is prefilled once and its KV cache copied to its samples (U distinct prompts,
+    B = sum(repeats) rows). Returns (ids, logp, mask, finished), each (B, T) or (B,), rows grouped
+    by prompt in order.
+    """
+    from transformers import DynamicCache
+
+    device = next(model.parameters()).device
+    U, P, T = len(prompts), max(len(p) for p in prompts), params.max_tokens
+    input_ids = torch.full((U, P), pad, dtype=torch.long)
+    attn = torch.ones((U, P + T), dtype=torch.long)                      # grows by column views
+    for i, p in enumerate(prompts):                                       # left padding
+        input_ids[i, P - len(p):] = torch.tensor(p)
+        attn[i, : P - len(p)] = 0
+    input_ids, attn = input_ids.to(device), attn.to(device)
+    position_ids = (attn[:, :P].cumsum(-1) - 1).clamp(min=0)              # (U, P)
+    filtering = params.top_k > 0 or params.top_p < 1.0
+
+    # Without padding no mask is needed at all, which lets attention take its unmasked fast path.
+    padded = any(len(p) < P for p in prompts)
+    cache = DynamicCache()
+    kv = {_cache_kw(model): cache}
+    logits = model(input_ids=input_ids, attention_mask=attn[:, :P] if padded else None,
+                   position_ids=position_ids, use_cache=True, logits_to_keep=1, **kv).logits[:, -1]
+    expand = torch.arange(U, device=device).repeat_interleave(torch.tensor(repeats, device=device))
+    _select_cache(cache, expand)                                          # (U, ...) -> (B, ...)
+    logits, attn = logits[expand], attn[expand]                           # (B, V), (B, P + T)
+    pos = position_ids[expand, -1:] + 1                                   # (B, 1) next position
+    B = expand.numel()
+    rows = torch.arange(B, device=device)                                 # (b,) rows in the batch
+    alive = torch.ones(B, dtype=torch.bool, device=device)                # (b,) not yet ended
+    toks, logps, owners = [], [], []                                      # per step, rows in batch
+    for t in range(T):
+        logits = logits.float()                                           # (b, V)
+        if params.temperature == 0:
+            logp_all = logits.log_softmax(-1)
+            tok = logits.argmax(-1)
+        else:
+            logp_all = (logits if params.temperature == 1 else logits / params.temperature).log_softmax(-1)
+            probs = (filter_logits(logp_all, params.top_k, params.top_p).softmax(-1) if filtering
+                     else logp_all.exp())
+            tok = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(device)
+        toks.append(tok)
+        logps.append(logp_all.gather(-1, tok[:, None]).squeeze(-1))
+        owners.append(torch.where(alive, rows, -1))                       # -1: already ended
+        alive = alive & (tok != eos)
+        n_alive = int(alive.sum())
+        if t == T - 1 or n_alive == 0:
+            break
+        # Ended rows are dropped from the batch and the KV cache once they are a quarter of it:
+        # compacting at every EOS would copy the whole cache at almost every step.
+        if n_alive <= 0.75 * alive.numel():
+            keep = alive.nonzero().squeeze(-1)
+            _select_cache(cache, keep)
+            rows, tok, attn, pos, alive = rows[keep], tok[keep], attn[keep], pos[keep], alive[keep]
+        logits = model(input_ids=tok[:, None], attention_mask=attn[:, : P + t + 1] if padded else None,
+                       position_ids=pos + t, use_cache=True, **kv).logits[:, -1]
+    out_ids = torch.full((B, T), pad, dtype=torch.long, device=device)
+    out_logp = torch.zeros((B, T), device=device)
+    out_mask = torch.zeros((B, T), dtype=torch.long, device=device)
+    for t, (tok, lp, r) in enumerate(zip(toks, logps, owners)):
+        live = r >= 0
+        out_ids[r[live], t], out_logp[r[live], t], out_mask[r[live], t] = tok[live], lp[live], 1
+    finished = (out_ids == eos).any(-1)
+    return out_ids, out_logp, out_mask, finished
+
+
+def sample(model, prompt_ids: list[list[int]], params: SamplingParams, *, eos_token_id: int,
+           pad_token_id: int, batch_size: int = 256, progress: bool = False) -> Rollouts:
+    """Draw ``params.n`` completions for every prompt (see the module docstring)."""
+    if not prompt_ids:
+        raise ValueError("sample(): no prompts")
+    n = params.n
+    gen = torch.Generator().manual_seed(params.seed)
+    was_training = model.training
+    model.eval()
+    # Work units (prompt, first sample, count) with prompts sorted by length so chunks pad
+    # little, packed into chunks of at most batch_size rows; results are put back in order.
+    units = [(i, j, min(n - j, batch_size))
+             for i in sorted(range(len(prompt_ids)), key=lambda i: len(prompt_ids[i]))
+             for j in range(0, n, batch_size)]
+    chunks, cur, rows = [], [], 0
+    for u in units:
+        if cur and rows + u[2] > batch_size:
+            chunks.append(cur)
+            cur, rows = [], 0
+        cur.append(u)
+        rows += u[2]
+    chunks.append(cur)
+    N, T = len(prompt_ids) * n, params.max_tokens
+    ids = torch.full((N, T), pad_token_id, dtype=torch.long)
+    logp, cmask = torch.zeros((N, T)), torch.zeros((N, T), dtype=torch.long)
+    finished = torch.zeros(N, dtype=torch.bool)
+    with Progress(len(chunks), "sampling", progress and len(chunks) > 1) as bar:
+        for chunk in chunks:
+            i_, l_, m_, f_ = _sample_chunk(model, [prompt_ids[i] for i, _, _ in chunk],
+                                           [c for _, _, c in chunk], params, eos_token_id,
+                                           pad_token_id, gen)
+            where = torch.tensor([i * n + j + k for i, j, c in chunk for k in range(c)])
+            ids[where], logp[where], cmask[where], finished[where] = i_.cpu(), l_.cpu(), m_.cpu(), f_.cpu()
+            bar.update()
+    model.train(was_training)
+    L = max(int(cmask.sum(-1).max()), 1)
+    return Rollouts(
+        prompt_ids=[list(p) for p in prompt_ids],
+        prompt_index=torch.arange(len(prompt_ids)).repeat_interleave(params.n),
+        completion_ids=ids[:, :L], completion_mask=cmask[:, :L], sample_logp=logp[:, :L],
+        finished=finished,
+    )
+
+
+# The rollout engines a trainer may name in ``sampling.backend``. A vLLM engine plugs in here
+# with the same signature (token-id prompts in, ``Rollouts`` out).
+SAMPLERS = {"hf": sample}

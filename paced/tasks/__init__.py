@@ -1,0 +1,90 @@
+"""Tasks: where examples come from and how a completion is checked.
+
+``load_sources(sources)`` turns the config's list of data sources (synthetic families, JSONL /
+parquet files, CHAMP) into one list of ``Example``; ``verify(completion, example)`` checks a
+completion with the verifier the example names (``VERIFIERS``). Files and CHAMP go through the
+same ``files.rows_to_examples`` path.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from . import answers, files, synthetic
+from .base import Example, Task
+
+VERIFIERS = {
+    "exact": answers.verify_exact,
+    "numeric": answers.verify_numeric,
+    "math": answers.verify_math,
+    "countdown": synthetic.verify_countdown,
+}
+
+
+def verify(completion: str, example: Example) -> bool:
+    """True iff ``completion`` answers ``example`` correctly (never raises on model text)."""
+    try:
+        return bool(VERIFIERS[example.verifier](completion, example))
+    except Exception:  # a verifier bug must not kill a training run: count it as wrong
+        return False
+
+
+@dataclass
+class TaskSet:
+    """A named list of examples that verifies each completion with the example's own verifier."""
+    name: str
+    items: list[Example]
+
+    def examples(self) -> list[Example]:
+        return self.items
+
+    def verify(self, completion: str, example: Example) -> bool:
+        return verify(completion, example)
+
+
+def load_source(src) -> tuple[list[Example], int]:
+    """One ``DataSource`` (config section) -> (examples, rows skipped)."""
+    if src.source in synthetic.FAMILIES:
+        if src.n < 1:
+            raise ValueError(f"data source {src.source!r}: set n >= 1 (number of examples to generate)")
+        lo, hi = (src.difficulty * 2)[:2] if len(src.difficulty) == 1 else src.difficulty
+        exs = synthetic.generate(src.source, src.n, src.seed, (lo, hi), src.hint_level)
+        if src.verifier != "auto":
+            exs = [replace(e, verifier=src.verifier) for e in exs]
+        return exs, 0
+    fields = files.Fields(**{
+        name: (value,) for name, value in (
+            ("prompt", src.prompt_field), ("answer", src.answer_field), ("hint", src.hint_field),
+            ("solution", src.solution_field), ("id", src.id_field)) if value
+    })
+    verifier = "math" if src.verifier == "auto" else src.verifier
+    if src.source == "champ":
+        # CHAMP's rows have fixed names (problem/answer/hint/solution): field options do not apply
+        exs, skipped = files.load_champ(files.Fields(), verifier, src.on_error)
+    elif Path(src.source).suffix in (".jsonl", ".json", ".parquet"):
+        exs, skipped = files.load_file(src.source, fields, verifier, src.on_error)
+    else:
+        raise ValueError(f"data source {src.source!r} is neither a synthetic family "
+                         f"({', '.join(synthetic.FAMILIES)}), 'champ', nor a .jsonl/.parquet file")
+    return (exs[: src.n] if src.n else exs), skipped
+
+
+def load_sources(sources, what: str = "data") -> list[Example]:
+    """All sources concatenated; ids must be unique across sources."""
+    out: list[Example] = []
+    seen: dict[str, str] = {}
+    for i, src in enumerate(sources):
+        exs, skipped = load_source(src)
+        if skipped:
+            from ..runlog import console
+            console.print(f"[yellow]{what}[{i}] {src.source}: skipped {skipped} bad rows[/]")
+        for e in exs:
+            if e.id in seen:
+                raise ValueError(f"{what}[{i}] {src.source}: duplicate problem id {e.id!r} "
+                                 f"(also in {seen[e.id]}); give sources different seeds")
+            seen[e.id] = src.source
+        out += exs
+    return out
+
+
+__all__ = ["Example", "Task", "TaskSet", "VERIFIERS", "verify", "load_source", "load_sources"]

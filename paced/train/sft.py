@@ -1,0 +1,201 @@
+"""Supervised fine-tuning on reference solutions.
+
+    paced sft --config configs/sft.yaml model.path=... [--run-dir runs/sft] [--resume]
+    accelerate launch -m paced.cli sft --config ...        # the same code on many GPUs
+
+Algorithm:
+    examples <- data.train sources, keeping those with a reference solution
+    for step = 1 .. max_steps:
+        batch  <- next global batch of the seeded, per-epoch permutation (each process its slice)
+        loss   <- token-mean cross-entropy on response tokens only (prompt and padding masked)
+        backward; clip grad norm; optimizer step; scheduler step
+        log one metrics row; every save_steps: atomic checkpoint (weights, optimizer, scheduler,
+        RNG, data position)
+    save the final model to <run dir>/model, summary.json
+
+Resume (``--resume``) restores the newest complete checkpoint and continues; the data order is a
+pure function of (seed, epoch) and the position is saved, so a killed-and-resumed run ends with
+the same weights as an uninterrupted one.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+
+import numpy as np
+import torch
+
+from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..config import SFTConfig
+from ..models import render_prompt, save_pretrained
+from ..run import load_model, start_run
+from ..runlog import Progress, RunLog, console
+from ..tasks import load_sources
+
+IGNORE = -100
+
+
+def tokenize_sft(tokenizer, prompt: str, response: str, max_length: int) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) for one chat turn; labels are IGNORE on the prompt."""
+    prompt_text = render_prompt(tokenizer, prompt)
+    if getattr(tokenizer, "chat_template", None):
+        full_text = tokenizer.apply_chat_template(
+            [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+            tokenize=False)
+        if not full_text.startswith(prompt_text):
+            raise ValueError("the chat template renders the user turn differently with and without "
+                             "the assistant turn; cannot locate the response tokens")
+        response_text = full_text[len(prompt_text):]
+        p_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
+        r_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"]
+    else:
+        p_ids = tokenizer(prompt_text)["input_ids"]
+        r_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = (p_ids + r_ids)[:max_length]
+    labels = ([IGNORE] * len(p_ids) + r_ids)[:max_length]
+    return ids, labels
+
+
+def collate(rows: list[tuple[list[int], list[int]]], pad_id: int):
+    """Right-pad to the longest row: input_ids, attention_mask, labels, each (B, T)."""
+    T = max(len(ids) for ids, _ in rows)
+    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
+    labels = torch.full((len(rows), T), IGNORE, dtype=torch.long)
+    mask = torch.zeros((len(rows), T), dtype=torch.long)
+    for i, (x, y) in enumerate(rows):
+        ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
+    return ids, mask, labels
+
+
+def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """Token-mean next-token cross-entropy over labelled positions; returns (loss, n_tokens)."""
+    logits = logits[:, :-1].float()                                           # (B, T-1, V)
+    targets = labels[:, 1:]                                                   # (B, T-1)
+    n = int((targets != IGNORE).sum())
+    loss = torch.nn.functional.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="sum")
+    return loss / max(n, 1), n
+
+
+def batch_indices(n_examples: int, seed: int, start: int, size: int) -> list[int]:
+    """Indices of the global batch that starts at sample ``start`` of an endless, per-epoch
+    shuffled stream; a pure function of its arguments (this is what makes resume exact)."""
+    out = []
+    while len(out) < size:
+        epoch, offset = divmod(start + len(out), n_examples)
+        perm = np.random.default_rng([seed, epoch]).permutation(n_examples)
+        out += perm[offset: offset + size - len(out)].tolist()
+    return out
+
+
+def make_optimizer(params, name: str, lr: float, weight_decay: float, beta1: float, beta2: float):
+    if name == "adamw":
+        return torch.optim.AdamW(params, lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
+    if name == "sgd":
+        return torch.optim.SGD(params, lr=lr, momentum=beta1, weight_decay=weight_decay)
+    raise ValueError(f"optim.name: unknown optimizer {name!r}")
+
+
+def make_scheduler(optimizer, kind: str, warmup: int, total: int):
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        frac = (step - warmup) / max(1, total - warmup)
+        return {"constant": 1.0, "linear": 1.0 - frac,
+                "cosine": 0.5 * (1.0 + math.cos(math.pi * frac))}[kind]
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def train(cfg: SFTConfig, resume: bool = False) -> dict:
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    run_dir = start_run(cfg, save=main)
+    model, tok, model_path = load_model(cfg.model.path, cfg.model.preset, cfg.model.init_seed,
+                                        cfg.model.dtype, run_dir)
+    examples = [e for e in load_sources(cfg.data.train, "data.train") if e.solution]
+    if not examples:
+        raise ValueError("data.train: no example has a reference solution to train on")
+    data = [tokenize_sft(tok, e.prompt, e.solution, cfg.train.max_length) for e in examples]
+
+    optimizer = make_optimizer(model.parameters(), cfg.optim.name, cfg.optim.lr,
+                               cfg.optim.weight_decay, cfg.optim.beta1, cfg.optim.beta2)
+    # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper would step
+    # it once per process).
+    scheduler = make_scheduler(optimizer, cfg.optim.lr_scheduler_type, cfg.optim.warmup_steps,
+                               cfg.train.max_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    step = 0
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if ckpt is not None:
+        step = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler)["step"]
+        console.print(f"resumed from {ckpt} at step {step}")
+    elif resume:
+        console.print(f"[yellow]--resume: no checkpoint in {run_dir}, starting fresh[/]")
+    log = RunLog(run_dir, cfg.run.report_to, cfg.train.logging_steps,
+                 resume_step=step if ckpt else None, enabled=main)
+
+    world, rank = accelerator.num_processes, accelerator.process_index
+    micro, accum = cfg.train.per_device_train_batch_size, cfg.train.gradient_accumulation_steps
+    global_batch = micro * accum * world
+    console.print(f"sft: {len(examples)} examples, {sum(p.numel() for p in model.parameters()):,} "
+                  f"parameters, {cfg.train.max_steps} steps x {global_batch} sequences")
+
+    def checkpoint(at: int) -> None:
+        accelerator.wait_for_everyone()
+        if main:
+            save_checkpoint(run_dir, at, accelerator.unwrap_model(model), tok, optimizer, scheduler,
+                            {"samples_seen": at * global_batch, "model_path": model_path},
+                            model_state_dict=accelerator.get_state_dict(model),
+                            keep=cfg.train.save_total_limit)
+
+    model.train()
+    bar = Progress(cfg.train.max_steps, "sft", cfg.run.progress and main, initial=step)
+    t_last, loss_value = time.time(), float("nan")
+    while step < cfg.train.max_steps:
+        idx = batch_indices(len(data), cfg.run.seed, step * global_batch, global_batch)
+        losses, tokens = [], 0
+        for a in range(accum):
+            lo = (a * world + rank) * micro
+            rows = [data[i] for i in idx[lo: lo + micro]]
+            ids, mask, labels = (t.to(accelerator.device) for t in collate(rows, tok.pad_token_id))
+            # gradients are all-reduced across processes only on the last micro-batch
+            with accelerator.no_sync(model) if a < accum - 1 else contextlib.nullcontext():
+                logits = model(input_ids=ids, attention_mask=mask).logits    # (B, T, V)
+                loss, n = sft_loss(logits, labels)
+                accelerator.backward(loss / accum)
+            losses.append(loss.item())
+            tokens += n
+        loss_value = float(np.mean(losses))
+        if not math.isfinite(loss_value):  # stop before a bad update reaches the weights
+            raise FloatingPointError(f"sft: loss is {loss_value} at step {step + 1}; nothing was "
+                                     f"updated; the last good checkpoint is {latest_checkpoint(run_dir)}")
+        grad_norm = (accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
+                     if cfg.optim.max_grad_norm > 0 else torch.tensor(float("nan")))
+        lr = scheduler.get_last_lr()[0]
+        optimizer.step()
+        scheduler.step()
+        optimizer.zero_grad(set_to_none=True)
+        step += 1
+        now = time.time()
+        log.log(step, {"loss": loss_value, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens,
+                       "tokens_per_s": tokens * world / max(now - t_last, 1e-9)},
+                console_keys=("loss", "lr", "grad_norm", "tokens_per_s"))
+        t_last = now
+        bar.update(1)
+        if cfg.train.save_steps and step % cfg.train.save_steps == 0 and step < cfg.train.max_steps:
+            checkpoint(step)
+    bar.close()
+    checkpoint(step)
+    if main:
+        save_pretrained(accelerator.unwrap_model(model), tok, run_dir / "model",
+                        state_dict=accelerator.get_state_dict(model))
+    summary = {"command": "sft", "steps": step, "examples": len(examples),
+               "final_loss": loss_value,
+               "model_dir": str(run_dir / "model")}
+    log.summary(summary)
+    log.close()
+    return summary

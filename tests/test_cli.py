@@ -1,0 +1,123 @@
+"""Every CLI command end to end on tiny models, config/data errors, and exact resume after SIGKILL."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}
+
+
+def paced(*args, check=True, timeout=240):
+    proc = subprocess.run([sys.executable, "-m", "paced", *map(str, args)], cwd=ROOT, env=ENV,
+                          capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"paced {args} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def test_help_lists_every_option():
+    out = paced("--help").stdout
+    for cmd in ("sft", "passrate", "eval", "ledger", "demo"):
+        assert cmd in out
+    sft_help = paced("sft", "--help").stdout
+    for key in ("optim.lr", "train.max_steps", "model.path", "run.report_to", "prompt_field"):
+        assert key in sft_help
+
+
+def test_sft_passrate_ledger_eval(tmp_path):
+    run = tmp_path / "sft"
+    paced("sft", "--config", SMOKE / "sft.yaml", "--run-dir", run)
+    for f in ("config.yaml", "metrics.jsonl", "summary.json", "model/model.safetensors",
+              "checkpoints/step-6/trainer_state.pt", "checkpoints/step-3/state.json"):
+        assert (run / f).exists(), f
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6] and all("loss" in r for r in rows)
+
+    pr = tmp_path / "pr"
+    paced("passrate", "--config", SMOKE / "passrate.yaml", "--run-dir", pr, f"model.path={run / 'model'}",
+          "model.preset=null")
+    summary = json.loads((pr / "summary.json").read_text())
+    assert summary["problems"] == 16 and summary["histogram"]["n"] == 16
+    out = paced("ledger", "--path", pr).stderr
+    assert "p̂ = 0:" in out and "smoke" in out
+
+    ev = tmp_path / "ev"
+    paced("eval", "--config", SMOKE / "eval.yaml", "--run-dir", ev, f"model.path={run / 'model'}")
+    result = json.loads((ev / "eval.json").read_text())
+    assert set(result["overall"]) >= {"pass@1", "pass@2", "pass@4", "mean@n", "greedy"}
+    assert len(result["problems"]) == 16 and set(result["by_source"]) == {"add", "modular"}
+
+
+def test_demo_smoke(tmp_path):
+    run = tmp_path / "demo"
+    paced("demo", "--config", SMOKE / "demo.yaml", "--run-dir", run)
+    demo = json.loads((run / "demo.json").read_text())
+    assert {"teacher", "student", "student_pass_rates"} <= set(demo)
+    # running it again skips every finished step
+    out = paced("demo", "--config", SMOKE / "demo.yaml", "--run-dir", run).stderr
+    assert "already trained" in out
+
+
+@pytest.mark.parametrize("args,message", [
+    (["optim.lrr=0.1"], "unknown config key 'optim.lrr'; did you mean 'optim.lr'?"),
+    (["train.max_steps=-1"], "train.max_steps: -1 is below the minimum 1"),
+    (["data.train=[{source: nosuchfamily, n: 3}]"], "'nosuchfamily' is neither a synthetic family"),
+])
+def test_bad_config_is_a_clear_error(tmp_path, args, message):
+    proc = paced("sft", "--config", SMOKE / "sft.yaml", "--run-dir", tmp_path / "r", *args, check=False)
+    assert proc.returncode != 0
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_malformed_data_row_names_file_and_line(tmp_path):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"prompt": "1+1=", "answer": "2", "solution": "2"}\n{"prompt": "2+2=", \n')
+    proc = paced("sft", "--config", SMOKE / "sft.yaml", "--run-dir", tmp_path / "r",
+                 f"data.train=[{{source: {data}}}]", check=False)
+    assert proc.returncode == 1 and "d.jsonl:2" in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "r" / "checkpoints").exists()  # failed before any training
+    # the same file with on_error=skip trains on the good row and reports the skip
+    proc = paced("sft", "--config", SMOKE / "sft.yaml", "--run-dir", tmp_path / "r2",
+                 f"data.train=[{{source: {data}, on_error: skip}}]")
+    assert "skipped 1 bad rows" in proc.stderr
+
+
+def _weights(path):
+    return load_file(path / "model" / "model.safetensors")
+
+
+def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
+    args = ["--config", SMOKE / "sft.yaml", "model.preset=tiny", "train.max_steps=30",
+            "train.save_steps=2", "train.save_total_limit=0", "run.threads=1"]
+    full = tmp_path / "full"
+    paced("sft", *args, "--run-dir", full)
+
+    killed = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "paced", "sft", *map(str, args), "--run-dir", killed],
+                            cwd=ROOT, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "checkpoints" / "step-4").exists():
+        assert time.time() < deadline and proc.poll() is None, "run ended before it could be killed"
+        time.sleep(0.005)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "model").exists(), "the run finished before the kill: test is void"
+    assert not (killed / "summary.json").exists()
+
+    out = paced("sft", *args, "--run-dir", killed, "--resume").stderr
+    assert "resumed from" in out
+    a, b = _weights(full), _weights(killed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert (a[k] == b[k]).all(), k
+    steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
+    assert steps == list(range(1, 31))  # no gap, no duplicate rows after the resume

@@ -56,6 +56,13 @@ def test_sft_passrate_ledger_eval(tmp_path):
     assert len(result["problems"]) == 16 and set(result["by_source"]) == {"add", "modular"}
 
 
+def test_sft_on_the_shipped_jsonl(tmp_path):
+    """Users' files go through the same loader: the example JSONL trains end to end."""
+    run = tmp_path / "j"
+    paced("sft", "--config", SMOKE / "sft_jsonl.yaml", "--run-dir", run)
+    assert json.loads((run / "summary.json").read_text())["examples"] == 8
+
+
 def test_demo_smoke(tmp_path):
     run = tmp_path / "demo"
     paced("demo", "--config", SMOKE / "demo.yaml", "--run-dir", run)
@@ -121,3 +128,41 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
         assert (a[k] == b[k]).all(), k
     steps = [json.loads(line)["step"] for line in (killed / "metrics.jsonl").read_text().splitlines()]
     assert steps == list(range(1, 31))  # no gap, no duplicate rows after the resume
+
+
+def test_nan_loss_stops_before_the_update_and_keeps_what_was_written(tmp_path, monkeypatch):
+    from paced.config import SFTConfig, load_config
+    from paced.train import sft
+
+    real = sft.sft_loss
+    calls = {"n": 0}
+
+    def poisoned(logits, labels):
+        calls["n"] += 1
+        loss, n = real(logits, labels)
+        return (loss * float("nan") if calls["n"] == 5 else loss), n
+
+    monkeypatch.setattr(sft, "sft_loss", poisoned)
+    cfg = load_config(SFTConfig, SMOKE / "sft.yaml", ["train.save_steps=2", "run.progress=false"],
+                      run_dir=tmp_path / "r")
+    with pytest.raises(FloatingPointError, match="loss is nan at step 5; nothing was updated"):
+        sft.train(cfg)
+    assert (tmp_path / "r" / "checkpoints" / "step-4" / "model.safetensors").exists()
+    steps = [json.loads(line)["step"] for line in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4]
+
+
+def test_sft_under_torchrun_two_cpu_processes(tmp_path):
+    """The same SFT code as DDP (gloo) over two CPU processes: each takes half of every batch."""
+    run = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not found next to the interpreter")
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "paced.cli", "sft", "--config",
+                           str(SMOKE / "sft.yaml"), "--run-dir", str(run)],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "6 steps x 16 sequences" in proc.stderr  # 8 per process x 2 processes
+    state = json.loads((run / "checkpoints" / "step-6" / "state.json").read_text())
+    assert state["samples_seen"] == 96
+    assert (run / "model" / "model.safetensors").exists()

@@ -110,11 +110,13 @@ def make_scheduler(optimizer, kind: str, warmup: int, total: int):
 def train(cfg: SFTConfig, resume: bool = False) -> dict:
     from accelerate import Accelerator
 
+    # cpu=True on a CPU machine: one process, or gloo DDP under torchrun / accelerate launch
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
     run_dir = start_run(cfg, save=main)
-    model, tok, model_path = load_model(cfg.model.path, cfg.model.preset, cfg.model.init_seed,
-                                        cfg.model.dtype, run_dir)
+    with accelerator.main_process_first():  # a preset model is built once, by the main process
+        model, tok, model_path = load_model(cfg.model.path, cfg.model.preset, cfg.model.init_seed,
+                                            cfg.model.dtype, run_dir)
     examples = [e for e in load_sources(cfg.data.train, "data.train") if e.solution]
     if not examples:
         raise ValueError("data.train: no example has a reference solution to train on")
@@ -141,8 +143,9 @@ def train(cfg: SFTConfig, resume: bool = False) -> dict:
     world, rank = accelerator.num_processes, accelerator.process_index
     micro, accum = cfg.train.per_device_train_batch_size, cfg.train.gradient_accumulation_steps
     global_batch = micro * accum * world
-    console.print(f"sft: {len(examples)} examples, {sum(p.numel() for p in model.parameters()):,} "
-                  f"parameters, {cfg.train.max_steps} steps x {global_batch} sequences")
+    if main:
+        console.print(f"sft: {len(examples)} examples, {sum(p.numel() for p in model.parameters()):,} "
+                      f"parameters, {cfg.train.max_steps} steps x {global_batch} sequences")
 
     def checkpoint(at: int) -> None:
         accelerator.wait_for_everyone()
@@ -169,7 +172,9 @@ def train(cfg: SFTConfig, resume: bool = False) -> dict:
                 accelerator.backward(loss / accum)
             losses.append(loss.item())
             tokens += n
-        loss_value = float(np.mean(losses))
+        # the mean over processes (each process saw its own slice of the batch)
+        loss_value = float(accelerator.reduce(torch.tensor(np.mean(losses), device=accelerator.device),
+                                              "mean"))
         if not math.isfinite(loss_value):  # stop before a bad update reaches the weights
             raise FloatingPointError(f"sft: loss is {loss_value} at step {step + 1}; nothing was "
                                      f"updated; the last good checkpoint is {latest_checkpoint(run_dir)}")

@@ -81,7 +81,8 @@ class SamplingCfg:
     top_k: int = F(0, "keep the k most likely tokens (0 = off)", min=0)
     max_completion_length: int = F(32, "new tokens per completion", min=1)
     batch_size: int = F(256, "sequences per sampler call (prompts x samples)", min=1)
-    backend: str = F("hf", "rollout engine", choices=("hf", "vllm"))
+    backend: str = F("hf", "rollout engine (a vLLM engine will plug into rollout.SAMPLERS)",
+                     choices=("hf",))
 
 
 @dataclass
@@ -377,7 +378,7 @@ def describe(root) -> str:
     """Every option of a command: key, type, default, help (for ``--help``)."""
     lines = []
     default = root()
-    hints = typing.get_type_hints(root)
+    shown_source = []
 
     def walk(cls, obj, prefix):
         h = typing.get_type_hints(cls)
@@ -388,14 +389,16 @@ def describe(root) -> str:
                 walk(t, val, f"{prefix}{f.name}.")
                 continue
             if typing.get_origin(t) is list and typing.get_args(t)[0] is DataSource:
-                lines.append(f"  {prefix}{f.name:<34} list of sources: {f.metadata['help']}")
-                for sf in dataclasses.fields(DataSource):
-                    lines.append(f"      - {sf.name:<28} {sf.metadata['help']}"
-                                 f" [default {getattr(DataSource(), sf.name)!r}]")
+                lines.append(f"  {prefix + f.name:<36} {f.metadata['help']}"
+                             + (" (source fields as above)" if shown_source else ", each with:"))
+                if not shown_source:
+                    for sf in dataclasses.fields(DataSource):
+                        lines.append(f"      - {sf.name:<30} {sf.metadata['help']}"
+                                     f" [default {getattr(DataSource(), sf.name)!r}]")
+                    shown_source.append(True)
                 continue
             extra = f" {{{', '.join(map(str, f.metadata['choices']))}}}" if f.metadata.get("choices") else ""
             lines.append(f"  {prefix + f.name:<36} {f.metadata.get('help', '')}{extra} [default {val!r}]")
 
-    del hints
     walk(root, default, "")
     return "\n".join(lines)

@@ -15,17 +15,18 @@ import torch
 
 from .ledger import default_ks, pass_at_k
 from .models import encode_prompts
-from .rollout import Rollouts, SamplingParams, sample
+from .rollout import SAMPLERS, Rollouts, SamplingParams
 from .tasks import Example, verify
 
 
 def rollout_and_verify(model, tokenizer, examples: list[Example], params: SamplingParams,
-                       batch_size: int = 256, progress: bool = False
+                       batch_size: int = 256, progress: bool = False, backend: str = "hf"
                        ) -> tuple[Rollouts, list[str], torch.Tensor]:
     """Sample ``params.n`` completions per example; returns (rollouts, texts, rewards (N,))."""
     prompt_ids = encode_prompts(tokenizer, [e.prompt for e in examples])
-    ro = sample(model, prompt_ids, params, eos_token_id=tokenizer.eos_token_id,
-                pad_token_id=tokenizer.pad_token_id, batch_size=batch_size, progress=progress)
+    ro = SAMPLERS[backend](model, prompt_ids, params, eos_token_id=tokenizer.eos_token_id,
+                           pad_token_id=tokenizer.pad_token_id, batch_size=batch_size,
+                           progress=progress)
     texts = ro.texts(tokenizer)
     rewards = torch.tensor([float(verify(t, examples[int(i)])) for t, i in zip(texts, ro.prompt_index)])
     return ro, texts, rewards

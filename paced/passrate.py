@@ -19,7 +19,7 @@ from .runlog import Progress, console, write_json
 
 def estimate(model, tokenizer, examples, ledger: Ledger, k: int, params: SamplingParams,
              model_name: str, stage: str, step: int = 0, batch_size: int = 256,
-             progress: bool = False) -> dict[str, tuple[int, int]]:
+             progress: bool = False, backend: str = "hf") -> dict[str, tuple[int, int]]:
     """Draw K rollouts per example, verify, record; returns {id: (successes, K)}."""
     per_call = max(1, batch_size // k)           # prompts per sampler call
     out: dict[str, tuple[int, int]] = {}
@@ -29,7 +29,7 @@ def estimate(model, tokenizer, examples, ledger: Ledger, k: int, params: Samplin
         batch = examples[s: s + per_call]
         p = SamplingParams(n=k, temperature=params.temperature, top_p=params.top_p,
                            top_k=params.top_k, max_tokens=params.max_tokens, seed=params.seed + s)
-        _, _, rewards = rollout_and_verify(model, tokenizer, batch, p, batch_size)
+        _, _, rewards = rollout_and_verify(model, tokenizer, batch, p, batch_size, backend=backend)
         got = {e.id: (c, k) for e, c in zip(batch, success_counts(rewards, len(batch), k))}
         ledger.record(got, model=model_name, stage=stage, step=step)
         out.update(got)
@@ -65,7 +65,8 @@ def run(cfg) -> dict:
     params = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                             max_tokens=s.max_completion_length, seed=cfg.run.seed)
     counts = estimate(model, tok, examples, ledger, cfg.passrate.num_generations, params, name,
-                      cfg.ledger.stage, batch_size=s.batch_size, progress=cfg.run.progress)
+                      cfg.ledger.stage, batch_size=s.batch_size, progress=cfg.run.progress,
+                      backend=s.backend)
     p_hat = [c / k for c, k in counts.values()]
     hist = histogram(p_hat)
     summary = {"command": "passrate", "model": name, "stage": cfg.ledger.stage,
@@ -97,8 +98,11 @@ def inspect(cfg, path: str | None = None) -> dict:
         t.add_row(*(str(r[c]) for c in ("model", "stage", "problems", "trials", "successes", "max_step")))
     console.print(t)
     model = cfg.ledger.model or (rows[-1]["model"] if rows else None)
-    stage = cfg.ledger.stage if cfg.ledger.stage != "passrate" or any(
-        r["stage"] == "passrate" and r["model"] == model for r in rows) else None
+    stages = {r["stage"] for r in rows if r["model"] == model}
+    stage = cfg.ledger.stage if cfg.ledger.stage in stages else None
+    if stage is None and rows:
+        console.print(f"[yellow]no rows of stage {cfg.ledger.stage!r} for {model}; "
+                      f"pooling its stages {sorted(stages)}[/]")
     rates = ledger.pass_rates(cfg.estimator, model=model, stage=stage)
     hist = histogram(list(rates.values()), bins=cfg.bins)
     console.print(f"p̂ ({cfg.estimator}) of {model}, stage {stage or 'all'}:")

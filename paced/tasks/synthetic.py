@@ -20,12 +20,14 @@ Formats, with ``rev(x, w)`` = ``x`` zero-padded to ``w`` digits and reversed:
     Hint (these three): ``f"starts {answer[:ceil(level * (d + 1) / 4)]}"`` — a share of the
     answer's significant digits, so a hint is as strong at d = 2 as at d = 8.
 ``modular`` (d = number of operations, 1..10)
-    prompt ``f"{x0}{op1}{k1}...{opd}{kd}%{m}="`` with ``m`` in (7, 11, 13, 17, 19, 23),
-    ``x0`` in 0..m-1, ops in ``+-*`` and single-digit ``k`` in 1..9, evaluated left to right
-    modulo ``m`` (e.g. ``"5+3*5-2%11="``). Solution: the running values after each operation
-    joined by ``","``, then ``"="`` and the final value (``"8,7,5=5"``); answer = final value.
-    Hint: ``f"starts {v1},...,{vk}"`` with ``k = max(1, min(level, d - 1))`` running values, so it
-    never states the answer except at d = 1.
+    prompt ``f"{x0}{op1}{k1}...{opd}{kd}%{m}="`` with ``x0`` in 0..m-1, ops in ``+-*`` and
+    single-digit ``k`` in 1..9, evaluated left to right modulo ``m`` (e.g. ``"0-6-6*8%7="``).
+    Solution: the running values after each operation joined by ``","``, then ``"="`` and the
+    final value (``"1,2,2=2"``); answer = final value. Hint: ``f"starts {v1},...,{vk}"`` with
+    ``k = max(1, min(level, d - 1))`` running values, so it never states the answer except at d = 1.
+    ``m`` comes from ``_MOD_PRIMES`` = (7,): with six moduli (7..23) a 1.1M-parameter model stayed
+    at chance (pass@1 0.07 at every d) after 2,000 SFT steps; with m = 7 alone it reached 0.95 at
+    d = 1 after 800 steps, falling to 0.1-0.3 at d >= 2.
 ``countdown`` (d = number of source numbers, 2..6)
     prompt ``f"{' '.join(nums)}:{target}="`` (e.g. ``"3 25 7:82="``); numbers are drawn from 1..10
     and, with probability 1/4 each, from (25, 50, 75, 100). The solution combines all of them with
@@ -51,7 +53,7 @@ __all__ = ["Family", "FAMILIES", "make_example", "generate", "verify_countdown"]
 
 MAX_HINT_LEVEL = 3
 WIDTH = 8  # fixed operand width of the digit families
-_MOD_PRIMES = (7, 11, 13, 17, 19, 23)
+_MOD_PRIMES = (7,)
 _LARGE = (25, 50, 75, 100)
 _COUNTDOWN_MAX = 10**6
 
@@ -135,7 +137,7 @@ def _apply(x: int, op: str, k: int) -> int:
 
 
 def _make_modular(seed: int, index: int, d: int, hint_level: int) -> Example:
-    """Left-to-right chain of ``d`` single-digit operations modulo a small prime."""
+    """Left-to-right chain of ``d`` single-digit operations modulo ``m``."""
     rng = _rng("modular", seed, index, d)
     m = rng.choice(_MOD_PRIMES)
     x = rng.randrange(m)
@@ -195,7 +197,7 @@ FAMILIES: dict[str, Family] = {
     "mul1": Family(_digits_family("mul1", "*"), (1, WIDTH),
                    "d-digit number times one digit, zero-padded and written LSB first"),
     "modular": Family(_make_modular, (1, 10),
-                      "chain of d single-digit + - * operations modulo a small prime"),
+                      "chain of d single-digit + - * operations modulo 7"),
     "countdown": Family(_make_countdown, (2, 6),
                         "reach a target by combining d numbers with + - *"),
 }

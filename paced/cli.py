@@ -14,6 +14,7 @@ from . import config as C
 COMMANDS = {
     # name: (root config, one-line description)
     "sft": (C.SFTConfig, "supervised fine-tuning on reference solutions"),
+    "distill": (C.DistillConfig, "PACED distillation: pass-rate-weighted KL from a teacher, in stages"),
     "passrate": (C.PassrateConfig, "draw K rollouts per problem and record pass rates in the ledger"),
     "eval": (C.EvalConfig, "pass@k, mean@n and greedy accuracy on held-out problems"),
     "ledger": (C.LedgerConfig, "inspect the pass-rate ledger: runs and the p-hat histogram"),
@@ -34,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--run-dir", help="run directory (same as run.dir=...)")
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="override any option, e.g. optim.lr=3e-4 'eval.ks=[1,4]'")
-        if name in ("sft", "demo"):
+        if name in ("sft", "distill", "demo"):
             p.add_argument("--resume", action="store_true",
                            help="continue from the newest complete checkpoint in the run directory")
         if name == "ledger":
@@ -67,6 +68,9 @@ def main(argv: list[str] | None = None) -> int:
 def _dispatch(args, cfg) -> None:
     if args.command == "sft":
         from .train.sft import train
+        train(cfg, resume=args.resume)
+    elif args.command == "distill":
+        from .train.distill import train
         train(cfg, resume=args.resume)
     elif args.command == "passrate":
         from .passrate import run

@@ -9,32 +9,10 @@ valid key suggested for typos. Names follow TRL where TRL has one.
 """
 from __future__ import annotations
 
-import dataclasses
-import difflib
-import types
-import typing
-from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any, Union
+from dataclasses import dataclass
 
-import yaml
-
-
-class ConfigError(ValueError):
-    pass
-
-
-def F(default, help: str, *, min=None, max=None, choices=None):
-    """A config field: default, help text and optional range/choices checked at load."""
-    meta = {"help": help, "min": min, "max": max, "choices": choices}
-    if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
-        return field(default_factory=lambda: _copy(default), metadata=meta)
-    return field(default=default, metadata=meta)
-
-
-def _copy(x):
-    import copy
-    return copy.deepcopy(x)
+from .configtools import (ConfigError, F, all_keys, describe, load_raw, parse_overrides,  # noqa: F401
+                          save_config, to_dict)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -72,6 +50,7 @@ class DataSource:
 class DataCfg:
     train: list[DataSource] = F([], "training / pass-rate pool: a list of sources")
     eval: list[DataSource] = F([], "held-out evaluation sources")
+    forgetting: list[DataSource] = F([], "held-out tasks not trained on: the forgetting probe")
 
 
 @dataclass
@@ -142,6 +121,53 @@ class EvalCfg:
     batch_size: int = F(256, "sequences per sampler call", min=1)
 
 
+@dataclass
+class TeacherCfg:
+    path: str | None = F(None, "teacher model directory, or 'self' for a frozen copy of the student")
+    dtype: str = F("float32", "teacher weights dtype", choices=("float32", "bfloat16", "float16", "auto"))
+    privileged: bool = F(False, "show the reference answer in the teacher's prompt only")
+    privileged_template: str = F("{prompt}(answer {answer})",
+                                 "the teacher's prompt when privileged ({prompt}, {answer})")
+
+
+@dataclass
+class StageCfg:
+    name: str = F("stage", "stage name (ledger stage tag, metrics)")
+    loss_type: str = F("forward_kl", "token-level loss",
+                       choices=("forward_kl", "reverse_kl", "jsd", "akl"))
+    max_steps: int = F(100, "optimizer steps in this stage", min=1)
+    responses: str = F("auto", "whose responses: auto = teacher for forward_kl/akl, student for "
+                       "reverse_kl/jsd", choices=("auto", "teacher", "student"))
+    weighting: str = F("beta", "per-problem weight from p-hat", choices=("uniform", "hard_filter", "beta"))
+    weight_alpha: float = F(1.0, "alpha of w = p^alpha (1-p)^beta", min=0.0)
+    weight_beta: float = F(1.0, "beta of w = p^alpha (1-p)^beta", min=0.0)
+    weight_estimator: str = F("plugin", "w(p-hat) or the unbiased estimate of p^a(1-p)^b (integer a, b)",
+                              choices=("plugin", "unbiased"))
+    normalize: str = F("sum", "batch loss = sum w l / sum w (sum) or / N (count)", choices=("sum", "count"))
+    sample_by_weight: bool = F(False, "draw batches with probability proportional to w (then w = 1)")
+    reestimate_every: int = F(0, "re-estimate p-hat every E steps (0 = once, at the stage start)", min=0)
+    beta: float = F(0.5, "jsd: mixing (0 = forward KL, 1 = reverse KL; TRL GKD convention)", min=0.0, max=1.0)
+    temperature: float = F(1.0, "softmax temperature inside the KL", min=1e-6)
+    akl_mu: float = F(0.5, "akl: teacher mass of the head", min=0.0, max=1.0)
+
+
+@dataclass
+class DistillCfg:
+    stages: list[StageCfg] = F([StageCfg()], "the schedule: a list of stages run in order")
+    num_generations: int = F(8, "K: student rollouts per problem for p-hat", min=1)
+    per_device_train_batch_size: int = F(32, "problems per optimizer step", min=1)
+    max_completion_length: int = F(32, "tokens per generated response", min=1)
+    teacher_temperature: float = F(0.0, "teacher response sampling (0 = greedy, cached per problem)", min=0.0)
+    student_temperature: float = F(1.0, "on-policy student response sampling", min=0.0)
+    passrate_temperature: float = F(1.0, "sampling temperature of the p-hat rollouts and held-out eval", min=0.0)
+    sampling_batch_size: int = F(512, "sequences per sampler call", min=1)
+    chunk_size: int = F(256, "response positions per logits chunk (memory bound)", min=1)
+    eval_n: int = F(8, "samples per held-out problem, before and after (mean@n)", min=1)
+    logging_steps: int = F(10, "console log every N steps", min=1)
+    save_steps: int = F(0, "checkpoint every N steps (0 = only at the end)", min=0)
+    save_total_limit: int = F(2, "keep the newest N checkpoints (0 = all)", min=0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Command roots
 # ---------------------------------------------------------------------------------------------
@@ -152,6 +178,17 @@ class SFTConfig:
     optim: OptimCfg = F(OptimCfg(), "")
     train: TrainCfg = F(TrainCfg(), "")
     run: RunCfg = F(RunCfg(), "")
+
+
+@dataclass
+class DistillConfig:
+    student: ModelCfg = F(ModelCfg(), "")
+    teacher: TeacherCfg = F(TeacherCfg(), "")
+    data: DataCfg = F(DataCfg(), "")
+    distill: DistillCfg = F(DistillCfg(), "")
+    optim: OptimCfg = F(OptimCfg(lr=3e-4), "")
+    ledger: LedgerCfg = F(LedgerCfg(stage="distill"), "")
+    run: RunCfg = F(RunCfg(dir="runs/distill"), "")
 
 
 @dataclass
@@ -198,146 +235,12 @@ class DemoConfig:
 
 
 # ---------------------------------------------------------------------------------------------
-# Loading and validation
+# Validation beyond single fields
 # ---------------------------------------------------------------------------------------------
-def all_keys(cls, prefix: str = "") -> list[str]:
-    keys = []
-    hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        t = hints[f.name]
-        if dataclasses.is_dataclass(t):
-            keys += all_keys(t, f"{prefix}{f.name}.")
-        else:
-            keys.append(f"{prefix}{f.name}")
-    return keys
-
-
-def _nearest(key: str, root) -> str:
-    match = difflib.get_close_matches(key, all_keys(root), n=1, cutoff=0.5)
-    if not match:  # try the last component alone (e.g. 'lr' typed without its section)
-        tails = {k.rsplit(".", 1)[-1]: k for k in all_keys(root)}
-        hit = difflib.get_close_matches(key.rsplit(".", 1)[-1], list(tails), n=1, cutoff=0.6)
-        match = [tails[hit[0]]] if hit else []
-    return f"; did you mean '{match[0]}'?" if match else ""
-
-
-def _type_name(t) -> str:
-    return getattr(t, "__name__", None) or str(t).replace("typing.", "")
-
-
-def _convert(value: Any, t, key: str, meta: dict, root):
-    origin = typing.get_origin(t)
-    if origin in (Union, types.UnionType):
-        args = [a for a in typing.get_args(t) if a is not type(None)]
-        if value is None:
-            return None
-        return _convert(value, args[0], key, meta, root)
-    if dataclasses.is_dataclass(t):
-        if not isinstance(value, dict):
-            raise ConfigError(f"{key}: expected a mapping of {t.__name__} fields, got {value!r}")
-        return _build(t, value, f"{key}.", root)
-    if origin is list:
-        (item_t,) = typing.get_args(t)
-        if not isinstance(value, list):
-            if item_t is int and isinstance(value, int) and not isinstance(value, bool):
-                value = [value]  # 'difficulty: 3' means [3, 3]-style single values
-            else:
-                raise ConfigError(f"{key}: expected a list, got {value!r}")
-        return [_convert(v, item_t, f"{key}[{i}]", meta, root) for i, v in enumerate(value)]
-    if t is bool:
-        if not isinstance(value, bool):
-            raise ConfigError(f"{key}: expected true/false, got {value!r}")
-        return value
-    if t is int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise ConfigError(f"{key}: expected an integer, got {value!r}")
-    elif t is float:
-        if isinstance(value, str):  # YAML 1.1 reads '3e-4' (no dot) as a string
-            try:
-                value = float(value)
-            except ValueError:
-                pass
-        if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ConfigError(f"{key}: expected a number, got {value!r}")
-        value = float(value)
-    elif t is str:
-        if not isinstance(value, str):
-            raise ConfigError(f"{key}: expected a string, got {value!r}")
-    if meta.get("choices") and value not in meta["choices"]:
-        near = difflib.get_close_matches(str(value), [str(c) for c in meta["choices"]], n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise ConfigError(f"{key}: {value!r} is not one of {list(meta['choices'])}{hint}")
-    if meta.get("min") is not None and value < meta["min"]:
-        raise ConfigError(f"{key}: {value!r} is below the minimum {meta['min']}")
-    if meta.get("max") is not None and value > meta["max"]:
-        raise ConfigError(f"{key}: {value!r} is above the maximum {meta['max']}")
-    return value
-
-
-def _build(cls, data: dict, prefix: str, root):
-    hints = typing.get_type_hints(cls)
-    names = {f.name: f for f in dataclasses.fields(cls)}
-    for k, v in data.items():
-        if k not in names:
-            typed = f"{prefix}{k}"
-            if isinstance(v, dict) and v:  # a misspelt section: match its first key as a whole
-                typed += "." + str(next(iter(v)))
-            raise ConfigError(f"unknown config key '{prefix}{k}'{_nearest(typed, root)}")
-    kwargs = {}
-    for name, f in names.items():
-        if name in data:
-            kwargs[name] = _convert(data[name], hints[name], f"{prefix}{name}", f.metadata, root)
-    return cls(**kwargs)
-
-
-def _set_dotted(data: dict, key: str, value, root) -> None:
-    parts = key.split(".")
-    node = data
-    for p in parts[:-1]:
-        node = node.setdefault(p, {})
-        if not isinstance(node, dict):
-            raise ConfigError(f"override {key}: '{p}' is not a section{_nearest(key, root)}")
-    node[parts[-1]] = value
-
-
-def parse_overrides(overrides: list[str], root) -> dict:
-    data: dict = {}
-    for item in overrides:
-        if "=" not in item:
-            raise ConfigError(f"override {item!r} must look like key=value{_nearest(item, root)}")
-        key, raw = item.split("=", 1)
-        try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override {key}: cannot parse value {raw!r}: {e}") from None
-        _set_dotted(data, key.strip(), value, root)
-    return data
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def load_config(root, path: str | Path | None = None, overrides: list[str] = (), run_dir=None):
-    """Build and validate a ``root`` config from a YAML file, overrides and --run-dir."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    data = _merge(data, parse_overrides(list(overrides), root))
-    if run_dir is not None:
-        data = _merge(data, {"run": {"dir": str(run_dir)}})
-    cfg = _build(root, data, "", root)
+def load_config(root, path=None, overrides=(), run_dir=None):
+    """Build a ``root`` config from a YAML file, ``key=value`` overrides and --run-dir, and
+    validate it (types, ranges, unknown keys, then the cross-field rules of ``check``)."""
+    cfg = load_raw(root, path, overrides, run_dir)
     check(cfg)
     return cfg
 
@@ -346,16 +249,25 @@ def check(cfg) -> None:
     """Cross-field rules that a single field's range cannot express."""
     for section in ("data",):
         data = getattr(cfg, section, None)
-        for split in ("train", "eval") if data else ():
+        for split in ("train", "eval", "forgetting") if data else ():
             for i, src in enumerate(getattr(data, split)):
                 key = f"data.{split}[{i}]"
                 if len(src.difficulty) not in (1, 2) or min(src.difficulty) < 0:
                     raise ConfigError(f"{key}.difficulty: expected [lo, hi] or one int >= 0")
                 if len(src.difficulty) == 2 and src.difficulty[0] > src.difficulty[1]:
                     raise ConfigError(f"{key}.difficulty: lo {src.difficulty[0]} > hi {src.difficulty[1]}")
-    model = getattr(cfg, "model", None)
-    if model is not None and model.path is None and model.preset is None:
-        raise ConfigError("model.path: set a model directory (or model.preset for a tiny model)")
+    for name in ("model", "student"):
+        model = getattr(cfg, name, None)
+        if model is not None and model.path is None and model.preset is None:
+            raise ConfigError(f"{name}.path: set a model directory (or {name}.preset for a tiny model)")
+    teacher = getattr(cfg, "teacher", None)
+    if teacher is not None and not teacher.path:
+        raise ConfigError("teacher.path: set a teacher model directory, or 'self' for self-distillation")
+    for i, st in enumerate(getattr(getattr(cfg, "distill", None), "stages", [])):
+        if st.weight_estimator == "unbiased" and (st.weighting != "beta" or st.weight_alpha % 1
+                                                   or st.weight_beta % 1):
+            raise ConfigError(f"distill.stages[{i}].weight_estimator: 'unbiased' needs weighting "
+                              f"'beta' with integer weight_alpha and weight_beta")
     ev = getattr(cfg, "eval", None)
     if isinstance(ev, EvalCfg) and any(k < 1 or k > ev.n for k in ev.ks):
         raise ConfigError(f"eval.ks: every k must lie in [1, eval.n={ev.n}], got {ev.ks}")
@@ -363,42 +275,3 @@ def check(cfg) -> None:
         if tracker not in ("tensorboard", "wandb", "trackio"):
             raise ConfigError(f"run.report_to: unknown tracker {tracker!r}; "
                               "choose tensorboard, wandb or trackio")
-
-
-def to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
-
-
-def save_config(cfg, path: str | Path) -> None:
-    from .runlog import atomic_write_text
-    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
-def describe(root) -> str:
-    """Every option of a command: key, type, default, help (for ``--help``)."""
-    lines = []
-    default = root()
-    shown_source = []
-
-    def walk(cls, obj, prefix):
-        h = typing.get_type_hints(cls)
-        for f in dataclasses.fields(cls):
-            t = h[f.name]
-            val = getattr(obj, f.name)
-            if dataclasses.is_dataclass(t):
-                walk(t, val, f"{prefix}{f.name}.")
-                continue
-            if typing.get_origin(t) is list and typing.get_args(t)[0] is DataSource:
-                lines.append(f"  {prefix + f.name:<36} {f.metadata['help']}"
-                             + (" (source fields as above)" if shown_source else ", each with:"))
-                if not shown_source:
-                    for sf in dataclasses.fields(DataSource):
-                        lines.append(f"      - {sf.name:<30} {sf.metadata['help']}"
-                                     f" [default {getattr(DataSource(), sf.name)!r}]")
-                    shown_source.append(True)
-                continue
-            extra = f" {{{', '.join(map(str, f.metadata['choices']))}}}" if f.metadata.get("choices") else ""
-            lines.append(f"  {prefix + f.name:<36} {f.metadata.get('help', '')}{extra} [default {val!r}]")
-
-    walk(root, default, "")
-    return "\n".join(lines)

@@ -133,18 +133,19 @@ class Ledger:
             db.executemany("INSERT INTO trials (problem_id, trials, successes, model, stage, step, time)"
                            " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
-    def counts(self, model: str | None = None, stage: str | None = None,
+    def counts(self, model: str | None = None, stage: str | None = None, step: int | None = None,
                problem_ids=None, latest_only: bool = False) -> dict[str, tuple[int, int]]:
         """{problem_id: (successes, trials)} summed over the matching rows.
 
+        ``step``: only the rows recorded at that training step (one estimate of a moving model).
         ``latest_only``: use only each problem's most recent row (a fresh estimate after the
         model moved) instead of the running sum over its whole history.
         """
         where, args = [], []
-        if model is not None:
-            where.append("model = ?"); args.append(model)
-        if stage is not None:
-            where.append("stage = ?"); args.append(stage)
+        for column, value in (("model", model), ("stage", stage), ("step", step)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         if latest_only:
             sql = (f"SELECT problem_id, successes, trials FROM trials WHERE id IN "

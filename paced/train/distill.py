@@ -1,0 +1,298 @@
+"""PACED distillation: pass-rate-weighted token-level KL, in stages (ALGORITHMS.md §1).
+
+    paced distill --config configs/distill/paced_fkl.yaml teacher.path=... student.path=...
+
+Algorithm (one pass of the loop per stage of ``distill.stages``):
+    for each stage (loss_type, weighting, max_steps, reestimate_every):
+        p̂  <- K student rollouts per problem of data.train, verified, recorded in the ledger
+        w   <- w(p̂) per problem (uniform | hard_filter | beta: p̂^α (1-p̂)^β), detached
+        pool <- problems with w > 0   (zero-weight problems are never forwarded)
+        for step in stage:
+            batch     <- B problems from the pool (uniformly, or ∝ w with sample_by_weight)
+            responses <- teacher-generated (forward KL, AKL) or student-generated (reverse KL, JSD)
+            ℓ_i       <- mean over response tokens of loss(p_S, p_T) (full vocabulary, chunked)
+            L         <- Σ_i w_i ℓ_i / Σ_i w_i   (or / N)        -> backward, clip, step
+            every reestimate_every steps: p̂, w, pool re-estimated from fresh rollouts
+    before and after: held-out target accuracy (data.eval) and forgetting probe (data.forgetting)
+
+Deviations from the paper, each a switch: sampling ∝ w (``sample_by_weight``) then uniform
+weights inside the batch, instead of weighting a uniform batch; the unbiased estimator of
+p^α(1-p)^β (``weight_estimator: unbiased``); ÷N normalisation (``normalize: count``). With
+``sample_by_weight`` off, batches are drawn uniformly from the non-zero-weight pool, so "equal
+compute" means equal numbers of problems actually trained on (BENCHMARKS.md).
+"""
+from __future__ import annotations
+
+import copy
+import json
+import math
+
+import numpy as np
+import torch
+
+from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..config import DistillConfig, StageCfg
+from ..evaluate import evaluate
+from ..ledger import Ledger, histogram
+from ..losses import DISTILL_LOSSES, chunked_token_loss, masked_mean
+from ..models import encode_prompts, load_model_and_tokenizer, save_pretrained
+from ..passrate import estimate
+from ..rollout import SamplingParams, sample
+from ..run import load_model, start_run
+from ..runlog import Progress, RunLog, console, write_json
+from ..tasks import load_sources
+from ..weighting import normalize, problem_weights
+from .sft import make_optimizer, make_scheduler
+
+# Which responses a loss is computed on when the stage says "auto" (the paper's pairing).
+DEFAULT_RESPONSES = {"forward_kl": "teacher", "akl": "teacher", "reverse_kl": "student", "jsd": "student"}
+
+
+def check_vocab(student_tok, teacher_tok, student_model, teacher_model) -> None:
+    """Teacher and student must share one vocabulary: same size and the same token -> id map."""
+    s_vocab, t_vocab = student_tok.get_vocab(), teacher_tok.get_vocab()
+    s_size = student_model.get_output_embeddings().weight.shape[0]
+    t_size = teacher_model.get_output_embeddings().weight.shape[0]
+    if s_vocab != t_vocab or s_size != t_size:
+        only_s = sorted(set(s_vocab) - set(t_vocab))[:5]
+        only_t = sorted(set(t_vocab) - set(s_vocab))[:5]
+        moved = sorted(k for k in set(s_vocab) & set(t_vocab) if s_vocab[k] != t_vocab[k])[:5]
+        raise ValueError(
+            "teacher and student vocabularies differ: token-level KL needs one vocabulary. "
+            f"student {len(s_vocab)} tokens / {s_size} logits, teacher {len(t_vocab)} / {t_size}; "
+            f"only in student: {only_s}; only in teacher: {only_t}; different ids: {moved}")
+
+
+def pack(prompts: list[list[int]], responses: list[list[int]], pad: int):
+    """Left-padded prompts + right-padded responses: ids, attention mask, position ids (B, P+R),
+    and P, the column where every response starts."""
+    P, R = max(map(len, prompts)), max(map(len, responses))
+    ids = torch.full((len(prompts), P + R), pad, dtype=torch.long)
+    mask = torch.zeros_like(ids)
+    for i, (p, r) in enumerate(zip(prompts, responses)):
+        ids[i, P - len(p):P], ids[i, P:P + len(r)] = torch.tensor(p), torch.tensor(r)
+        mask[i, P - len(p):P + len(r)] = 1
+    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), P
+
+
+def response_hidden(model, ids, mask, pos, P: int, R: int) -> torch.Tensor:
+    """Final hidden states at the positions that predict the R response tokens: (B, R, H)."""
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True,
+                logits_to_keep=1)
+    return out.hidden_states[-1][:, P - 1: P + R - 1]
+
+
+def distill_step(student, teacher, s_batch, t_batch, resp_mask, weights, loss_type: str,
+                 loss_kw: dict, chunk_size: int):
+    """One weighted loss: returns (loss, per-problem losses (B,), token agreement)."""
+    R = resp_mask.shape[1]
+    h_s = response_hidden(student, *s_batch, R)                              # (B, R, H)
+    with torch.no_grad():
+        h_t = response_hidden(teacher, *t_batch, R)                          # (B, R, H)
+    head_s = (student.module if hasattr(student, "module") else student).get_output_embeddings()
+    head_t = teacher.get_output_embeddings()
+    per_token = chunked_token_loss(h_s, h_t, head_s, head_t, DISTILL_LOSSES[loss_type],
+                                   chunk_size=chunk_size, **loss_kw)         # (B, R)
+    per_problem = masked_mean(per_token, resp_mask)                          # (B,)
+    loss = (weights * per_problem).sum()
+    with torch.no_grad():  # teacher/student argmax agreement on the response tokens
+        agree = (head_s(h_s).argmax(-1) == head_t(h_t).argmax(-1)).float()
+        agreement = float((agree * resp_mask).sum() / resp_mask.sum().clamp(min=1))
+    return loss, per_problem.detach(), agreement
+
+
+def loss_kwargs(stage: StageCfg) -> dict:
+    kw = {"temperature": stage.temperature}
+    if stage.loss_type == "jsd":
+        kw["beta"] = stage.beta
+    if stage.loss_type == "akl":
+        kw["mu"] = stage.akl_mu
+    return kw
+
+
+def train(cfg: DistillConfig, resume: bool = False) -> dict:
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    run_dir = start_run(cfg, save=main)
+    d = cfg.distill
+    with accelerator.main_process_first():
+        student, tok, student_path = load_model(cfg.student.path, cfg.student.preset,
+                                                cfg.student.init_seed, cfg.student.dtype, run_dir)
+    if cfg.teacher.path == "self":  # self-distillation: a frozen copy of the starting student
+        teacher, t_tok = copy.deepcopy(student), tok
+    else:
+        teacher, t_tok = load_model_and_tokenizer(cfg.teacher.path, cfg.teacher.dtype)
+    check_vocab(tok, t_tok, student, teacher)
+    teacher.eval().requires_grad_(False).to(accelerator.device)
+
+    pool = load_sources(cfg.data.train, "data.train")
+    by_id = {e.id: e for e in pool}
+    held_out = {"target": load_sources(cfg.data.eval, "data.eval"),
+                "forgetting": load_sources(cfg.data.forgetting, "data.forgetting")}
+    s_prompts = dict(zip(by_id, encode_prompts(tok, [e.prompt for e in pool])))
+    t_texts = [cfg.teacher.privileged_template.format(prompt=e.prompt, answer=e.answer)
+               if cfg.teacher.privileged else e.prompt for e in pool]
+    t_prompts = dict(zip(by_id, encode_prompts(tok, t_texts)))
+    total_steps = sum(s.max_steps for s in d.stages)
+
+    optimizer = make_optimizer(student.parameters(), cfg.optim.name, cfg.optim.lr,
+                               cfg.optim.weight_decay, cfg.optim.beta1, cfg.optim.beta2)
+    scheduler = make_scheduler(optimizer, cfg.optim.lr_scheduler_type, cfg.optim.warmup_steps, total_steps)
+    student, optimizer = accelerator.prepare(student, optimizer)
+    raw = accelerator.unwrap_model(student)
+    ledger = Ledger(cfg.ledger.path or run_dir / "ledger.sqlite")
+    tag = cfg.ledger.model or f"{run_dir.resolve()}:student"
+
+    step = 0
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if ckpt is not None:
+        step = load_checkpoint(ckpt, raw, optimizer, scheduler)["step"]
+        console.print(f"resumed from {ckpt} at step {step}")
+    log = RunLog(run_dir, cfg.run.report_to, d.logging_steps, resume_step=step if ckpt else None,
+                 enabled=main)
+
+    def held_out_eval(when: str) -> dict:
+        out = {}
+        for name, exs in held_out.items():
+            if exs:
+                r = evaluate(raw, tok, exs, d.eval_n, [1], temperature=d.passrate_temperature,
+                             max_tokens=d.max_completion_length, greedy=True, seed=cfg.run.seed)
+                out[name] = {"mean@n": r["overall"]["mean@n"], "greedy": r["overall"]["greedy"]}
+        console.print(f"{when}: " + ", ".join(f"{k} mean@{d.eval_n} {v['mean@n']:.3f} greedy "
+                                              f"{v['greedy']:.3f}" for k, v in out.items()))
+        return out
+
+    if (run_dir / "before.json").exists() and ckpt is not None:  # measured by the first run
+        before = json.loads((run_dir / "before.json").read_text())
+    else:
+        before = held_out_eval("before")
+        if main:
+            write_json(run_dir / "before.json", before)
+
+    def weights_at(stage_i: int, stage: StageCfg, at: int):
+        """p̂ and w for every pool problem, estimated at global step ``at`` (reused if recorded)."""
+        name = f"{stage_i}:{stage.name}"
+        counts = ledger.counts(model=tag, stage=name, step=at)
+        if len(counts) < len(pool):  # not yet estimated (or a kill cut the estimate short)
+            params = SamplingParams(temperature=d.passrate_temperature,
+                                    max_tokens=d.max_completion_length, seed=cfg.run.seed * 7919 + at)
+            todo = [e for e in pool if e.id not in counts]
+            counts.update(estimate(raw, tok, todo, ledger, d.num_generations, params, tag, name,
+                                   step=at, batch_size=d.sampling_batch_size))
+        c = np.array([counts[e.id][0] for e in pool])
+        k = np.array([counts[e.id][1] for e in pool])
+        w = problem_weights(c, k, stage.weighting, stage.weight_alpha, stage.weight_beta,
+                            stage.weight_estimator)
+        return c / k, w
+
+    teacher_cache: dict[str, list[int]] = {}
+
+    def responses_for(ids: list[str], who: str, at: int) -> list[list[int]]:
+        eos, pad = tok.eos_token_id, tok.pad_token_id
+        if who == "teacher" and d.teacher_temperature == 0:  # greedy: deterministic, cached
+            todo = [i for i in ids if i not in teacher_cache]
+            if todo:
+                ro = sample(teacher, [t_prompts[i] for i in todo],
+                            SamplingParams(temperature=0.0, max_tokens=d.max_completion_length),
+                            eos_token_id=eos, pad_token_id=pad)
+                for i, row, n in zip(todo, ro.completion_ids.tolist(), ro.lengths.tolist()):
+                    teacher_cache[i] = row[:n]
+            return [teacher_cache[i] for i in ids]
+        model, prompts, temp = ((teacher, t_prompts, d.teacher_temperature) if who == "teacher"
+                                else (raw, s_prompts, d.student_temperature))
+        ro = sample(model, [prompts[i] for i in ids],
+                    SamplingParams(temperature=temp, max_tokens=d.max_completion_length,
+                                   seed=cfg.run.seed * 1000003 + at), eos_token_id=eos, pad_token_id=pad)
+        return [row[:n] for row, n in zip(ro.completion_ids.tolist(), ro.lengths.tolist())]
+
+    bar = Progress(total_steps, "distill", cfg.run.progress and main, initial=step)
+    stage_start = 0
+    for stage_i, stage in enumerate(d.stages):
+        stage_end = stage_start + stage.max_steps
+        if step >= stage_end:
+            stage_start = stage_end
+            continue
+        who = DEFAULT_RESPONSES[stage.loss_type] if stage.responses == "auto" else stage.responses
+        kw = loss_kwargs(stage)
+        every = stage.reestimate_every or stage.max_steps
+        est_at = stage_start + ((step - stage_start) // every) * every  # the estimate in force
+        p_hat, w = weights_at(stage_i, stage, est_at)
+        console.print(f"stage {stage_i} '{stage.name}': {stage.loss_type} on {who} responses, "
+                      f"weighting {stage.weighting}; {int((w > 0).sum())}/{len(pool)} problems "
+                      f"with w > 0 (p̂ = 0: {int((p_hat == 0).sum())}, p̂ = 1: {int((p_hat == 1).sum())})")
+        while step < stage_end:
+            if step > est_at and (step - stage_start) % every == 0:
+                est_at = step
+                p_hat, w = weights_at(stage_i, stage, est_at)
+            live = np.flatnonzero(w > 0)
+            if live.size == 0:
+                raise ValueError(f"stage {stage.name!r}: every problem has weight 0 at step {step} "
+                                 f"(p̂ all 0 or 1 under {stage.weighting}); nothing to train on")
+            rng = np.random.default_rng([cfg.run.seed, step])
+            size = min(d.per_device_train_batch_size, live.size)
+            if stage.sample_by_weight:
+                pick = rng.choice(live, size, replace=False, p=w[live] / w[live].sum())
+                raw_w = np.ones(size)
+            else:
+                pick = rng.choice(live, size, replace=False)
+                raw_w = w[pick]
+            ids = [pool[i].id for i in pick]
+            resp = responses_for(ids, who, step)
+            resp = [r if r else [tok.eos_token_id] for r in resp]
+            s_ids, s_mask, s_pos, Ps = pack([s_prompts[i] for i in ids], resp, tok.pad_token_id)
+            t_ids, t_mask, t_pos, Pt = pack([t_prompts[i] for i in ids], resp, tok.pad_token_id)
+            R = s_ids.shape[1] - Ps
+            resp_mask = s_mask[:, Ps:].float()                                   # (B, R)
+            dev = accelerator.device
+            factors = torch.as_tensor(normalize(raw_w, stage.normalize), dtype=torch.float32, device=dev)
+            student.train()
+            loss, per_problem, agreement = distill_step(
+                student, teacher, (s_ids.to(dev), s_mask.to(dev), s_pos.to(dev), Ps),
+                (t_ids.to(dev), t_mask.to(dev), t_pos.to(dev), Pt), resp_mask.to(dev), factors,
+                stage.loss_type, kw, d.chunk_size)
+            if not math.isfinite(loss.item()):
+                raise FloatingPointError(f"distill: loss is {loss.item()} at step {step + 1}; nothing "
+                                         f"was updated; the last good checkpoint is {latest_checkpoint(run_dir)}")
+            accelerator.backward(loss)
+            grad_norm = (accelerator.clip_grad_norm_(student.parameters(), cfg.optim.max_grad_norm)
+                         if cfg.optim.max_grad_norm > 0 else torch.tensor(float("nan")))
+            lr = scheduler.get_last_lr()[0]
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            step += 1
+            row = {"stage": stage.name, "loss": loss.item(), "kl": float(per_problem.mean()),
+                   "lr": lr, "grad_norm": float(grad_norm), "mean_weight": float(raw_w.mean()),
+                   "zero_weight_share": float((w == 0).mean()), "zero_weight_forwards": int((raw_w == 0).sum()),
+                   "agreement": agreement, "response_tokens": int(resp_mask.sum())}
+            if step - 1 == est_at:
+                row["p_hat_histogram"] = histogram(p_hat)["counts"]
+                row["mean_p_hat"] = float(p_hat.mean())
+            log.log(step, row, console_keys=("loss", "kl", "mean_weight", "zero_weight_share", "agreement"))
+            bar.update()
+            if d.save_steps and step % d.save_steps == 0 and step < total_steps:
+                _save(accelerator, run_dir, step, student, tok, optimizer, scheduler, d.save_total_limit)
+        stage_start = stage_end
+    bar.close()
+    _save(accelerator, run_dir, step, student, tok, optimizer, scheduler, d.save_total_limit)
+    after = held_out_eval("after")
+    summary = {"command": "distill", "steps": step, "before": before, "after": after,
+               "forgetting_drop": ({k: before["forgetting"][k] - after["forgetting"][k]
+                                    for k in after["forgetting"]} if "forgetting" in after else None),
+               "target_gain": ({k: after["target"][k] - before["target"][k] for k in after["target"]}
+                               if "target" in after else None),
+               "model_dir": str(run_dir / "model")}
+    if main:
+        save_pretrained(raw, tok, run_dir / "model", state_dict=accelerator.get_state_dict(student))
+    log.summary(summary)
+    log.close()
+    return summary
+
+
+def _save(accelerator, run_dir, step, student, tok, optimizer, scheduler, keep) -> None:
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        save_checkpoint(run_dir, step, accelerator.unwrap_model(student), tok, optimizer, scheduler,
+                        {}, model_state_dict=accelerator.get_state_dict(student), keep=keep)

@@ -1,0 +1,134 @@
+"""PACED distillation end to end on tiny models: every loss x weighting, zero-weight skipping,
+the vocabulary check, schedules with re-estimation, and exact resume."""
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from paced.config import DistillConfig, SFTConfig, load_config
+from paced.ledger import Ledger
+from paced.models import build_tiny, char_tokenizer, load_model_and_tokenizer
+from paced.train import distill as D
+from paced.train import sft
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke"
+
+
+@pytest.fixture(scope="module")
+def student(tmp_path_factory):
+    """A nano model that half-learned 1-digit addition: pass rates strictly inside (0, 1) on
+    about half of the pool, so every weighting has problems to train on."""
+    run = tmp_path_factory.mktemp("student")
+    cfg = load_config(SFTConfig, SMOKE / "sft.yaml", [
+        "data.train=[{source: add, n: 200, difficulty: 1}]", "train.max_steps=150",
+        "train.per_device_train_batch_size=32", "train.save_steps=0", "optim.lr=1e-2",
+        "run.progress=false"], run_dir=run)
+    sft.train(cfg)
+    return run / "model"
+
+
+def distill_cfg(run_dir, student, *overrides):
+    return load_config(DistillConfig, SMOKE / "distill.yaml", [
+        f"student.path={student}", "student.preset=null", "teacher.privileged=true",
+        "data.train=[{source: add, n: 24, difficulty: 1}]", "distill.num_generations=8",
+        "run.progress=false", *overrides], run_dir=run_dir)
+
+
+@pytest.mark.parametrize("loss_type", ["forward_kl", "reverse_kl", "jsd", "akl"])
+@pytest.mark.parametrize("weighting", ["uniform", "hard_filter", "beta"])
+def test_every_loss_and_weighting(tmp_path, student, loss_type, weighting):
+    cfg = distill_cfg(tmp_path, student, "data.eval=[]", "data.forgetting=[]",
+                      f"distill.stages=[{{name: s, loss_type: {loss_type}, max_steps: 2, "
+                      f"weighting: {weighting}}}]")
+    summary = D.train(cfg)
+    assert summary["steps"] == 2
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["zero_weight_forwards"] == 0 for r in rows)
+    assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert rows[0]["loss"] > 0  # privileged teacher: the KL is not trivially zero
+    if weighting != "uniform":
+        assert rows[0]["zero_weight_share"] > 0  # p̂ = 0 problems exist and got weight 0
+
+
+def test_zero_weight_problems_are_never_forwarded(tmp_path, student, monkeypatch):
+    forwarded = []
+    real_pack = D.pack
+
+    def spy(prompts, responses, pad):
+        forwarded.extend(tuple(p) for p in prompts)
+        return real_pack(prompts, responses, pad)
+
+    monkeypatch.setattr(D, "pack", spy)
+    cfg = distill_cfg(tmp_path, student, "teacher.privileged=false", "data.eval=[]", "data.forgetting=[]",
+                      "distill.stages=[{name: s, loss_type: forward_kl, max_steps: 4, weighting: hard_filter}]")
+    D.train(cfg)
+    from paced.models import encode_prompts
+    from paced.tasks import load_sources
+    pool = load_sources(cfg.data.train)
+    tok = char_tokenizer()
+    counts = Ledger(tmp_path / "ledger.sqlite").counts(stage="0:s")
+    prompt_of = {e.id: tuple(p) for e, p in zip(pool, encode_prompts(tok, [e.prompt for e in pool]))}
+    alive = {prompt_of[i] for i, (c, k) in counts.items() if 0 < c < k}
+    # 1-digit additions repeat in a pool of 24: judge only prompts whose problems all have w = 0
+    dead = {prompt_of[i] for i, (c, k) in counts.items() if c in (0, k)} - alive
+    assert dead and forwarded
+    assert set(forwarded) <= alive and not set(forwarded) & dead
+
+
+def test_vocabulary_mismatch_is_a_clear_error(tmp_path, student):
+    other = tmp_path / "teacher"
+    _, tok = build_tiny("nano", other)
+    tok.add_tokens(["<extra>"])
+    tok.save_pretrained(other)
+    s_model, s_tok = load_model_and_tokenizer(student)
+    t_model, t_tok = load_model_and_tokenizer(other)
+    with pytest.raises(ValueError, match=r"vocabularies differ.*only in teacher: \['<extra>'\]"):
+        D.check_vocab(s_tok, t_tok, s_model, t_model)
+    cfg = distill_cfg(tmp_path / "run", student, f"teacher.path={other}")
+    with pytest.raises(ValueError, match="vocabularies differ"):
+        D.train(cfg)
+    assert not (tmp_path / "run" / "checkpoints").exists()
+
+
+def test_two_stage_schedule_reestimates(tmp_path, student):
+    cfg = distill_cfg(tmp_path, student)  # the smoke schedule: fkl 3 steps, rkl 3 steps, E = 2
+    summary = D.train(cfg)
+    steps = Ledger(tmp_path / "ledger.sqlite").summary()
+    assert {r["stage"] for r in steps} == {"0:fkl", "1:rkl"}
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["stage"] for r in rows] == ["fkl"] * 3 + ["rkl"] * 3
+    assert [r["step"] for r in rows if "p_hat_histogram" in r] == [1, 4, 6]  # starts + every 2
+    assert set(summary["before"]) == {"target", "forgetting"}
+    assert "greedy" in summary["forgetting_drop"]
+
+
+def test_resume_equals_uninterrupted(tmp_path, student, monkeypatch):
+    full = distill_cfg(tmp_path / "full", student)
+    D.train(full)
+
+    crashed = distill_cfg(tmp_path / "crash", student)
+    real_step = torch.optim.AdamW.step
+    calls = {"n": 0}
+
+    def dying_step(self, *a, **k):  # dies during the 5th update: after checkpoint step-4
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("killed")
+        return real_step(self, *a, **k)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        D.train(crashed)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    assert (tmp_path / "crash" / "checkpoints" / "step-4").exists()
+    assert not (tmp_path / "crash" / "model").exists()
+    D.train(crashed, resume=True)
+    a = load_file(tmp_path / "full" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "crash" / "model" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    steps = [json.loads(x)["step"] for x in (tmp_path / "crash" / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3, 4, 5, 6]

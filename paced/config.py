@@ -192,6 +192,32 @@ class DistillConfig:
 
 
 @dataclass
+class SNRCfg:
+    loss_type: str = F("forward_kl", "distillation loss whose gradients are measured",
+                       choices=("forward_kl", "reverse_kl", "jsd", "akl"))
+    responses: str = F("auto", "whose responses (auto: teacher for forward_kl/akl, else student)",
+                       choices=("auto", "teacher", "student"))
+    num_generations: int = F(8, "K: student rollouts per problem for p-hat", min=1)
+    max_completion_length: int = F(32, "tokens per generated response", min=1)
+    passrate_temperature: float = F(1.0, "sampling temperature of the p-hat rollouts", min=0.0)
+    teacher_temperature: float = F(0.0, "teacher response sampling (0 = greedy)", min=0.0)
+    params: str = F(r"lm_head|layers\.\d+\.mlp\.down_proj",
+                    "regex over parameter names: the subset whose gradients are measured")
+    bins: int = F(5, "equal-width p-hat bins over [0, 1] (p-hat = 0 and = 1 get bins of their own)", min=1)
+    max_problems: int = F(400, "problems measured (the first of data.train)", min=2)
+
+
+@dataclass
+class SNRConfig:
+    student: ModelCfg = F(ModelCfg(), "")
+    teacher: TeacherCfg = F(TeacherCfg(), "")
+    data: DataCfg = F(DataCfg(), "")
+    snr: SNRCfg = F(SNRCfg(), "")
+    ledger: LedgerCfg = F(LedgerCfg(stage="snr"), "")
+    run: RunCfg = F(RunCfg(dir="runs/snr"), "")
+
+
+@dataclass
 class PassrateConfig:
     model: ModelCfg = F(ModelCfg(), "")
     data: DataCfg = F(DataCfg(), "")
@@ -231,6 +257,13 @@ class DemoConfig:
     sampling: SamplingCfg = F(SamplingCfg(max_completion_length=24), "")
     passrate: PassrateCfg = F(PassrateCfg(), "")
     eval: EvalCfg = F(EvalCfg(n=16, max_completion_length=24), "")
+    distill_families: list[str] = F(["mul1", "modular"], "families of data.train distilled on; the "
+                                    "other families of data.eval are the forgetting probe")
+    distill_pool: int = F(1200, "problems in the distillation pool (split over its families)", min=1)
+    distill: DistillCfg = F(DistillCfg(
+        stages=[StageCfg(name="paced_fkl", loss_type="forward_kl", max_steps=300, weighting="beta")],
+        max_completion_length=24, logging_steps=50, save_steps=100), "the PACED step (0 stages: skip)")
+    distill_optim: OptimCfg = F(OptimCfg(lr=3e-4, warmup_steps=20, lr_scheduler_type="constant"), "")
     run: RunCfg = F(RunCfg(dir="runs/demo"), "")
 
 

@@ -10,6 +10,9 @@ Steps, each one the same function the matching command runs, each in its own sub
     3. passrate/ paced passrate: K student rollouts per training problem -> ledger.sqlite
     4. eval-teacher/, eval-student/  paced eval on held-out problems (other seeds)
     5. the table: pass@1, pass@k, mean@n, greedy for both, and the student's p̂ histogram
+    6. distill/  paced distill: PACED forward KL from the teacher on the families the student is
+       weak at (``distill_families``), with the other families as the forgetting probe; the
+       before/after table
 """
 from __future__ import annotations
 
@@ -88,6 +91,7 @@ def run(cfg: C.DemoConfig, resume: bool = False) -> dict:
                                   run=run_cfg(f"eval-{who}")))
         results[who] = json.loads((sub / "eval.json").read_text())
     passrate = json.loads((root / "passrate" / "summary.json").read_text())
+    distilled = run_distill_step(cfg, root, models, data, resume) if cfg.distill.stages else None
 
     console.rule("demo results")
     console.print(table({w: r["overall"] for w, r in results.items()},
@@ -97,9 +101,50 @@ def run(cfg: C.DemoConfig, resume: bool = False) -> dict:
     console.print(f"student pass rates p̂ on {passrate['problems']} training problems "
                   f"(K = {passrate['num_generations']}):")
     console.print(histogram_text(passrate["histogram"]))
+    if distilled:
+        console.print(distill_table(distilled, cfg))
     summary = {"teacher": results["teacher"]["overall"], "student": results["student"]["overall"],
+               "distill": distilled,
                "by_source": {w: r["by_source"] for w, r in results.items()},
                "student_pass_rates": passrate["histogram"], "ledger": ledger_path, "models": models}
     write_json(root / "demo.json", summary)
     console.print(f"wrote {root / 'demo.json'}")
     return summary
+
+
+def run_distill_step(cfg: C.DemoConfig, root: Path, models: dict, data: C.DataCfg, resume: bool) -> dict:
+    """Step 6: PACED distillation teacher -> student; returns its summary (before/after)."""
+    from .train.distill import train as run_distill
+
+    sub = root / "distill"
+    if not (sub / "summary.json").is_file():
+        fams = set(cfg.distill_families)
+        share = max(1, cfg.distill_pool // max(1, sum(s.source in fams for s in data.train)))
+        console.rule(f"PACED distillation on {sorted(fams)}: "
+                     + ", ".join(f"{s.loss_type}/{s.weighting} x {s.max_steps}" for s in cfg.distill.stages))
+        run_distill(C.DistillConfig(
+            student=C.ModelCfg(path=models["student"]), teacher=C.TeacherCfg(path=models["teacher"]),
+            data=C.DataCfg(train=[dataclasses.replace(s, n=min(s.n or share, share))
+                                  for s in data.train if s.source in fams],
+                           eval=[s for s in data.eval if s.source in fams],
+                           forgetting=[s for s in data.eval if s.source not in fams]),
+            distill=cfg.distill, optim=cfg.distill_optim,
+            ledger=C.LedgerCfg(path=str(root / "ledger.sqlite"), model="student-distill", stage="distill"),
+            run=dataclasses.replace(cfg.run, dir=str(sub))), resume=resume)
+    return json.loads((sub / "summary.json").read_text())
+
+
+def distill_table(summary: dict, cfg: C.DemoConfig):
+    from rich.table import Table
+
+    n = cfg.distill.eval_n
+    t = Table(title=f"PACED distillation: held-out target ({', '.join(cfg.distill_families)}) and "
+                    f"forgetting probe (the other families), mean@{n} / greedy")
+    for col in ("", "before", "after", "change"):
+        t.add_column(col, justify="left" if not col else "right")
+    for split in ("target", "forgetting"):
+        if split in summary["after"]:
+            for metric in ("mean@n", "greedy"):
+                b, a = summary["before"][split][metric], summary["after"][split][metric]
+                t.add_row(f"{split} {metric.replace('@n', f'@{n}')}", f"{b:.3f}", f"{a:.3f}", f"{a - b:+.3f}")
+    return t

@@ -95,8 +95,9 @@ def distill_step(student, teacher, s_batch, t_batch, resp_mask, weights, loss_ty
                                    chunk_size=chunk_size, **loss_kw)         # (B, R)
     per_problem = masked_mean(per_token, resp_mask)                          # (B,)
     loss = (weights * per_problem).sum()
-    with torch.no_grad():  # teacher/student argmax agreement on the response tokens
-        agree = (head_s(h_s).argmax(-1) == head_t(h_t).argmax(-1)).float()
+    with torch.no_grad():  # teacher/student argmax agreement, chunked like the loss
+        agree = torch.cat([head_s(h_s[:, i:i + chunk_size]).argmax(-1) == head_t(h_t[:, i:i + chunk_size]).argmax(-1)
+                           for i in range(0, R, chunk_size)], dim=1).float()             # (B, R)
         agreement = float((agree * resp_mask).sum() / resp_mask.sum().clamp(min=1))
     return loss, per_problem.detach(), agreement
 
@@ -142,7 +143,11 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
     scheduler = make_scheduler(optimizer, cfg.optim.lr_scheduler_type, cfg.optim.warmup_steps, total_steps)
     student, optimizer = accelerator.prepare(student, optimizer)
     raw = accelerator.unwrap_model(student)
-    ledger = Ledger(cfg.ledger.path or run_dir / "ledger.sqlite")
+    # Under DDP every process estimates p̂ identically (same seeds); only the main one records
+    # into the shared ledger, the others into a private file.
+    world, rank = accelerator.num_processes, accelerator.process_index
+    ledger = Ledger(cfg.ledger.path or run_dir / "ledger.sqlite") if main else \
+        Ledger(run_dir / f".ledger-rank{rank}.sqlite")
     tag = cfg.ledger.model or f"{run_dir.resolve()}:student"
 
     step = 0
@@ -230,14 +235,15 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
             if live.size == 0:
                 raise ValueError(f"stage {stage.name!r}: every problem has weight 0 at step {step} "
                                  f"(p̂ all 0 or 1 under {stage.weighting}); nothing to train on")
-            rng = np.random.default_rng([cfg.run.seed, step])
-            size = min(d.per_device_train_batch_size, live.size)
+            rng = np.random.default_rng([cfg.run.seed, step])  # one global batch; each process its slice
+            size = min(d.per_device_train_batch_size * world, live.size)
             if stage.sample_by_weight:
                 pick = rng.choice(live, size, replace=False, p=w[live] / w[live].sum())
                 raw_w = np.ones(size)
             else:
                 pick = rng.choice(live, size, replace=False)
                 raw_w = w[pick]
+            pick, raw_w = pick[rank::world], raw_w[rank::world]
             ids = [pool[i].id for i in pick]
             resp = responses_for(ids, who, step)
             resp = [r if r else [tok.eos_token_id] for r in resp]

@@ -1,0 +1,181 @@
+"""Does PACED beat its baselines? Same student, teacher, data and step budget for every arm.
+
+    python benchmarks/paced_vs_baselines.py --quick        # 1 seed, short arms (minutes)
+    python benchmarks/paced_vs_baselines.py                # 3 seeds, the README's table
+    python benchmarks/paced_vs_baselines.py --models runs/demo --seeds 0 1 2 3 4
+
+Models: the demo's teacher and student (``--models``, default runs/demo; built with
+``paced demo`` settings if missing). Pool: the demo's distillation families (mul1 + modular);
+held-out target: other seeds of those families; forgetting probe: addition, which the student
+knows and the pool lacks.
+
+Arms (``ARMS``): forward KL from the teacher with uniform / hard-filter / PACED (α = β = 1)
+weights; reverse-KL self-distillation (frozen starting student with the answer in its prompt)
+with the same three; and the two-stage schedule (PACED forward KL, then PACED reverse KL with
+p̂ re-estimated). Every arm trains ``steps`` optimizer steps of ``batch`` problems drawn from its
+non-zero-weight pool. The first p̂ estimate is shared by every arm of a seed (same student, same
+rollouts, one ledger), so arms differ only in what they do with it.
+
+Reported per arm (mean ± std over seeds): held-out target mean@8 and greedy after training, the
+forgetting-probe drop, and the first checkpoint step at which the arm reaches the uniform arm's
+final target mean@8 (curves from checkpoints every ``eval_every`` steps). Writes JSON to
+``benchmarks/results/paced_vs_baselines.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch  # noqa: E402
+
+from paced import config as C  # noqa: E402
+from paced.checkpoint import list_checkpoints  # noqa: E402
+from paced.evaluate import evaluate  # noqa: E402
+from paced.models import load_model_and_tokenizer  # noqa: E402
+from paced.tasks import load_sources  # noqa: E402
+from paced.train.distill import train as distill  # noqa: E402
+
+# name -> (teacher: "teacher" | "self", [stage dicts]); a stage dict's max_steps is a share of steps
+ARMS = {
+    "fkl/uniform": ("teacher", [{"loss_type": "forward_kl", "weighting": "uniform"}]),
+    "fkl/hard_filter": ("teacher", [{"loss_type": "forward_kl", "weighting": "hard_filter"}]),
+    "fkl/paced": ("teacher", [{"loss_type": "forward_kl", "weighting": "beta"}]),
+    "self-rkl/uniform": ("self", [{"loss_type": "reverse_kl", "weighting": "uniform"}]),
+    "self-rkl/hard_filter": ("self", [{"loss_type": "reverse_kl", "weighting": "hard_filter"}]),
+    "self-rkl/paced": ("self", [{"loss_type": "reverse_kl", "weighting": "beta"}]),
+    "two-stage/paced": ("teacher", [{"loss_type": "forward_kl", "weighting": "beta", "share": 0.5},
+                                    {"loss_type": "reverse_kl", "weighting": "beta", "share": 0.5}]),
+}
+POOL = [("mul1", [1, 8]), ("modular", [1, 6])]
+PROBE = [("add", [1, 8])]
+
+
+def sources(spec, n, seed):
+    return [C.DataSource(source=f, n=n, difficulty=d, seed=seed) for f, d in spec]
+
+
+def arm_config(arm: str, seed: int, a) -> C.DistillConfig:
+    who, stages = ARMS[arm]
+    stage_cfgs = []
+    for i, st in enumerate(stages):
+        steps = round(a.steps * st.get("share", 1.0))
+        # stage 0 is named "start" in every arm so that the first p̂ estimate is shared
+        stage_cfgs.append(C.StageCfg(name="start" if i == 0 else st["loss_type"], loss_type=st["loss_type"],
+                                     max_steps=steps, weighting=st["weighting"],
+                                     reestimate_every=0))
+    teacher = (C.TeacherCfg(path="self", privileged=True) if who == "self"
+               else C.TeacherCfg(path=str(Path(a.models) / "teacher" / "model")))
+    return C.DistillConfig(
+        student=C.ModelCfg(path=str(Path(a.models) / "student" / "model")), teacher=teacher,
+        data=C.DataCfg(train=sources(POOL, a.pool // len(POOL), 0),
+                       eval=sources(POOL, a.heldout, 100 + seed), forgetting=sources(PROBE, a.heldout, 100 + seed)),
+        distill=C.DistillCfg(stages=stage_cfgs, num_generations=8, per_device_train_batch_size=a.batch,
+                             max_completion_length=24, eval_n=8, logging_steps=10 ** 6,
+                             save_steps=a.eval_every, save_total_limit=0),
+        optim=C.OptimCfg(lr=a.lr, warmup_steps=20, lr_scheduler_type="constant"),
+        ledger=C.LedgerCfg(path=str(Path(a.out_dir) / f"ledger-seed{seed}.sqlite"), model=f"student-seed{seed}"),
+        run=C.RunCfg(dir=str(Path(a.out_dir) / f"seed{seed}" / arm.replace("/", "-")), seed=seed,
+                     threads=a.threads, progress=False))
+
+
+def curve(run_dir: Path, examples, seed: int) -> list[tuple[int, float]]:
+    """Held-out target mean@8 at every checkpoint of a finished arm."""
+    out = []
+    for ck in list_checkpoints(run_dir):
+        model, tok = load_model_and_tokenizer(ck)
+        r = evaluate(model, tok, examples, 8, [1], max_tokens=24, greedy=False, seed=seed)
+        out.append((int(ck.name.split("-")[1]), r["overall"]["mean@n"]))
+    return out
+
+
+def ensure_models(a) -> None:
+    if (Path(a.models) / "student" / "model" / "config.json").exists():
+        return
+    from paced.demo import run as demo
+    print(f"no demo models in {a.models}: training them with the demo's settings (minutes)")
+    demo(C.load_config(C.DemoConfig, None, ["distill.stages=[]"], run_dir=a.models))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="1 seed, 120 steps, smaller pool")
+    ap.add_argument("--models", default="runs/demo")
+    ap.add_argument("--seeds", type=int, nargs="+")
+    ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
+    ap.add_argument("--out-dir", default="runs/bench-paced")
+    ap.add_argument("--out", default="benchmarks/results/paced_vs_baselines.json")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--steps", type=int, help="override the step budget per arm")
+    ap.add_argument("--pool", type=int, help="override the pool size")
+    a = ap.parse_args()
+    a.seeds = a.seeds or ([0] if a.quick else [0, 1, 2])
+    steps, pool, a.heldout = (120, 400, 48) if a.quick else (300, 1200, 96)
+    a.steps, a.pool = a.steps or steps, a.pool or pool
+    a.batch, a.lr, a.eval_every = 32, 3e-4, max(1, a.steps // 6)
+    torch.set_num_threads(a.threads)
+    ensure_models(a)
+    t0 = time.time()
+    results = {arm: [] for arm in a.arms}
+    for seed in a.seeds:
+        for arm in a.arms:
+            cfg = arm_config(arm, seed, a)
+            summary = distill(cfg)
+            target = load_sources(cfg.data.eval)
+            results[arm].append({"seed": seed, "after": summary["after"], "before": summary["before"],
+                                 "curve": curve(Path(cfg.run.dir), target, seed)})
+            s = summary["after"]
+            print(f"seed {seed} {arm:<22} target mean@8 {s['target']['mean@n']:.3f} "
+                  f"forgetting probe {s['forgetting']['mean@n']:.3f} ({time.time() - t0:.0f}s)", flush=True)
+    table = summarise(results)
+    print_table(table, a)
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"date": time.strftime("%Y-%m-%d"), "quick": a.quick, "seeds": a.seeds, "steps": a.steps,
+            "pool": a.pool, "heldout": a.heldout, "batch": a.batch, "lr": a.lr, "threads": a.threads,
+            "minutes": round((time.time() - t0) / 60, 1)}
+    out.write_text(json.dumps({"meta": meta, "table": table, "runs": results}, indent=2))
+    print(f"wrote {out}")
+
+
+def _ms(xs):
+    return (statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def summarise(results: dict) -> dict:
+    base = results.get("fkl/uniform")
+    goal = statistics.mean(r["after"]["target"]["mean@n"] for r in base) if base else None
+    table = {}
+    for arm, runs in results.items():
+        reach = []
+        for r in runs:
+            hit = [step for step, acc in r["curve"] if goal is not None and acc >= goal]
+            reach.append(hit[0] if hit else None)
+        table[arm] = {
+            "target_mean8": _ms([r["after"]["target"]["mean@n"] for r in runs]),
+            "target_greedy": _ms([r["after"]["target"]["greedy"] for r in runs]),
+            "forgetting_drop": _ms([r["before"]["forgetting"]["mean@n"] - r["after"]["forgetting"]["mean@n"]
+                                    for r in runs]),
+            "steps_to_uniform_final": reach,
+            "before_target_mean8": runs[0]["before"]["target"]["mean@n"],
+        }
+    return table
+
+
+def print_table(table: dict, a) -> None:
+    print(f"\n{'arm':<22} {'target mean@8':>16} {'target greedy':>16} {'forgetting drop':>16}  steps to uniform's final")
+    for arm, r in table.items():
+        f = lambda m: f"{m[0]:.3f} ± {m[1]:.3f}"  # noqa: E731
+        print(f"{arm:<22} {f(r['target_mean8']):>16} {f(r['target_greedy']):>16} {f(r['forgetting_drop']):>16}  "
+              f"{r['steps_to_uniform_final']}")
+    first = next(iter(table.values()))
+    print(f"(student before: target mean@8 {first['before_target_mean8']:.3f}; seeds {a.seeds}; "
+          f"{a.steps} steps x {a.batch} problems)")
+
+
+if __name__ == "__main__":
+    main()

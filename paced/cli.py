@@ -15,6 +15,7 @@ COMMANDS = {
     # name: (root config, one-line description)
     "sft": (C.SFTConfig, "supervised fine-tuning on reference solutions"),
     "distill": (C.DistillConfig, "PACED distillation: pass-rate-weighted KL from a teacher, in stages"),
+    "snr": (C.SNRConfig, "cross-problem gradient SNR of the distillation loss per pass-rate bin"),
     "passrate": (C.PassrateConfig, "draw K rollouts per problem and record pass rates in the ledger"),
     "eval": (C.EvalConfig, "pass@k, mean@n and greedy accuracy on held-out problems"),
     "ledger": (C.LedgerConfig, "inspect the pass-rate ledger: runs and the p-hat histogram"),
@@ -72,6 +73,9 @@ def _dispatch(args, cfg) -> None:
     elif args.command == "distill":
         from .train.distill import train
         train(cfg, resume=args.resume)
+    elif args.command == "snr":
+        from .snr import run
+        run(cfg)
     elif args.command == "passrate":
         from .passrate import run
         run(cfg)

@@ -201,8 +201,9 @@ class SNRCfg:
     max_completion_length: int = F(32, "tokens per generated response", min=1)
     passrate_temperature: float = F(1.0, "sampling temperature of the p-hat rollouts", min=0.0)
     teacher_temperature: float = F(0.0, "teacher response sampling (0 = greedy)", min=0.0)
-    params: str = F(r"lm_head|layers\.\d+\.mlp\.down_proj",
-                    "regex over parameter names: the subset whose gradients are measured")
+    params: str = F(r"layers\.\d+\.mlp\.down_proj",
+                    "regex over parameter names: the subset whose gradients are measured "
+                    "(add lm_head only for small vocabularies: N x |subset| floats are kept)")
     bins: int = F(5, "equal-width p-hat bins over [0, 1] (p-hat = 0 and = 1 get bins of their own)", min=1)
     max_problems: int = F(400, "problems measured (the first of data.train)", min=2)
 

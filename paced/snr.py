@@ -203,7 +203,8 @@ def run(cfg: SNRConfig) -> dict:
     ro = sample(model, prompts, SamplingParams(temperature=temp, max_tokens=s.max_completion_length,
                                                seed=cfg.run.seed + 1),
                 eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, batch_size=SAMPLING_BATCH)
-    responses = [row[:n] or [tok.eos_token_id] for row, n in zip(ro.completion_ids.tolist(), ro.lengths.tolist())]
+    responses = [row[:n] or [tok.eos_token_id]  # an empty response scores its EOS, as in distill
+                 for row, n in zip(ro.completion_ids.tolist(), ro.lengths.tolist())]
 
     names, params = select_params(student, s.params)
     n_params = sum(q.numel() for q in params)
@@ -236,7 +237,8 @@ def run(cfg: SNRConfig) -> dict:
               "problems": len(pool), "num_generations": s.num_generations,
               "passrate_temperature": s.passrate_temperature, "teacher_temperature": s.teacher_temperature,
               "ledger": str(ledger.path), "stage": cfg.ledger.stage, "overall_snr": _finite(overall),
-              "bell": bell, "bins": [{**b, "snr": _finite(b["snr"])} for b in bins], "p_hat_histogram": hist, "mean_pass_rate": float(p_hat.mean()),
+              "bell": bell, "bins": [{**b, "snr": _finite(b["snr"])} for b in bins],
+              "p_hat_histogram": hist, "mean_pass_rate": float(p_hat.mean()),
               "per_problem": [{"id": e.id, "p_hat": float(q), "grad_norm": g}
                               for e, q, g in zip(pool, p_hat, norms)]}
     write_json(run_dir / "snr.json", result)

@@ -68,7 +68,8 @@ def test_select_params_counts_tied_weights_once():
 def test_per_problem_grads_match_autograd(loss_type):
     torch.manual_seed(0)
     tok = char_tokenizer()
-    student, teacher = tiny_model("nano", len(tok), seed=0).eval(), tiny_model("nano", len(tok), seed=1).eval()
+    student = tiny_model("nano", len(tok), seed=0).eval()
+    teacher = tiny_model("nano", len(tok), seed=1).eval()
     teacher.requires_grad_(False)
     s_prompts = encode_prompts(tok, ["1+2=", "13+4=", "7+7="])
     t_prompts = encode_prompts(tok, ["1+2=(answer 3)", "13+4=", "7+7=(answer 14)"])

@@ -1,0 +1,581 @@
+"""Seconds per distillation step, ours against TRL, peak step memory, and zero-weight forwards.
+
+    pip install trl                                       # optional benchmark dependency
+    python benchmarks/distill_step.py --quick             # ~2-4 minutes on 2 CPU threads
+    python benchmarks/distill_step.py                     # full: more repeats (~10 minutes)
+
+Writes benchmarks/results/distill_step.json (``--out``). Without TRL installed the TRL rows are
+skipped and everything else still runs.
+
+Setup shared by every contender (all fp32, CPU, ``--threads`` torch threads, default 2):
+student = ``tiny_model("tiny")``, teacher = ``tiny_model("small")`` (frozen), both with
+``char_tokenizer()`` and the same random initialisation for every contender (each gets its own
+copy of the student and its own optimizer); prompts = ``generate("add", ..., seed=0, (1, 8))``
+rendered with the chat template (``encode_prompts``); batch = ``--batch`` prompts (16), response
+length ``--max-new`` tokens (16); the same batch of prompts goes to every contender in a repeat.
+AdamW (lr 1e-3, betas (0.9, 0.99), weight decay 0: paced's defaults), gradient-norm clip 1.0,
+no LR schedule, no gradient checkpointing, no logging / evaluation / saving inside the timed step.
+
+Ours (the body of ``paced.train.distill.train``'s step loop, calling paced's own functions):
+  ours_fkl  off-policy forward KL: teacher responses generated once, greedily, with
+            ``paced.rollout.sample`` (T = 0) and cached (as the loop's greedy teacher cache); per
+            step ``pack`` x2 (student / teacher prompts) + ``distill_step(..., "forward_kl")``
+            (``response_hidden`` + ``chunked_token_loss`` + ``masked_mean``, uniform weights
+            normalised by ``paced.weighting.normalize``) + backward + clip + AdamW step.
+  ours_rkl  on-policy reverse KL: per step one student response per prompt from
+            ``paced.rollout.sample`` (T = 1, top-k 0, top-p 1), then the same with "reverse_kl".
+
+TRL (version recorded in the JSON; written against trl 1.16.0), each called as
+``trainer.training_step(trainer.model, inputs)`` + ``clip_grad_norm_(1.0)`` +
+``trainer.optimizer.step()`` + ``zero_grad`` on the same batch (the trainer's own optimizer,
+``optim="adamw_torch"``, same lr / betas / weight decay; ``bf16=False``, ``use_cpu=True``,
+``gradient_checkpointing=False``, ``report_to="none"``, no logging / saving / evaluation):
+  trl_gkd_fkl      off-policy comparison. ``trl.experimental.gkd.GKDTrainer`` with
+                   ``GKDConfig(lmbda=0.0, seq_kd=False, beta=0.0, temperature=1.0)``: lmbda = 0
+                   never samples from the student and seq_kd = False does not regenerate from the
+                   teacher, so every step trains on the dataset's completions, which are exactly
+                   our cached greedy teacher responses (fed to TRL's own ``DataCollatorForChatML``
+                   as pre-tokenised ``input_ids`` + ``completion_mask``, so the tokens are
+                   identical). beta = 0 is forward KL(p_T || p_S) in TRL's GKD convention
+                   (``F.kl_div(student_logp, teacher_logp, log_target=True)``); GKD's loss uses
+                   temperature 1 in the divergence whatever ``temperature`` says.
+  trl_gkd_rkl      on-policy comparison. ``GKDTrainer`` with ``GKDConfig(lmbda=1.0, beta=1.0,
+                   temperature=1.0, max_new_tokens=--max-new)``: every step samples one student
+                   completion per prompt with ``model.generate`` (do_sample, T = 1, top-k 0,
+                   top-p 1), then reverse KL(p_S || p_T) (beta = 1) on full-vocabulary logits.
+  trl_distill_rkl  on-policy comparison, the better match. ``trl.DistillationTrainer`` (TRL's
+                   maintained on-policy distiller; it has no off-policy mode, hence GKD above) with
+                   ``DistillationConfig(beta=1.0, temperature=1.0, top_k=0, top_p=1.0,
+                   max_completion_length=--max-new)``: student generation with ``model.generate``
+                   each step, backbone hidden states + TRL's chunked divergence (reverse KL).
+The ratio reported is ours / TRL (target <= 0.8). At these toy sizes (vocab 100, ~35-token
+sequences) a step costs milliseconds: the comparison measures framework, generation and
+autograd overhead far more than the loss kernels; it says nothing about large-vocabulary cost.
+
+Interleaving: one warm-up step each, then ``R`` repeats; in each repeat every contender runs one
+step, in an order rotated by one each repeat. Reported: median s/step (and IQR). Our steps also
+record a phase breakdown (sample / pack / forward+loss / backward / clip+optimizer).
+
+Peak memory (``--skip-memory`` to skip): one fresh subprocess per config (sft, ours_fkl, ours_rkl,
+and the TRL configs), run with ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc returns freed
+tensor memory to the OS and RSS follows live memory. Each subprocess builds its models, runs one
+warm-up step, resets the kernel's peak-RSS mark (``echo 5 > /proc/self/clear_refs``), reads
+VmRSS (the resting state: weights, optimizer state, libraries), runs 3 steps and reads VmHWM.
+step delta = VmHWM - resting VmRSS (the memory a step adds) and peak = VmHWM are both reported,
+as ratios to ``sft``: a student-only SFT step (token-mean cross-entropy via
+``paced.train.sft.sft_loss``) on the same prompts + cached teacher responses (target <= 1.5x).
+The absolute peak is dominated by the Python/torch runtime (~0.4 GB) at this size; the step
+delta is the meaningful ratio. tracemalloc does not see torch's allocations, hence RSS.
+
+Zero-weight forwards (``--skip-zero-weight`` to skip): SFT a ``nano`` student on 1-digit
+addition (as tests/test_distill.py's fixture), then run the real loop
+``paced.train.distill.train`` with ``weighting: hard_filter`` in two stages (forward KL, then
+reverse KL with re-estimation) on a pool of 1-digit problems (p-hat in [0, 1]) plus 3-digit ones
+(p-hat = 0, so weight 0). Reported: the sum of ``zero_weight_forwards`` over metrics.jsonl
+(target 0) and, as an independent check, a spy on ``pack`` that counts forwarded prompts whose
+problems all have w = 0 in the ledger's estimate in force at that step.
+
+The machine these numbers come from is shared and usually busy: expect noise of tens of
+percent between runs; the interleaving keeps the ratios fairer than the absolute times.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime as dt
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from paced.config import StageCfg  # noqa: E402
+from paced.models import char_tokenizer, encode_prompts, tiny_model  # noqa: E402
+from paced.rollout import SamplingParams, sample  # noqa: E402
+from paced.tasks.synthetic import generate  # noqa: E402
+from paced.train.distill import distill_step, loss_kwargs, pack  # noqa: E402
+from paced.train.sft import IGNORE, make_optimizer, sft_loss  # noqa: E402
+from paced.weighting import normalize  # noqa: E402
+
+LR, BETAS, WD, CLIP, CHUNK = 1e-3, (0.9, 0.99), 0.0, 1.0, 256
+OURS = ("ours_fkl", "ours_rkl")
+TRL_NAMES = ("trl_gkd_fkl", "trl_gkd_rkl", "trl_distill_rkl")
+COMPARISONS = (("off-policy forward KL", "ours_fkl", "trl_gkd_fkl"),
+               ("on-policy reverse KL", "ours_rkl", "trl_gkd_rkl"),
+               ("on-policy reverse KL", "ours_rkl", "trl_distill_rkl"))
+
+
+def have_trl() -> bool:
+    try:
+        import trl  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared setup and one step function per contender
+# ---------------------------------------------------------------------------------------------
+class Setup:
+    def __init__(self, batch: int, max_new: int, n_batches: int = 4, seed: int = 0):
+        self.tok = tok = char_tokenizer()
+        self.eos, self.pad = tok.eos_token_id, tok.pad_token_id
+        self.B, self.T = batch, max_new
+        self.examples = generate("add", batch * n_batches, seed=seed, difficulty=(1, 8))
+        self.prompts = encode_prompts(tok, [e.prompt for e in self.examples])
+        self.batches = [list(range(i * batch, (i + 1) * batch)) for i in range(n_batches)]
+        self.student0 = tiny_model("tiny", len(tok), seed=seed)
+        self.teacher0 = tiny_model("small", len(tok), seed=seed + 1).eval().requires_grad_(False)
+        for m in (self.student0, self.teacher0):
+            m.generation_config.pad_token_id, m.generation_config.eos_token_id = self.pad, self.eos
+        # The loop's greedy teacher cache: generated once, outside the timed steps.
+        ro = sample(self.teacher0, self.prompts, SamplingParams(temperature=0.0, max_tokens=max_new),
+                    eos_token_id=self.eos, pad_token_id=self.pad)
+        self.teacher_resp = [row[:n] or [self.eos] for row, n in
+                             zip(ro.completion_ids.tolist(), ro.lengths.tolist())]
+
+    def batch_of(self, r: int) -> list[int]:
+        return self.batches[r % len(self.batches)]
+
+    def student(self):
+        return copy.deepcopy(self.student0).train()
+
+    def teacher(self):
+        return copy.deepcopy(self.teacher0)
+
+
+def ours(setup: Setup, loss_type: str):
+    """One step of paced.train.distill.train's loop body (uniform weights, no logging)."""
+    student, teacher = setup.student(), setup.teacher()
+    opt = make_optimizer(student.parameters(), "adamw", LR, WD, *BETAS)
+    kw = loss_kwargs(StageCfg(loss_type=loss_type))
+    on_policy = loss_type == "reverse_kl"
+
+    def step(r: int) -> dict:
+        ph, t0 = {}, time.perf_counter()
+        idx = setup.batch_of(r)
+        prompts = [setup.prompts[i] for i in idx]
+        if on_policy:
+            ro = sample(student, prompts, SamplingParams(temperature=1.0, max_tokens=setup.T, seed=r),
+                        eos_token_id=setup.eos, pad_token_id=setup.pad)
+            resp = [row[:n] for row, n in zip(ro.completion_ids.tolist(), ro.lengths.tolist())]
+        else:
+            resp = [setup.teacher_resp[i] for i in idx]
+        resp = [x if x else [setup.eos] for x in resp]
+        t1 = time.perf_counter()
+        s_ids, s_mask, s_pos, Ps = pack(prompts, resp, setup.pad)
+        t_ids, t_mask, t_pos, Pt = pack(prompts, resp, setup.pad)  # teacher prompts (not privileged)
+        resp_mask = s_mask[:, Ps:].float()
+        factors = torch.as_tensor(normalize(np.ones(len(idx)), "sum"), dtype=torch.float32)
+        t2 = time.perf_counter()
+        student.train()
+        loss, _, _ = distill_step(student, teacher, (s_ids, s_mask, s_pos, Ps), (t_ids, t_mask, t_pos, Pt),
+                                  resp_mask, factors, loss_type, kw, CHUNK)
+        if not np.isfinite(loss.item()):
+            raise FloatingPointError(f"{loss_type}: loss {loss.item()}")
+        t3 = time.perf_counter()
+        loss.backward()
+        t4 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), CLIP)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        t5 = time.perf_counter()
+        ph.update(sample=t1 - t0, pack=t2 - t1, forward_loss=t3 - t2, backward=t4 - t3, optimizer=t5 - t4)
+        return {"tokens": int(resp_mask.sum()), "phases": ph}
+    return step
+
+
+def sft(setup: Setup):
+    """Student-only SFT step on the same prompts + cached teacher responses (memory reference)."""
+    student = setup.student()
+    opt = make_optimizer(student.parameters(), "adamw", LR, WD, *BETAS)
+
+    def step(r: int) -> dict:
+        idx = setup.batch_of(r)
+        ids, mask, pos, P = pack([setup.prompts[i] for i in idx], [setup.teacher_resp[i] for i in idx], setup.pad)
+        labels = ids.masked_fill(mask == 0, IGNORE)
+        labels[:, :P] = IGNORE
+        loss, n = sft_loss(student(input_ids=ids, attention_mask=mask, position_ids=pos).logits, labels)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(student.parameters(), CLIP)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        return {"tokens": n}
+    return step
+
+
+def _trl_common(out_dir: str, batch: int) -> dict:
+    return dict(output_dir=out_dir, per_device_train_batch_size=batch, learning_rate=LR, adam_beta1=BETAS[0],
+                adam_beta2=BETAS[1], weight_decay=WD, max_grad_norm=CLIP, optim="adamw_torch",
+                lr_scheduler_type="constant", bf16=False, fp16=False, use_cpu=True,
+                gradient_checkpointing=False, report_to="none", logging_strategy="no",
+                save_strategy="no", eval_strategy="no", disable_dropout=True, seed=0,
+                dataloader_num_workers=0)
+
+
+def trl_gkd(setup: Setup, on_policy: bool, out_dir: str):
+    import logging
+
+    from datasets import Dataset
+    from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+    logging.getLogger("trl").setLevel(logging.ERROR)  # the "use DistillationTrainer" hint at lmbda=1
+    args = GKDConfig(**_trl_common(out_dir, setup.B), lmbda=1.0 if on_policy else 0.0,
+                     beta=1.0 if on_policy else 0.0, seq_kd=False, temperature=1.0,
+                     max_new_tokens=setup.T, max_length=1024)
+    from paced.models import render_prompt
+    rows = [{"prompt": render_prompt(setup.tok, e.prompt), "input_ids": p + r,
+             "completion_mask": [0] * len(p) + [1] * len(r)}
+            for e, p, r in zip(setup.examples, setup.prompts, setup.teacher_resp)]
+    trainer = GKDTrainer(model=setup.student(), teacher_model=setup.teacher(), args=args,
+                         train_dataset=Dataset.from_list(rows), processing_class=setup.tok)
+    trainer.create_optimizer()
+    trainer.current_gradient_accumulation_steps = 1
+    batches = [trainer.data_collator([rows[i] for i in b]) for b in setup.batches]
+
+    def step(r: int) -> dict:
+        inputs = dict(batches[r % len(batches)])  # training_step replaces input_ids/labels in place
+        loss = trainer.training_step(trainer.model, inputs)
+        if not np.isfinite(loss.item()):
+            raise FloatingPointError(f"TRL GKD: loss {loss.item()}")
+        torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), CLIP)
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        return {"tokens": int((inputs["labels"] != -100).sum())}
+    return step
+
+
+def trl_distill(setup: Setup, out_dir: str):
+    from datasets import Dataset
+    from trl import DistillationConfig, DistillationTrainer
+
+    args = DistillationConfig(**_trl_common(out_dir, setup.B), beta=1.0, temperature=1.0, top_k=0, top_p=1.0,
+                              max_completion_length=setup.T, shuffle_dataset=False)
+    rows = [{"prompt": [{"role": "user", "content": e.prompt}]} for e in setup.examples]
+    trainer = DistillationTrainer(model=setup.student(), teacher_model=setup.teacher(), args=args,
+                                  train_dataset=Dataset.from_list(rows), processing_class=setup.tok)
+    trainer.create_optimizer()
+    trainer.current_gradient_accumulation_steps = 1
+    ids = trainer._tokenize_prompts([rows[i]["prompt"] for i in setup.batches[0]])[0]
+    assert ids == [setup.prompts[i] for i in setup.batches[0]], "TRL tokenises the prompts differently"
+
+    def step(r: int) -> dict:
+        loss = trainer.training_step(trainer.model, [rows[i] for i in setup.batch_of(r)], None)
+        if not np.isfinite(loss.item()):
+            raise FloatingPointError(f"TRL Distillation: loss {loss.item()}")
+        torch.nn.utils.clip_grad_norm_(trainer.model.parameters(), CLIP)
+        trainer.optimizer.step()
+        trainer.optimizer.zero_grad(set_to_none=True)
+        lengths = trainer._metrics["train"]["completions/mean_length"]
+        return {"tokens": int(round(lengths[-1] * setup.B))}
+    return step
+
+
+def make(name: str, setup: Setup, tmp: str):
+    if name == "ours_fkl":
+        return ours(setup, "forward_kl")
+    if name == "ours_rkl":
+        return ours(setup, "reverse_kl")
+    if name == "sft":
+        return sft(setup)
+    if name == "trl_gkd_fkl":
+        return trl_gkd(setup, False, os.path.join(tmp, name))
+    if name == "trl_gkd_rkl":
+        return trl_gkd(setup, True, os.path.join(tmp, name))
+    if name == "trl_distill_rkl":
+        return trl_distill(setup, os.path.join(tmp, name))
+    raise ValueError(name)
+
+
+# ---------------------------------------------------------------------------------------------
+# Timing (interleaved)
+# ---------------------------------------------------------------------------------------------
+def timing(names: list[str], batch: int, max_new: int, repeats: int, warmup: int) -> dict:
+    setup = Setup(batch, max_new)
+    with tempfile.TemporaryDirectory() as tmp:
+        steps = {n: make(n, setup, tmp) for n in names}
+        for n in names:
+            for w in range(warmup):
+                steps[n](-1 - w)
+        times = {n: [] for n in names}
+        tokens = {n: [] for n in names}
+        phases = {n: [] for n in names}
+        for r in range(repeats):
+            order = names[r % len(names):] + names[:r % len(names)]
+            for n in order:
+                t0 = time.perf_counter()
+                out = steps[n](r)
+                times[n].append(time.perf_counter() - t0)
+                tokens[n].append(out["tokens"])
+                if "phases" in out:
+                    phases[n].append(out["phases"])
+    res = {}
+    for n in names:
+        q = np.percentile(times[n], [25, 50, 75])
+        row = {"median_s": float(q[1]), "iqr_s": [float(q[0]), float(q[2])], "all_s": times[n],
+               "mean_response_tokens": float(np.mean(tokens[n])) / batch}
+        if phases[n]:
+            row["phases_median_s"] = {k: statistics.median(p[k] for p in phases[n]) for k in phases[n][0]}
+        res[n] = row
+    return res
+
+
+# ---------------------------------------------------------------------------------------------
+# Peak memory (one subprocess per config)
+# ---------------------------------------------------------------------------------------------
+def _proc_status() -> dict:
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                k, v = line.split(":")
+                out[k] = int(v.split()[0]) / 1024  # MiB
+    return out
+
+
+def memory_child(name: str, batch: int, max_new: int, steps: int = 3) -> dict:
+    import gc
+    setup = Setup(batch, max_new)
+    with tempfile.TemporaryDirectory() as tmp:
+        step = make(name, setup, tmp)
+        step(-1)  # warm-up: one-time allocations (kernels, thread pools, optimizer state)
+        gc.collect()
+        with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS
+            f.write("5")
+        rest = _proc_status()["VmRSS"]
+        for r in range(steps):
+            step(r)
+        peak = _proc_status()["VmHWM"]
+    return {"rest_mib": rest, "peak_mib": peak, "step_delta_mib": peak - rest,
+            "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+
+
+def memory(names: list[str], batch: int, max_new: int, threads: int) -> dict:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="131072",
+               PYTHONWARNINGS="ignore")
+    out = {}
+    for n in names:
+        cmd = [sys.executable, str(Path(__file__).resolve()), "--_memory", n, "--batch", str(batch),
+               "--max-new", str(max_new), "--threads", str(threads)]
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+        if p.returncode != 0:
+            out[n] = {"error": p.stderr[-2000:]}
+            print(f"memory {n}: failed\n{p.stderr[-2000:]}", file=sys.stderr)
+            continue
+        out[n] = json.loads(p.stdout.strip().splitlines()[-1])
+    base = out.get("sft", {})
+    for n, row in out.items():
+        if "error" not in row and "error" not in base and base:
+            row["step_delta_vs_sft"] = row["step_delta_mib"] / max(base["step_delta_mib"], 1e-9)
+            row["peak_vs_sft"] = row["peak_mib"] / base["peak_mib"]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Zero-weight forwards in the real loop
+# ---------------------------------------------------------------------------------------------
+def zero_weight(threads: int, quick: bool) -> dict:
+    from paced.config import DistillConfig, SFTConfig, load_config
+    from paced.ledger import Ledger
+    from paced.tasks import load_sources
+    from paced.train import distill as D
+    from paced.train import sft as S
+
+    smoke = ROOT / "configs" / "smoke"
+    tok = char_tokenizer()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        t0 = time.perf_counter()
+        S.train(load_config(SFTConfig, smoke / "sft.yaml", [
+            "data.train=[{source: add, n: 200, difficulty: 1}]", "train.max_steps=150",
+            "train.per_device_train_batch_size=32", "train.save_steps=0", "optim.lr=1e-2",
+            f"run.threads={threads}", "run.progress=false"], run_dir=tmp / "student"))
+        t_sft = time.perf_counter() - t0
+        steps = 4 if quick else 8
+        stages = (f"[{{name: fkl, loss_type: forward_kl, max_steps: {steps}, weighting: hard_filter}}, "
+                  f"{{name: rkl, loss_type: reverse_kl, max_steps: {steps}, weighting: hard_filter, "
+                  f"reestimate_every: {steps // 2}}}]")
+        cfg = load_config(DistillConfig, smoke / "distill.yaml", [
+            f"student.path={tmp / 'student' / 'model'}", "student.preset=null",
+            "teacher.privileged=true", "data.eval=[]", "data.forgetting=[]",
+            "data.train=[{source: add, n: 24, difficulty: 1}, {source: add, n: 24, difficulty: 3, seed: 5}]",
+            "distill.num_generations=8", "distill.save_steps=0", f"distill.stages={stages}",
+            f"run.threads={threads}", "run.progress=false"], run_dir=tmp / "distill")
+        pool = load_sources(cfg.data.train)
+        prompt_of = {e.id: tuple(p) for e, p in zip(pool, encode_prompts(tok, [e.prompt for e in pool]))}
+        student_prompts = set(prompt_of.values())
+        forwarded = []  # per step: the student prompts that went into a forward pass
+        real_pack = D.pack
+
+        def spy(prompts, responses, pad):
+            if all(tuple(p) in student_prompts for p in prompts):  # the student pack, not the teacher's
+                forwarded.append([tuple(p) for p in prompts])
+            return real_pack(prompts, responses, pad)
+
+        D.pack = spy
+        try:
+            t0 = time.perf_counter()
+            D.train(cfg)
+            t_distill = time.perf_counter() - t0
+        finally:
+            D.pack = real_pack
+        rows = [json.loads(x) for x in (tmp / "distill" / "metrics.jsonl").read_text().splitlines()]
+        ledger = Ledger(tmp / "distill" / "ledger.sqlite")
+        spied_zero, ambiguous, alive_total = 0, 0, 0
+        stage_of = [(0, "fkl", 0, steps)] * steps + [(1, "rkl", steps, steps // 2)] * steps
+        for k, prompts in enumerate(forwarded):
+            i, name, start, every = stage_of[k]
+            est_at = start + ((k - start) // every) * every
+            counts = ledger.counts(stage=f"{i}:{name}", step=est_at)
+            live = {}
+            for pid, (c, n) in counts.items():
+                live.setdefault(prompt_of[pid], []).append(0 < c < n)  # hard_filter: w > 0
+            for p in prompts:
+                flags = live[p]
+                if not any(flags):
+                    spied_zero += 1
+                elif not all(flags):
+                    ambiguous += 1
+                else:
+                    alive_total += 1
+        return {"logged_zero_weight_forwards": int(sum(r["zero_weight_forwards"] for r in rows)),
+                "spy_zero_weight_forwards": spied_zero, "spy_ambiguous_prompts": ambiguous,
+                "spy_live_prompts": alive_total, "steps": len(rows), "pack_calls_seen": len(forwarded),
+                "zero_weight_share": [r["zero_weight_share"] for r in rows],
+                "pool": len(pool), "student_sft_s": t_sft, "distill_s": t_distill}
+
+
+# ---------------------------------------------------------------------------------------------
+def machine() -> dict:
+    import transformers
+    info = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+            "platform": platform.platform(), "python": platform.python_version(),
+            "cpus": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
+            "loadavg_start": os.getloadavg()}
+    try:
+        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
+                           if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    try:
+        import trl
+        info["trl"] = trl.__version__
+    except ImportError:
+        info["trl"] = None
+    try:
+        info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
+                                     text=True).stdout.strip()
+    except OSError:
+        pass
+    return info
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="few repeats (~2-4 minutes)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed steps per contender (quick 15, full 80)")
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--max-new", type=int, default=16)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--skip-zero-weight", action="store_true")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "distill_step.json"))
+    ap.add_argument("--_memory", default=None, help=argparse.SUPPRESS)
+    a = ap.parse_args()
+    torch.set_num_threads(a.threads)
+    if a._memory:
+        print(json.dumps(memory_child(a._memory, a.batch, a.max_new)))
+        return
+
+    import warnings
+    warnings.filterwarnings("ignore")
+    from paced.models import quiet_hf
+    quiet_hf()
+    repeats = a.repeats or (15 if a.quick else 80)
+    trl_ok = have_trl()
+    if not trl_ok:
+        print("trl is not installed: TRL rows skipped (pip install trl)")
+    names = list(OURS) + (list(TRL_NAMES) if trl_ok else [])
+    info = machine()
+    print(f"torch {info['torch']}, transformers {info['transformers']}, trl {info['trl']}; "
+          f"{a.threads} threads, batch {a.batch}, max_new {a.max_new}, repeats {repeats}")
+    t0 = time.perf_counter()
+    tim = timing(names, a.batch, a.max_new, repeats, warmup=1 if a.quick else 2)
+    t_timing = time.perf_counter() - t0
+    comps = []
+    for label, o, t in COMPARISONS:
+        if o in tim and t in tim:
+            comps.append({"comparison": label, "ours": o, "trl": t, "ours_s": tim[o]["median_s"],
+                          "trl_s": tim[t]["median_s"], "ratio": tim[o]["median_s"] / tim[t]["median_s"]})
+    print(f"\nmedian s/step over {repeats} interleaved repeats ({t_timing:.0f} s)")
+    print(f"{'contender':<17}{'median s':>10}{'IQR':>20}{'resp tok':>10}")
+    for n in names:
+        r = tim[n]
+        iqr = f"{r['iqr_s'][0]:.4f}-{r['iqr_s'][1]:.4f}"
+        print(f"{n:<17}{r['median_s']:>10.4f}{iqr:>20}{r['mean_response_tokens']:>10.1f}")
+    for n in OURS:
+        ph = tim[n]["phases_median_s"]
+        print(f"  {n} phases (median s): " + ", ".join(f"{k} {v:.4f}" for k, v in ph.items()))
+    if comps:
+        print(f"\n{'comparison':<24}{'ours':<10}{'TRL':<17}{'ours/TRL':>9}  (target <= 0.8)")
+        for c in comps:
+            print(f"{c['comparison']:<24}{c['ours']:<10}{c['trl']:<17}{c['ratio']:>9.2f}")
+
+    mem = None
+    if not a.skip_memory:
+        t0 = time.perf_counter()
+        mem = memory(["sft", *OURS] + (list(TRL_NAMES) if trl_ok else []), a.batch, a.max_new, a.threads)
+        print(f"\npeak memory per step (RSS, one subprocess each, {time.perf_counter() - t0:.0f} s)")
+        print(f"{'config':<17}{'rest MiB':>10}{'peak MiB':>10}{'step +MiB':>10}{'delta/SFT':>10}{'peak/SFT':>10}")
+        for n, r in mem.items():
+            if "error" in r:
+                print(f"{n:<17} failed")
+                continue
+            print(f"{n:<17}{r['rest_mib']:>10.1f}{r['peak_mib']:>10.1f}{r['step_delta_mib']:>10.1f}"
+                  f"{r.get('step_delta_vs_sft', float('nan')):>10.2f}{r.get('peak_vs_sft', float('nan')):>10.2f}")
+        print("(targets: ours <= 1.5x SFT)")
+
+    zw = None
+    if not a.skip_zero_weight:
+        t0 = time.perf_counter()
+        zw = zero_weight(a.threads, a.quick)
+        print(f"\nzero-weight forwards in paced.train.distill.train (hard_filter, {zw['pool']} problems, "
+              f"{zw['steps']} steps, {time.perf_counter() - t0:.0f} s): logged {zw['logged_zero_weight_forwards']}, "
+              f"spy {zw['spy_zero_weight_forwards']} (live {zw['spy_live_prompts']}, ambiguous "
+              f"{zw['spy_ambiguous_prompts']}; zero-weight share of the pool "
+              f"{min(zw['zero_weight_share']):.2f}-{max(zw['zero_weight_share']):.2f})  (target 0)")
+
+    info["loadavg_end"] = os.getloadavg()
+    result = {"benchmark": "distill_step", "mode": "quick" if a.quick else "full", "machine": info,
+              "settings": {"batch": a.batch, "max_new_tokens": a.max_new, "threads": a.threads,
+                           "repeats": repeats, "student": "tiny", "teacher": "small", "dtype": "float32",
+                           "lr": LR, "betas": BETAS, "weight_decay": WD, "max_grad_norm": CLIP,
+                           "chunk_size": CHUNK},
+              "trl_configs": {
+                  "trl_gkd_fkl": "trl.experimental.gkd.GKDTrainer, GKDConfig(lmbda=0.0, seq_kd=False, beta=0.0, "
+                                 "temperature=1.0): dataset completions = our cached greedy teacher responses",
+                  "trl_gkd_rkl": "GKDTrainer, GKDConfig(lmbda=1.0, beta=1.0, temperature=1.0, max_new_tokens=T): "
+                                 "student model.generate each step",
+                  "trl_distill_rkl": "trl.DistillationTrainer, DistillationConfig(beta=1.0, temperature=1.0, "
+                                     "top_k=0, top_p=1.0, max_completion_length=T): student generate each step",
+                  "common": "training_step + clip_grad_norm_(1.0) + optimizer.step (adamw_torch), bf16=False, "
+                            "use_cpu=True, gradient_checkpointing=False, no logging/saving/eval"},
+              "timing": tim, "comparisons": comps, "memory": mem, "zero_weight": zw,
+              "notes": "shared, busy machine: absolute times are noisy; ratios come from interleaved runs"}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"\nwrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

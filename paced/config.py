@@ -66,7 +66,7 @@ class SamplingCfg:
 
 @dataclass
 class OptimCfg:
-    name: str = F("adamw", "optimizer", choices=("adamw", "sgd"))
+    name: str = F("adamw", "optimizer", choices=("adamw", "sgd", "classp"))
     lr: float = F(1e-3, "peak learning rate", min=0.0)
     weight_decay: float = F(0.0, "decoupled weight decay", min=0.0)
     beta1: float = F(0.9, "Adam beta1 / SGD momentum", min=0.0, max=1.0)
@@ -75,6 +75,9 @@ class OptimCfg:
     lr_scheduler_type: str = F("cosine", "schedule after warm-up",
                                choices=("constant", "linear", "cosine"))
     max_grad_norm: float = F(1.0, "gradient-norm clip (0 = off)", min=0.0)
+    classp_p: float = F(1.0, "classp: power p of the accumulator |g|^p", min=1e-6)
+    classp_threshold: float = F(0.0, "classp: update an element only where g^2 exceeds this", min=0.0)
+    classp_eps: float = F(1e-5, "classp: epsilon inside the root (eps + S)^(1/p)", min=0.0)
 
 
 @dataclass

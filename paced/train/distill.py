@@ -42,7 +42,7 @@ from ..run import load_model, start_run
 from ..runlog import Progress, RunLog, console, write_json
 from ..tasks import load_sources
 from ..weighting import normalize, problem_weights
-from .sft import make_optimizer, make_scheduler
+from .sft import make_scheduler, optimizer_from
 
 # Which responses a loss is computed on when the stage says "auto" (the paper's pairing).
 DEFAULT_RESPONSES = {"forward_kl": "teacher", "akl": "teacher", "reverse_kl": "student", "jsd": "student"}
@@ -138,8 +138,7 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
     t_prompts = dict(zip(by_id, encode_prompts(tok, t_texts)))
     total_steps = sum(s.max_steps for s in d.stages)
 
-    optimizer = make_optimizer(student.parameters(), cfg.optim.name, cfg.optim.lr,
-                               cfg.optim.weight_decay, cfg.optim.beta1, cfg.optim.beta2)
+    optimizer = optimizer_from(student.parameters(), cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim.lr_scheduler_type, cfg.optim.warmup_steps, total_steps)
     student, optimizer = accelerator.prepare(student, optimizer)
     raw = accelerator.unwrap_model(student)

@@ -89,12 +89,23 @@ def batch_indices(n_examples: int, seed: int, start: int, size: int) -> list[int
     return out
 
 
-def make_optimizer(params, name: str, lr: float, weight_decay: float, beta1: float, beta2: float):
+def make_optimizer(params, name: str, lr: float, weight_decay: float, beta1: float, beta2: float,
+                   classp_p: float = 1.0, classp_threshold: float = 0.0, classp_eps: float = 1e-5):
     if name == "adamw":
         return torch.optim.AdamW(params, lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
     if name == "sgd":
         return torch.optim.SGD(params, lr=lr, momentum=beta1, weight_decay=weight_decay)
+    if name == "classp":
+        from ..optim import CLASSP
+        return CLASSP(params, lr=lr, p=classp_p, threshold=classp_threshold, eps=classp_eps,
+                      weight_decay=weight_decay)
     raise ValueError(f"optim.name: unknown optimizer {name!r}")
+
+
+def optimizer_from(params, o) -> torch.optim.Optimizer:
+    """The optimizer an ``OptimCfg`` section names (its fields spelt out, no config inside)."""
+    return make_optimizer(params, o.name, o.lr, o.weight_decay, o.beta1, o.beta2,
+                          o.classp_p, o.classp_threshold, o.classp_eps)
 
 
 def make_scheduler(optimizer, kind: str, warmup: int, total: int):
@@ -122,8 +133,7 @@ def train(cfg: SFTConfig, resume: bool = False) -> dict:
         raise ValueError("data.train: no example has a reference solution to train on")
     data = [tokenize_sft(tok, e.prompt, e.solution, cfg.train.max_length) for e in examples]
 
-    optimizer = make_optimizer(model.parameters(), cfg.optim.name, cfg.optim.lr,
-                               cfg.optim.weight_decay, cfg.optim.beta1, cfg.optim.beta2)
+    optimizer = optimizer_from(model.parameters(), cfg.optim)
     # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper would step
     # it once per process).
     scheduler = make_scheduler(optimizer, cfg.optim.lr_scheduler_type, cfg.optim.warmup_steps,

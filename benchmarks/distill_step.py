@@ -1,8 +1,9 @@
 """Seconds per distillation step, ours against TRL, peak step memory, and zero-weight forwards.
 
     pip install trl                                       # optional benchmark dependency
-    python benchmarks/distill_step.py --quick             # ~2-4 minutes on 2 CPU threads
-    python benchmarks/distill_step.py                     # full: more repeats (~10 minutes)
+    python benchmarks/distill_step.py --quick             # ~1 min on 2 idle cores, up to ~6 on busy ones
+    python benchmarks/distill_step.py --quick --threads 2 1   # also time at 1 thread
+    python benchmarks/distill_step.py                     # full: 300 repeats + TRL memory (~5-10 min)
 
 Writes benchmarks/results/distill_step.json (``--out``). Without TRL installed the TRL rows are
 skipped and everything else still runs.
@@ -52,13 +53,18 @@ The ratio reported is ours / TRL (target <= 0.8). At these toy sizes (vocab 100,
 sequences) a step costs milliseconds: the comparison measures framework, generation and
 autograd overhead far more than the loss kernels; it says nothing about large-vocabulary cost.
 
-Interleaving: one warm-up step each, then ``R`` repeats; in each repeat every contender runs one
-step, in an order rotated by one each repeat. Reported: median s/step (and IQR). Our steps also
-record a phase breakdown (sample / pack / forward+loss / backward / clip+optimizer).
+Interleaving: warm-up steps for each (1 quick, 2 full), then ``R`` repeats (40 quick, 300 full,
+or fewer: at least 5, stopping once ``--budget`` seconds are spent, 90 quick / 420 full);
+in each repeat every contender runs one step, in an order rotated by one each repeat. Reported:
+median s/step (and IQR), and the mean response length each contender trained on (on-policy
+lengths are sampled, so they differ a little). ``sft`` (below) is timed alongside as a reference.
+Our steps also record a phase breakdown: sample, pack, student forward and teacher forward (wall
+time of each model's top-level forward inside ``distill_step``, via forward hooks), the rest of
+``distill_step`` (chunked loss, masked mean, agreement), backward, clip + optimizer.
 
 Peak memory (``--skip-memory`` to skip): one fresh subprocess per config (sft, ours_fkl, ours_rkl,
-and the TRL configs), run with ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc returns freed
-tensor memory to the OS and RSS follows live memory. Each subprocess builds its models, runs one
+and the TRL configs in full mode or with ``--trl-memory``), run with ``MALLOC_MMAP_THRESHOLD_=65536``
+so that glibc returns freed tensor memory to the OS and RSS follows live memory. Each subprocess builds its models, runs one
 warm-up step, resets the kernel's peak-RSS mark (``echo 5 > /proc/self/clear_refs``), reads
 VmRSS (the resting state: weights, optimizer state, libraries), runs 3 steps and reads VmHWM.
 step delta = VmHWM - resting VmRSS (the memory a step adds) and peak = VmHWM are both reported,
@@ -69,11 +75,21 @@ delta is the meaningful ratio. tracemalloc does not see torch's allocations, hen
 
 Zero-weight forwards (``--skip-zero-weight`` to skip): SFT a ``nano`` student on 1-digit
 addition (as tests/test_distill.py's fixture), then run the real loop
-``paced.train.distill.train`` with ``weighting: hard_filter`` in two stages (forward KL, then
-reverse KL with re-estimation) on a pool of 1-digit problems (p-hat in [0, 1]) plus 3-digit ones
-(p-hat = 0, so weight 0). Reported: the sum of ``zero_weight_forwards`` over metrics.jsonl
-(target 0) and, as an independent check, a spy on ``pack`` that counts forwarded prompts whose
-problems all have w = 0 in the ledger's estimate in force at that step.
+``paced.train.distill.train`` with ``weighting: hard_filter`` in two stages of 4 steps (forward
+KL, then reverse KL re-estimated every 2 steps; batch 8, K = 8 rollouts, privileged teacher =
+the frozen starting student) on a pool of 24 distinct 1-digit problems (p-hat in [0, 1]) plus 24
+3-digit ones (p-hat = 0, so weight 0). Reported: the sum of ``zero_weight_forwards`` over
+metrics.jsonl (target 0) and, as an independent check, a spy on ``pack`` that counts forwarded
+prompts whose problems all have w = 0 in the ledger's estimate in force at that step. (The
+logged metric is ``(raw_w == 0).sum()`` over a batch drawn from the w > 0 pool, so it is 0 by
+construction; the spy is the check that could fail.)
+
+Threads: ``--threads 2 1`` times both counts in turn (the JSON keeps each under ``by_threads``).
+On a machine whose cores are already busy with other work, 2 OpenMP threads per process can be
+pathological for steps made of hundreds of millisecond-sized kernels: every parallel region waits
+for a worker that the scheduler has to wake, and steps were seen to take 10-50x longer (seconds
+instead of ~0.1 s, for every contender alike, which squashes every ratio towards 1). The
+single-thread numbers are the stable ones on such a machine; compare ratios, not absolute times.
 
 The machine these numbers come from is shared and usually busy: expect noise of tens of
 percent between runs; the interleaving keeps the ratios fairer than the absolute times.
@@ -154,9 +170,32 @@ class Setup:
         return copy.deepcopy(self.teacher0)
 
 
+class ForwardClock:
+    """Wall time of a model's top-level forward calls while ``on`` (forward pre/post hooks)."""
+
+    def __init__(self, model):
+        self.on, self.total, self._t0 = False, 0.0, None
+        model.register_forward_pre_hook(self._pre)
+        model.register_forward_hook(self._post)
+
+    def _pre(self, *_):
+        if self.on:
+            self._t0 = time.perf_counter()
+
+    def _post(self, *_):
+        if self.on and self._t0 is not None:
+            self.total += time.perf_counter() - self._t0
+            self._t0 = None
+
+    def take(self) -> float:
+        t, self.total = self.total, 0.0
+        return t
+
+
 def ours(setup: Setup, loss_type: str):
     """One step of paced.train.distill.train's loop body (uniform weights, no logging)."""
     student, teacher = setup.student(), setup.teacher()
+    s_clock, t_clock = ForwardClock(student), ForwardClock(teacher)
     opt = make_optimizer(student.parameters(), "adamw", LR, WD, *BETAS)
     kw = loss_kwargs(StageCfg(loss_type=loss_type))
     on_policy = loss_type == "reverse_kl"
@@ -179,8 +218,10 @@ def ours(setup: Setup, loss_type: str):
         factors = torch.as_tensor(normalize(np.ones(len(idx)), "sum"), dtype=torch.float32)
         t2 = time.perf_counter()
         student.train()
+        s_clock.on = t_clock.on = True
         loss, _, _ = distill_step(student, teacher, (s_ids, s_mask, s_pos, Ps), (t_ids, t_mask, t_pos, Pt),
                                   resp_mask, factors, loss_type, kw, CHUNK)
+        s_clock.on = t_clock.on = False
         if not np.isfinite(loss.item()):
             raise FloatingPointError(f"{loss_type}: loss {loss.item()}")
         t3 = time.perf_counter()
@@ -190,7 +231,9 @@ def ours(setup: Setup, loss_type: str):
         opt.step()
         opt.zero_grad(set_to_none=True)
         t5 = time.perf_counter()
-        ph.update(sample=t1 - t0, pack=t2 - t1, forward_loss=t3 - t2, backward=t4 - t3, optimizer=t5 - t4)
+        fs, ft = s_clock.take(), t_clock.take()
+        ph.update(sample=t1 - t0, pack=t2 - t1, student_forward=fs, teacher_forward=ft,
+                  loss_rest=t3 - t2 - fs - ft, backward=t4 - t3, optimizer=t5 - t4)
         return {"tokens": int(resp_mask.sum()), "phases": ph}
     return step
 
@@ -277,7 +320,7 @@ def trl_distill(setup: Setup, out_dir: str):
         trainer.optimizer.step()
         trainer.optimizer.zero_grad(set_to_none=True)
         lengths = trainer._metrics["train"]["completions/mean_length"]
-        return {"tokens": int(round(lengths[-1] * setup.B))}
+        return {"tokens": round(lengths[-1] * setup.B)}
     return step
 
 
@@ -300,7 +343,8 @@ def make(name: str, setup: Setup, tmp: str):
 # ---------------------------------------------------------------------------------------------
 # Timing (interleaved)
 # ---------------------------------------------------------------------------------------------
-def timing(names: list[str], batch: int, max_new: int, repeats: int, warmup: int) -> dict:
+def timing(names: list[str], batch: int, max_new: int, repeats: int, warmup: int, budget_s: float) -> dict:
+    """Interleaved steps; stops early (after at least 5 repeats) once ``budget_s`` is spent."""
     setup = Setup(batch, max_new)
     with tempfile.TemporaryDirectory() as tmp:
         steps = {n: make(n, setup, tmp) for n in names}
@@ -310,7 +354,11 @@ def timing(names: list[str], batch: int, max_new: int, repeats: int, warmup: int
         times = {n: [] for n in names}
         tokens = {n: [] for n in names}
         phases = {n: [] for n in names}
+        start = time.perf_counter()
         for r in range(repeats):
+            if r >= 5 and time.perf_counter() - start > budget_s:
+                print(f"time budget ({budget_s:.0f} s) spent after {r} repeats")
+                break
             order = names[r % len(names):] + names[:r % len(names)]
             for n in order:
                 t0 = time.perf_counter()
@@ -322,12 +370,34 @@ def timing(names: list[str], batch: int, max_new: int, repeats: int, warmup: int
     res = {}
     for n in names:
         q = np.percentile(times[n], [25, 50, 75])
-        row = {"median_s": float(q[1]), "iqr_s": [float(q[0]), float(q[2])], "all_s": times[n],
-               "mean_response_tokens": float(np.mean(tokens[n])) / batch}
+        row = {"median_s": float(q[1]), "iqr_s": [float(q[0]), float(q[2])], "repeats": len(times[n]),
+               "all_s": times[n], "mean_response_tokens": float(np.mean(tokens[n])) / batch}
         if phases[n]:
             row["phases_median_s"] = {k: statistics.median(p[k] for p in phases[n]) for k in phases[n][0]}
         res[n] = row
     return res
+
+
+def compare(tim: dict) -> list[dict]:
+    return [{"comparison": label, "ours": o, "trl": t, "ours_s": tim[o]["median_s"], "trl_s": tim[t]["median_s"],
+             "ratio": tim[o]["median_s"] / tim[t]["median_s"]}
+            for label, o, t in COMPARISONS if o in tim and t in tim]
+
+
+def print_timing(tim: dict, comps: list[dict], threads: int, seconds: float) -> None:
+    reps = min(r["repeats"] for r in tim.values())
+    print(f"\n{threads} thread(s): median s/step over {reps} interleaved repeats ({seconds:.0f} s)")
+    print(f"{'contender':<17}{'median s':>10}{'IQR':>20}{'resp tok':>10}")
+    for n, r in tim.items():
+        iqr = f"{r['iqr_s'][0]:.4f}-{r['iqr_s'][1]:.4f}"
+        print(f"{n:<17}{r['median_s']:>10.4f}{iqr:>20}{r['mean_response_tokens']:>10.1f}")
+    for n in OURS:
+        ph = tim[n]["phases_median_s"]
+        print(f"  {n} phases (median s): " + ", ".join(f"{k} {v:.4f}" for k, v in ph.items()))
+    if comps:
+        print(f"{'comparison':<24}{'ours':<10}{'TRL':<17}{'ours/TRL':>9}  (target <= 0.8)")
+        for c in comps:
+            print(f"{c['comparison']:<24}{c['ours']:<10}{c['trl']:<17}{c['ratio']:>9.2f}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,7 +427,7 @@ def memory_child(name: str, batch: int, max_new: int, steps: int = 3) -> dict:
             step(r)
         peak = _proc_status()["VmHWM"]
     return {"rest_mib": rest, "peak_mib": peak, "step_delta_mib": peak - rest,
-            "ru_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
+            "lifetime_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def memory(names: list[str], batch: int, max_new: int, threads: int) -> dict:
@@ -367,7 +437,7 @@ def memory(names: list[str], batch: int, max_new: int, threads: int) -> dict:
     for n in names:
         cmd = [sys.executable, str(Path(__file__).resolve()), "--_memory", n, "--batch", str(batch),
                "--max-new", str(max_new), "--threads", str(threads)]
-        p = subprocess.run(cmd, capture_output=True, text=True, env=env, cwd=ROOT)
+        p = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, cwd=ROOT)
         if p.returncode != 0:
             out[n] = {"error": p.stderr[-2000:]}
             print(f"memory {n}: failed\n{p.stderr[-2000:]}", file=sys.stderr)
@@ -384,7 +454,7 @@ def memory(names: list[str], batch: int, max_new: int, threads: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Zero-weight forwards in the real loop
 # ---------------------------------------------------------------------------------------------
-def zero_weight(threads: int, quick: bool) -> dict:
+def zero_weight(threads: int) -> dict:
     from paced.config import DistillConfig, SFTConfig, load_config
     from paced.ledger import Ledger
     from paced.tasks import load_sources
@@ -398,18 +468,22 @@ def zero_weight(threads: int, quick: bool) -> dict:
         t0 = time.perf_counter()
         S.train(load_config(SFTConfig, smoke / "sft.yaml", [
             "data.train=[{source: add, n: 200, difficulty: 1}]", "train.max_steps=150",
-            "train.per_device_train_batch_size=32", "train.save_steps=0", "optim.lr=1e-2",
+            "train.per_device_train_batch_size=32", "train.save_steps=0", "optim.lr=1e-2", "train.logging_steps=150",
             f"run.threads={threads}", "run.progress=false"], run_dir=tmp / "student"))
         t_sft = time.perf_counter() - t0
-        steps = 4 if quick else 8
+        # 4 + 4 steps in both modes: longer FKL stages at this lr can leave no problem with
+        # 0 < p-hat < 1 at the RKL re-estimate, and the loop then stops with a ValueError.
+        steps = 4
         stages = (f"[{{name: fkl, loss_type: forward_kl, max_steps: {steps}, weighting: hard_filter}}, "
                   f"{{name: rkl, loss_type: reverse_kl, max_steps: {steps}, weighting: hard_filter, "
                   f"reestimate_every: {steps // 2}}}]")
         cfg = load_config(DistillConfig, smoke / "distill.yaml", [
             f"student.path={tmp / 'student' / 'model'}", "student.preset=null",
             "teacher.privileged=true", "data.eval=[]", "data.forgetting=[]",
-            "data.train=[{source: add, n: 24, difficulty: 1}, {source: add, n: 24, difficulty: 3, seed: 5}]",
+            # seed 14: 24 distinct 1-digit prompts, so a forwarded prompt names exactly one problem
+            "data.train=[{source: add, n: 24, difficulty: 1, seed: 14}, {source: add, n: 24, difficulty: 3, seed: 5}]",
             "distill.num_generations=8", "distill.save_steps=0", f"distill.stages={stages}",
+            f"distill.logging_steps={steps}",
             f"run.threads={threads}", "run.progress=false"], run_dir=tmp / "distill")
         pool = load_sources(cfg.data.train)
         prompt_of = {e.id: tuple(p) for e, p in zip(pool, encode_prompts(tok, [e.prompt for e in pool]))}
@@ -423,13 +497,18 @@ def zero_weight(threads: int, quick: bool) -> dict:
             return real_pack(prompts, responses, pad)
 
         D.pack = spy
+        stopped = None
+        t0 = time.perf_counter()
         try:
-            t0 = time.perf_counter()
             D.train(cfg)
-            t_distill = time.perf_counter() - t0
+        except ValueError as e:  # "every problem has weight 0": the steps before it still count
+            stopped = str(e)
+            print(f"the distill run stopped early: {e}")
         finally:
             D.pack = real_pack
+        t_distill = time.perf_counter() - t0
         rows = [json.loads(x) for x in (tmp / "distill" / "metrics.jsonl").read_text().splitlines()]
+        assert len(forwarded) == len(rows), (len(forwarded), len(rows))
         ledger = Ledger(tmp / "distill" / "ledger.sqlite")
         spied_zero, ambiguous, alive_total = 0, 0, 0
         stage_of = [(0, "fkl", 0, steps)] * steps + [(1, "rkl", steps, steps // 2)] * steps
@@ -452,7 +531,7 @@ def zero_weight(threads: int, quick: bool) -> dict:
                 "spy_zero_weight_forwards": spied_zero, "spy_ambiguous_prompts": ambiguous,
                 "spy_live_prompts": alive_total, "steps": len(rows), "pack_calls_seen": len(forwarded),
                 "zero_weight_share": [r["zero_weight_share"] for r in rows],
-                "pool": len(pool), "student_sft_s": t_sft, "distill_s": t_distill}
+                "pool": len(pool), "student_sft_s": t_sft, "distill_s": t_distill, "stopped": stopped}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -463,8 +542,8 @@ def machine() -> dict:
             "cpus": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
             "loadavg_start": os.getloadavg()}
     try:
-        info["cpu"] = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                           if line.startswith("model name"))
+        with open("/proc/cpuinfo") as f:
+            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
     try:
@@ -473,8 +552,8 @@ def machine() -> dict:
     except ImportError:
         info["trl"] = None
     try:
-        info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True,
-                                     text=True).stdout.strip()
+        info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=False,
+                                     capture_output=True, text=True).stdout.strip()
     except OSError:
         pass
     return info
@@ -482,17 +561,23 @@ def machine() -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="few repeats (~2-4 minutes)")
-    ap.add_argument("--repeats", type=int, default=None, help="timed steps per contender (quick 15, full 80)")
+    ap.add_argument("--quick", action="store_true", help="fewer repeats, no TRL memory (~1-6 minutes)")
+    ap.add_argument("--repeats", type=int, default=None, help="timed steps per contender (quick 40, full 300)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--max-new", type=int, default=16)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, nargs="+", default=[2],
+                    help="torch threads; several values time each in turn (the first is used for memory and "
+                         "the zero-weight run)")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds of timed repeats per thread count before stopping early (quick 90, full 420)")
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--trl-memory", action="store_true", help="also measure TRL's memory in --quick (+1-2 min)")
     ap.add_argument("--skip-zero-weight", action="store_true")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "distill_step.json"))
     ap.add_argument("--_memory", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
-    torch.set_num_threads(a.threads)
+    threads = a.threads[0]
+    torch.set_num_threads(threads)
     if a._memory:
         print(json.dumps(memory_child(a._memory, a.batch, a.max_new)))
         return
@@ -501,40 +586,31 @@ def main() -> None:
     warnings.filterwarnings("ignore")
     from paced.models import quiet_hf
     quiet_hf()
-    repeats = a.repeats or (15 if a.quick else 80)
+    repeats = a.repeats or (40 if a.quick else 300)
+    budget = a.budget or (90.0 if a.quick else 420.0)
     trl_ok = have_trl()
     if not trl_ok:
         print("trl is not installed: TRL rows skipped (pip install trl)")
-    names = list(OURS) + (list(TRL_NAMES) if trl_ok else [])
+    names = ["sft", *OURS] + (list(TRL_NAMES) if trl_ok else [])
     info = machine()
     print(f"torch {info['torch']}, transformers {info['transformers']}, trl {info['trl']}; "
-          f"{a.threads} threads, batch {a.batch}, max_new {a.max_new}, repeats {repeats}")
-    t0 = time.perf_counter()
-    tim = timing(names, a.batch, a.max_new, repeats, warmup=1 if a.quick else 2)
-    t_timing = time.perf_counter() - t0
-    comps = []
-    for label, o, t in COMPARISONS:
-        if o in tim and t in tim:
-            comps.append({"comparison": label, "ours": o, "trl": t, "ours_s": tim[o]["median_s"],
-                          "trl_s": tim[t]["median_s"], "ratio": tim[o]["median_s"] / tim[t]["median_s"]})
-    print(f"\nmedian s/step over {repeats} interleaved repeats ({t_timing:.0f} s)")
-    print(f"{'contender':<17}{'median s':>10}{'IQR':>20}{'resp tok':>10}")
-    for n in names:
-        r = tim[n]
-        iqr = f"{r['iqr_s'][0]:.4f}-{r['iqr_s'][1]:.4f}"
-        print(f"{n:<17}{r['median_s']:>10.4f}{iqr:>20}{r['mean_response_tokens']:>10.1f}")
-    for n in OURS:
-        ph = tim[n]["phases_median_s"]
-        print(f"  {n} phases (median s): " + ", ".join(f"{k} {v:.4f}" for k, v in ph.items()))
-    if comps:
-        print(f"\n{'comparison':<24}{'ours':<10}{'TRL':<17}{'ours/TRL':>9}  (target <= 0.8)")
-        for c in comps:
-            print(f"{c['comparison']:<24}{c['ours']:<10}{c['trl']:<17}{c['ratio']:>9.2f}")
+          f"threads {a.threads}, batch {a.batch}, max_new {a.max_new}, repeats {repeats}; "
+          f"load average {info['loadavg_start'][0]:.2f} on {info['cpus']} CPUs")
+    timings = {}
+    for th in a.threads:
+        torch.set_num_threads(th)
+        t0 = time.perf_counter()
+        tim = timing(names, a.batch, a.max_new, repeats, 1 if a.quick else 2, budget)
+        comps = compare(tim)
+        print_timing(tim, comps, th, time.perf_counter() - t0)
+        timings[str(th)] = {"timing": tim, "comparisons": comps, "loadavg_after": os.getloadavg()}
+    torch.set_num_threads(threads)
 
     mem = None
     if not a.skip_memory:
         t0 = time.perf_counter()
-        mem = memory(["sft", *OURS] + (list(TRL_NAMES) if trl_ok else []), a.batch, a.max_new, a.threads)
+        with_trl = trl_ok and (not a.quick or a.trl_memory)
+        mem = memory(["sft", *OURS] + (list(TRL_NAMES) if with_trl else []), a.batch, a.max_new, threads)
         print(f"\npeak memory per step (RSS, one subprocess each, {time.perf_counter() - t0:.0f} s)")
         print(f"{'config':<17}{'rest MiB':>10}{'peak MiB':>10}{'step +MiB':>10}{'delta/SFT':>10}{'peak/SFT':>10}")
         for n, r in mem.items():
@@ -548,17 +624,17 @@ def main() -> None:
     zw = None
     if not a.skip_zero_weight:
         t0 = time.perf_counter()
-        zw = zero_weight(a.threads, a.quick)
+        zw = zero_weight(threads)
         print(f"\nzero-weight forwards in paced.train.distill.train (hard_filter, {zw['pool']} problems, "
               f"{zw['steps']} steps, {time.perf_counter() - t0:.0f} s): logged {zw['logged_zero_weight_forwards']}, "
               f"spy {zw['spy_zero_weight_forwards']} (live {zw['spy_live_prompts']}, ambiguous "
               f"{zw['spy_ambiguous_prompts']}; zero-weight share of the pool "
-              f"{min(zw['zero_weight_share']):.2f}-{max(zw['zero_weight_share']):.2f})  (target 0)")
+              f"{min(zw['zero_weight_share'], default=0):.2f}-{max(zw['zero_weight_share'], default=0):.2f})  (target 0)")
 
     info["loadavg_end"] = os.getloadavg()
     result = {"benchmark": "distill_step", "mode": "quick" if a.quick else "full", "machine": info,
               "settings": {"batch": a.batch, "max_new_tokens": a.max_new, "threads": a.threads,
-                           "repeats": repeats, "student": "tiny", "teacher": "small", "dtype": "float32",
+                           "repeats_max": repeats, "budget_s": budget, "student": "tiny", "teacher": "small", "dtype": "float32",
                            "lr": LR, "betas": BETAS, "weight_decay": WD, "max_grad_norm": CLIP,
                            "chunk_size": CHUNK},
               "trl_configs": {
@@ -570,8 +646,9 @@ def main() -> None:
                                      "top_k=0, top_p=1.0, max_completion_length=T): student generate each step",
                   "common": "training_step + clip_grad_norm_(1.0) + optimizer.step (adamw_torch), bf16=False, "
                             "use_cpu=True, gradient_checkpointing=False, no logging/saving/eval"},
-              "timing": tim, "comparisons": comps, "memory": mem, "zero_weight": zw,
-              "notes": "shared, busy machine: absolute times are noisy; ratios come from interleaved runs"}
+              "by_threads": timings, "memory": mem, "zero_weight": zw,
+              "notes": "shared, busy machine: absolute times are noisy (see the load averages); ratios come "
+                       "from interleaved runs; with busy cores the 1-thread timings are the stable ones"}
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
     print(f"\nwrote {a.out}")

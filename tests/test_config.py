@@ -30,7 +30,7 @@ def test_defaults_and_overrides(tmp_path):
     (["train.max_steps=abc"], "train.max_steps: expected an integer, got 'abc'"),
     (["train.max_steps=2.5"], "train.max_steps: expected an integer"),
     (["train.max_steps=0"], "train.max_steps: 0 is below the minimum 1"),
-    (["optim.name=adamm"], "optim.name: 'adamm' is not one of ['adamw', 'sgd']; did you mean 'adamw'?"),
+    (["optim.name=adamm"], "optim.name: 'adamm' is not one of ['adamw', 'sgd', 'classp']; did you mean 'adamw'?"),
     (["optim.beta1=1.5"], "optim.beta1: 1.5 is above the maximum 1.0"),
     (["run.progress=maybe"], "run.progress: expected true/false"),
     (["data.train=[{source: add, nn: 3}]"], "unknown config key 'data.train[0].nn'"),

@@ -20,9 +20,15 @@ no LR schedule, no gradient checkpointing, no logging / evaluation / saving insi
 Ours (the body of ``paced.train.distill.train``'s step loop, calling paced's own functions):
   ours_fkl  off-policy forward KL: teacher responses generated once, greedily, with
             ``paced.rollout.sample`` (T = 0) and cached (as the loop's greedy teacher cache); per
-            step ``pack`` x2 (student / teacher prompts) + ``distill_step(..., "forward_kl")``
-            (``response_hidden`` + ``chunked_token_loss`` + ``masked_mean``, uniform weights
-            normalised by ``paced.weighting.normalize``) + backward + clip + AdamW step.
+            step ``pack`` x2 (student / teacher prompts), the teacher's hidden states from the
+            loop's ``TeacherHiddenCache`` (greedy responses are fixed, so the frozen teacher's
+            hidden states are computed on a problem's first visit and reused; the 4 batches
+            cycle, so after the first 4 steps the teacher is not run) + ``distill_step(...,
+            "forward_kl")`` (``response_hidden`` + ``chunked_token_loss`` + ``masked_mean``,
+            uniform weights normalised by ``paced.weighting.normalize``) + backward + clip +
+            AdamW step.
+  ours_fkl_nocache  the same with ``teacher_cache_mib=0``: the teacher backbone runs every step
+            (what a pool too large for the cache, or sampled teacher responses, costs).
   ours_rkl  on-policy reverse KL: per step one student response per prompt from
             ``paced.rollout.sample`` (T = 1, top-k 0, top-p 1), then the same with "reverse_kl".
 
@@ -119,14 +125,16 @@ from paced.config import StageCfg  # noqa: E402
 from paced.models import char_tokenizer, encode_prompts, tiny_model  # noqa: E402
 from paced.rollout import SamplingParams, sample  # noqa: E402
 from paced.tasks.synthetic import generate  # noqa: E402
-from paced.train.distill import distill_step, loss_kwargs, pack  # noqa: E402
+from paced.train.distill import (TeacherHiddenCache, distill_step, loss_kwargs, pack,  # noqa: E402
+                                 teacher_hidden)
 from paced.train.sft import IGNORE, make_optimizer, sft_loss  # noqa: E402
 from paced.weighting import normalize  # noqa: E402
 
 LR, BETAS, WD, CLIP, CHUNK = 1e-3, (0.9, 0.99), 0.0, 1.0, 256
-OURS = ("ours_fkl", "ours_rkl")
+OURS = ("ours_fkl", "ours_fkl_nocache", "ours_rkl")
 TRL_NAMES = ("trl_gkd_fkl", "trl_gkd_rkl", "trl_distill_rkl")
 COMPARISONS = (("off-policy forward KL", "ours_fkl", "trl_gkd_fkl"),
+               ("off-policy forward KL, no teacher cache", "ours_fkl_nocache", "trl_gkd_fkl"),
                ("on-policy reverse KL", "ours_rkl", "trl_gkd_rkl"),
                ("on-policy reverse KL", "ours_rkl", "trl_distill_rkl"))
 
@@ -192,10 +200,11 @@ class ForwardClock:
         return t
 
 
-def ours(setup: Setup, loss_type: str):
+def ours(setup: Setup, loss_type: str, cache: bool = True):
     """One step of paced.train.distill.train's loop body (uniform weights, no logging)."""
     student, teacher = setup.student(), setup.teacher()
-    s_clock, t_clock = ForwardClock(student), ForwardClock(teacher)
+    s_clock, t_clock = ForwardClock(student), ForwardClock(teacher.get_decoder())
+    hidden_cache = TeacherHiddenCache(1024 * 2 ** 20)  # the loop's default teacher_cache_mib
     opt = make_optimizer(student.parameters(), "adamw", LR, WD, *BETAS)
     kw = loss_kwargs(StageCfg(loss_type=loss_type))
     on_policy = loss_type == "reverse_kl"
@@ -219,7 +228,12 @@ def ours(setup: Setup, loss_type: str):
         t2 = time.perf_counter()
         student.train()
         s_clock.on = t_clock.on = True
-        loss, _, _ = distill_step(student, teacher, (s_ids, s_mask, s_pos, Ps), (t_ids, t_mask, t_pos, Pt),
+        R = resp_mask.shape[1]
+        if not on_policy and cache:  # the loop caches teacher hidden states on greedy responses
+            h_t = hidden_cache(teacher, [str(i) for i in idx], list(map(len, resp)), (t_ids, t_mask, t_pos, Pt), R)
+        else:
+            h_t = teacher_hidden(teacher, t_ids, t_mask, t_pos, Pt, R)
+        loss, _, _ = distill_step(student, h_t, teacher.get_output_embeddings(), (s_ids, s_mask, s_pos, Ps),
                                   resp_mask, factors, loss_type, kw, CHUNK)
         s_clock.on = t_clock.on = False
         if not np.isfinite(loss.item()):
@@ -327,6 +341,8 @@ def trl_distill(setup: Setup, out_dir: str):
 def make(name: str, setup: Setup, tmp: str):
     if name == "ours_fkl":
         return ours(setup, "forward_kl")
+    if name == "ours_fkl_nocache":
+        return ours(setup, "forward_kl", cache=False)
     if name == "ours_rkl":
         return ours(setup, "reverse_kl")
     if name == "sft":

@@ -165,6 +165,8 @@ class DistillCfg:
     passrate_temperature: float = F(1.0, "sampling temperature of the p-hat rollouts and held-out eval", min=0.0)
     sampling_batch_size: int = F(512, "sequences per sampler call", min=1)
     chunk_size: int = F(256, "response positions per logits chunk (memory bound)", min=1)
+    teacher_cache_mib: int = F(1024, "cache the teacher's hidden states on its greedy responses "
+                                     "(off-policy, teacher_temperature 0) up to this many MiB; 0 = off", min=0)
     eval_n: int = F(8, "samples per held-out problem, before and after (mean@n)", min=1)
     logging_steps: int = F(10, "console log every N steps", min=1)
     save_steps: int = F(0, "checkpoint every N steps (0 = only at the end)", min=0)

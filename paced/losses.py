@@ -166,7 +166,8 @@ def masked_mean(per_token: Tensor, mask: Tensor) -> Tensor:
 
 
 def chunked_token_loss(student_hidden: Tensor, teacher_hidden: Tensor, student_head, teacher_head,
-                       loss_fn, chunk_size: int = 256, **loss_kw) -> Tensor:
+                       loss_fn, chunk_size: int = 256, with_agreement: bool = False,
+                       checkpoint_above_bytes: int = 32 * 2 ** 20, **loss_kw):
     """Per-token loss (B, T) from hidden states, with O(B · chunk · V) logits memory.
 
     ``loss_fn(student_logits, teacher_logits, **loss_kw)`` is any position-wise loss above; the
@@ -175,6 +176,10 @@ def chunked_token_loss(student_hidden: Tensor, teacher_hidden: Tensor, student_h
     ``torch.utils.checkpoint`` (non-reentrant), so no chunk's (B, chunk, V) logits survive the
     forward; the backward recomputes them one chunk at a time. The teacher side is detached and
     run under no_grad. The same idea as Liger's / torchtune's chunked output-projection losses.
+    When the whole (B, T, V) fp32 logits tensor is at most ``checkpoint_above_bytes`` (32 MiB by
+    default) nothing is checkpointed: the recomputation would cost more than the memory it saves.
+    ``with_agreement=True`` also returns the per-token argmax agreement of the two models (B, T)
+    (bool), computed from the same logits (no extra head pass).
     Deviations: the head matmul runs in the head's own dtype and only its output is upcast (a
     true fp32 matmul would need an fp32 copy of the V × H head weights).
     Result equals ``loss_fn(student_head(h_S), teacher_head(h_T).detach())`` up to float
@@ -184,20 +189,29 @@ def chunked_token_loss(student_hidden: Tensor, teacher_hidden: Tensor, student_h
         raise ValueError(f"chunked_token_loss: chunk_size must be >= 1, got {chunk_size}")
     teacher_hidden = teacher_hidden.detach()
 
-    def piece(h_s: Tensor, h_t: Tensor) -> Tensor:
+    def piece(h_s: Tensor, h_t: Tensor) -> tuple[Tensor, Tensor]:
         s_logits = _upcast(student_head(h_s))                     # (B, c, V)
         with torch.no_grad():
             t_logits = _upcast(teacher_head(h_t))                 # (B, c, V)
-        return loss_fn(s_logits, t_logits, **loss_kw)            # (B, c)
+            agree = s_logits.argmax(-1) == t_logits.argmax(-1)    # (B, c)
+        return loss_fn(s_logits, t_logits, **loss_kw), agree     # (B, c) x 2
 
-    outs = []
-    for start in range(0, student_hidden.shape[1], chunk_size):
+    B, T = student_hidden.shape[:2]
+    vocab = getattr(student_head, "out_features", None)
+    if vocab is None:                                            # a plain callable: probe it
+        with torch.no_grad():
+            vocab = student_head(student_hidden[:1, :1]).shape[-1]
+    ckpt = torch.is_grad_enabled() and B * T * vocab * 4 > checkpoint_above_bytes
+    outs, agrees = [], []
+    for start in range(0, T, chunk_size):
         h_s = student_hidden[:, start:start + chunk_size]        # (B, c, H)
         h_t = teacher_hidden[:, start:start + chunk_size]        # (B, c, H)
-        if torch.is_grad_enabled():
-            outs.append(checkpoint(piece, h_s, h_t, use_reentrant=False))
-        else:
-            outs.append(piece(h_s, h_t))
+        out, agree = checkpoint(piece, h_s, h_t, use_reentrant=False) if ckpt else piece(h_s, h_t)
+        outs.append(out)
+        agrees.append(agree)
     if not outs:                                                 # T = 0
-        return _upcast(student_hidden.new_zeros(student_hidden.shape[:2]))
-    return torch.cat(outs, dim=1)                                # (B, T)
+        loss = _upcast(student_hidden.new_zeros(student_hidden.shape[:2]))
+        agreement = torch.zeros(student_hidden.shape[:2], dtype=torch.bool, device=student_hidden.device)
+    else:
+        loss, agreement = torch.cat(outs, dim=1), torch.cat(agrees, dim=1)  # (B, T) x 2
+    return (loss, agreement) if with_agreement else loss

@@ -42,7 +42,7 @@ from .models import encode_prompts, load_model_and_tokenizer
 from .passrate import estimate, histogram_text
 from .rollout import SamplingParams, sample
 from .runlog import console, write_json
-from .train.distill import DEFAULT_RESPONSES, check_vocab, loss_kwargs, pack, response_hidden
+from .train.distill import DEFAULT_RESPONSES, check_vocab, loss_kwargs, pack, response_hidden, teacher_hidden
 
 CHUNK_SIZE = 256        # response positions per logits chunk
 SAMPLING_BATCH = 256    # sequences per sampler call
@@ -141,8 +141,7 @@ def per_problem_grads(student, teacher, s_prompts: list[list[int]], t_prompts: l
         s_ids, s_mask, s_pos, Ps = pack([sp], [r], pad_token_id)
         t_ids, t_mask, t_pos, Pt = pack([tp], [r], pad_token_id)
         h_s = response_hidden(student, s_ids.to(dev_s), s_mask.to(dev_s), s_pos.to(dev_s), Ps, len(r))
-        with torch.no_grad():
-            h_t = response_hidden(teacher, t_ids.to(dev_t), t_mask.to(dev_t), t_pos.to(dev_t), Pt, len(r))
+        h_t = teacher_hidden(teacher, t_ids.to(dev_t), t_mask.to(dev_t), t_pos.to(dev_t), Pt, len(r))
         per_token = chunked_token_loss(h_s, h_t.to(dev_s), head_s, lambda h: head_t(h.to(dev_t)).to(dev_s),
                                        loss_fn, chunk_size=chunk_size, **loss_kw)     # (1, R)
         loss = masked_mean(per_token, s_mask[:, Ps:].to(dev_s))[0]

@@ -132,3 +132,71 @@ def test_resume_equals_uninterrupted(tmp_path, student, monkeypatch):
         assert torch.equal(a[k], b[k]), k
     steps = [json.loads(x)["step"] for x in (tmp_path / "crash" / "metrics.jsonl").read_text().splitlines()]
     assert steps == [1, 2, 3, 4, 5, 6]
+
+
+def test_teacher_hidden_cache_unit():
+    """Served only when the whole batch is cached; stores each problem's own response length;
+    the byte budget is respected."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+    torch.manual_seed(0)
+    teacher = LlamaForCausalLM(LlamaConfig(vocab_size=11, hidden_size=8, intermediate_size=16,
+                                           num_hidden_layers=1, num_attention_heads=2,
+                                           num_key_value_heads=2)).eval()
+    calls = []
+    teacher.get_decoder().register_forward_hook(lambda *a: calls.append(1))
+    ids, mask, pos, P = D.pack([[1, 2], [3]], [[4, 5, 6], [7]], pad=0)
+    R = ids.shape[1] - P
+    cache = D.TeacherHiddenCache(max_bytes=3 * 8 * 4)             # room for 3 rows of H = 8 fp32
+    h1 = cache(teacher, ["a", "b"], [3, 1], (ids, mask, pos, P), R)
+    assert len(calls) == 1 and sorted(cache.rows) == ["a"]       # "a" used the 3 rows: "b" not stored
+    h2 = cache(teacher, ["a", "b"], [3, 1], (ids, mask, pos, P), R)
+    assert len(calls) == 2                                       # partial hit: the teacher runs
+    torch.testing.assert_close(h1, h2)
+    big = D.TeacherHiddenCache(max_bytes=2 ** 20)
+    big(teacher, ["a", "b"], [3, 1], (ids, mask, pos, P), R)
+    h3 = big(teacher, ["a", "b"], [3, 1], (ids, mask, pos, P), R)
+    assert len(calls) == 3                                       # full hit: no teacher forward
+    assert big.rows["b"].shape == (1, 8)
+    torch.testing.assert_close(h3[0], h1[0])
+    torch.testing.assert_close(h3[1, :1], h1[1, :1])
+    assert (h3[1, 1:] == 0).all()                                # padding positions are masked anyway
+
+
+def test_teacher_cache_matches_uncached_and_resumes_exactly(tmp_path, student, monkeypatch):
+    """Off-policy forward KL with the hidden-state cache trains like the uncached loop, and a
+    run killed mid-stage resumes (with an empty cache) to the same weights."""
+    stages = "distill.stages=[{name: s, loss_type: forward_kl, max_steps: 6, weighting: uniform}]"
+    common = ["teacher.privileged=false", "data.eval=[]", "data.forgetting=[]", stages,
+              "distill.per_device_train_batch_size=8", "distill.save_steps=2", "distill.save_total_limit=0"]
+    calls = []
+    D.train(distill_cfg(tmp_path / "cached", student, *common))
+    real = D.teacher_hidden
+    monkeypatch.setattr(D, "teacher_hidden", lambda *a, **k: calls.append(1) or real(*a, **k))
+    D.train(distill_cfg(tmp_path / "cached2", student, *common))
+    cached_calls = len(calls)
+    calls.clear()
+    D.train(distill_cfg(tmp_path / "plain", student, *common, "distill.teacher_cache_mib=0"))
+    assert len(calls) == 6 and cached_calls < 6                  # the pool of 24 repeats in 6 x 8
+    a = load_file(tmp_path / "cached" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "plain" / "model" / "model.safetensors")
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
+
+    real_step = torch.optim.AdamW.step
+    n = {"n": 0}
+
+    def dying_step(self, *a, **k):  # dies during the 5th update: after checkpoint step-4
+        n["n"] += 1
+        if n["n"] == 5:
+            raise KeyboardInterrupt("killed")
+        return real_step(self, *a, **k)
+
+    crashed = distill_cfg(tmp_path / "crash", student, *common)
+    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
+    with pytest.raises(KeyboardInterrupt):
+        D.train(crashed)
+    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    D.train(crashed, resume=True)
+    c = load_file(tmp_path / "crash" / "model" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], c[k]), k

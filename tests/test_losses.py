@@ -236,10 +236,11 @@ def make_heads(hidden, vocab, seed=0):
     return student, teacher
 
 
+@pytest.mark.parametrize("ckpt_bytes", [0, 2 ** 40])  # always / never checkpointed
 @pytest.mark.parametrize("chunk", [1, 3, 7, 10])
 @pytest.mark.parametrize("name,kw", [("forward_kl", {}), ("reverse_kl", {"temperature": 1.5}),
                                      ("jsd", {"beta": 0.3}), ("akl", {"mu": 0.5})])
-def test_chunked_equals_unchunked(chunk, name, kw):
+def test_chunked_equals_unchunked(chunk, name, kw, ckpt_bytes):
     B, T, H, V = 2, 7, 6, 19
     fn = DISTILL_LOSSES[name]
     s_head, t_head = make_heads(H, V)
@@ -253,8 +254,10 @@ def test_chunked_equals_unchunked(chunk, name, kw):
     w_grad = s_head.weight.grad.clone()
     s_head.weight.grad = None
 
-    got = chunked_token_loss(h_s2, h_t2, s_head, t_head, fn, chunk_size=chunk, **kw)
+    got, agree = chunked_token_loss(h_s2, h_t2, s_head, t_head, fn, chunk_size=chunk, with_agreement=True,
+                                    checkpoint_above_bytes=ckpt_bytes, **kw)
     assert got.shape == (B, T)
+    assert torch.equal(agree, s_head(h_s).argmax(-1) == t_head(h_t).argmax(-1))
     torch.testing.assert_close(got, want, rtol=1e-10, atol=1e-12)
     (got.sum()).backward()
     torch.testing.assert_close(h_s2.grad, h_s1.grad, rtol=1e-10, atol=1e-12)
@@ -290,6 +293,10 @@ def test_chunked_saves_no_full_logits_for_backward():
         return total[0]
 
     plain = saved_numel(lambda: forward_kl(s_head(h_s), t_head(h_t).detach()))
-    chunked = saved_numel(lambda: chunked_token_loss(h_s, h_t, s_head, t_head, forward_kl, chunk_size=8))
+    chunked = saved_numel(lambda: chunked_token_loss(h_s, h_t, s_head, t_head, forward_kl, chunk_size=8,
+                                                     checkpoint_above_bytes=0))
     assert plain >= B * T * V
     assert chunked < B * 8 * V
+    # below the threshold (default 32 MiB of logits) nothing is checkpointed: everything is saved
+    small = saved_numel(lambda: chunked_token_loss(h_s, h_t, s_head, t_head, forward_kl, chunk_size=8))
+    assert small >= B * T * V

@@ -76,29 +76,73 @@ def pack(prompts: list[list[int]], responses: list[list[int]], pad: int):
 
 
 def response_hidden(model, ids, mask, pos, P: int, R: int) -> torch.Tensor:
-    """Final hidden states at the positions that predict the R response tokens: (B, R, H)."""
+    """Final hidden states at the positions that predict the R response tokens: (B, R, H).
+
+    Called through the (possibly DDP-wrapped) model so that DDP sees the forward; only the last
+    position's logits are computed (``logits_to_keep=1``): the loss applies the head in chunks.
+    """
     out = model(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True,
                 logits_to_keep=1)
     return out.hidden_states[-1][:, P - 1: P + R - 1]
 
 
-def distill_step(student, teacher, s_batch, t_batch, resp_mask, weights, loss_type: str,
-                 loss_kw: dict, chunk_size: int):
-    """One weighted loss: returns (loss, per-problem losses (B,), token agreement)."""
+@torch.no_grad()
+def teacher_hidden(teacher, ids, mask, pos, P: int, R: int) -> torch.Tensor:
+    """The frozen teacher's final hidden states on the response positions (B, R, H), no grad.
+
+    Runs the backbone alone (``get_decoder()``, e.g. LlamaModel: its output is already
+    normalised), so neither logits nor every layer's hidden states are materialised.
+    """
+    backbone = teacher.get_decoder() if hasattr(teacher, "get_decoder") else None
+    if backbone is None or backbone is teacher:
+        return response_hidden(teacher, ids, mask, pos, P, R)
+    h = backbone(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
+    return h[:, P - 1: P + R - 1]                                            # (B, R, H)
+
+
+class TeacherHiddenCache:
+    """problem id -> the teacher's hidden states on its (fixed, greedy) response, (R_i, H).
+
+    Off-policy distillation on greedy teacher responses feeds the frozen teacher the same
+    sequence every time a problem comes back, so its hidden states are computed once and kept
+    (on the teacher's device) until ``max_bytes`` are used; the head is still applied per chunk
+    in the loss. A batch is served from the cache only when every problem in it is cached,
+    otherwise the teacher runs on the whole batch (and the missing problems are stored).
+    """
+
+    def __init__(self, max_bytes: int):
+        self.rows: dict[str, torch.Tensor] = {}
+        self.free = max_bytes
+
+    def __call__(self, teacher, ids: list[str], lens: list[int], t_batch, R: int) -> torch.Tensor:
+        if ids and all(i in self.rows for i in ids):
+            first = self.rows[ids[0]]
+            h = first.new_zeros(len(ids), R, first.shape[-1])                # (B, R, H)
+            for b, i in enumerate(ids):
+                h[b, :len(self.rows[i])] = self.rows[i]
+            return h
+        h = teacher_hidden(teacher, *t_batch, R)                              # (B, R, H)
+        for b, i in enumerate(ids):
+            row = h[b, :lens[b]]                                              # (R_i, H)
+            if i not in self.rows and row.nbytes <= self.free:
+                self.rows[i] = row.clone()
+                self.free -= row.nbytes
+        return h
+
+
+def distill_step(student, h_t, head_t, s_batch, resp_mask, weights, loss_type: str, loss_kw: dict,
+                 chunk_size: int):
+    """One weighted loss from the teacher's hidden states ``h_t`` (B, R, H), computed first and
+    without grad (so their transient memory is gone before the student's activations exist).
+    Returns (loss, per-problem losses (B,), token agreement)."""
     R = resp_mask.shape[1]
     h_s = response_hidden(student, *s_batch, R)                              # (B, R, H)
-    with torch.no_grad():
-        h_t = response_hidden(teacher, *t_batch, R)                          # (B, R, H)
     head_s = (student.module if hasattr(student, "module") else student).get_output_embeddings()
-    head_t = teacher.get_output_embeddings()
-    per_token = chunked_token_loss(h_s, h_t, head_s, head_t, DISTILL_LOSSES[loss_type],
-                                   chunk_size=chunk_size, **loss_kw)         # (B, R)
+    per_token, agree = chunked_token_loss(h_s, h_t, head_s, head_t, DISTILL_LOSSES[loss_type],
+                                          chunk_size=chunk_size, with_agreement=True, **loss_kw)  # (B, R) x 2
     per_problem = masked_mean(per_token, resp_mask)                          # (B,)
     loss = (weights * per_problem).sum()
-    with torch.no_grad():  # teacher/student argmax agreement, chunked like the loss
-        agree = torch.cat([head_s(h_s[:, i:i + chunk_size]).argmax(-1) == head_t(h_t[:, i:i + chunk_size]).argmax(-1)
-                           for i in range(0, R, chunk_size)], dim=1).float()             # (B, R)
-        agreement = float((agree * resp_mask).sum() / resp_mask.sum().clamp(min=1))
+    agreement = float((agree * resp_mask).sum() / resp_mask.sum().clamp(min=1))
     return loss, per_problem.detach(), agreement
 
 
@@ -211,6 +255,8 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
                                    seed=cfg.run.seed * 1000003 + at), eos_token_id=eos, pad_token_id=pad)
         return [row[:n] for row, n in zip(ro.completion_ids.tolist(), ro.lengths.tolist())]
 
+    hidden_cache = TeacherHiddenCache(d.teacher_cache_mib * 2 ** 20)
+
     bar = Progress(total_steps, "distill", cfg.run.progress and main, initial=step)
     stage_start = 0
     for stage_i, stage in enumerate(d.stages):
@@ -233,14 +279,17 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
             live = np.flatnonzero(w > 0)
             if live.size == 0:
                 raise ValueError(f"stage {stage.name!r}: every problem has weight 0 at step {step} "
-                                 f"(p̂ all 0 or 1 under {stage.weighting}); nothing to train on")
+                                 f"(p̂ all 0 or 1 under {stage.weighting}); nothing to train on. "
+                                 f"The last checkpoint is {latest_checkpoint(run_dir)}")
             rng = np.random.default_rng([cfg.run.seed, step])  # one global batch; each process its slice
             size = min(d.per_device_train_batch_size * world, live.size)
+            short = live.size < world  # fewer live problems than processes: every rank still gets one
+            size = world if short else size
             if stage.sample_by_weight:
-                pick = rng.choice(live, size, replace=False, p=w[live] / w[live].sum())
+                pick = rng.choice(live, size, replace=short, p=w[live] / w[live].sum())
                 raw_w = np.ones(size)
             else:
-                pick = rng.choice(live, size, replace=False)
+                pick = rng.choice(live, size, replace=short)
                 raw_w = w[pick]
             pick, raw_w = pick[rank::world], raw_w[rank::world]
             ids = [pool[i].id for i in pick]
@@ -252,10 +301,15 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
             resp_mask = s_mask[:, Ps:].float()                                   # (B, R)
             dev = accelerator.device
             factors = torch.as_tensor(normalize(raw_w, stage.normalize), dtype=torch.float32, device=dev)
+            t_batch = (t_ids.to(dev), t_mask.to(dev), t_pos.to(dev), Pt)
+            if who == "teacher" and d.teacher_temperature == 0:  # greedy: a pure function of the problem
+                h_t = hidden_cache(teacher, ids, list(map(len, resp)), t_batch, R)         # (B, R, H)
+            else:
+                h_t = teacher_hidden(teacher, *t_batch, R)                                  # (B, R, H)
             student.train()
             loss, per_problem, agreement = distill_step(
-                student, teacher, (s_ids.to(dev), s_mask.to(dev), s_pos.to(dev), Ps),
-                (t_ids.to(dev), t_mask.to(dev), t_pos.to(dev), Pt), resp_mask.to(dev), factors,
+                student, h_t, teacher.get_output_embeddings(),
+                (s_ids.to(dev), s_mask.to(dev), s_pos.to(dev), Ps), resp_mask.to(dev), factors,
                 stage.loss_type, kw, d.chunk_size)
             if not math.isfinite(loss.item()):
                 raise FloatingPointError(f"distill: loss is {loss.item()} at step {step + 1}; nothing "

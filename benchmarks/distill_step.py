@@ -30,7 +30,10 @@ Ours (the body of ``paced.train.distill.train``'s step loop, calling paced's own
   ours_fkl_nocache  the same with ``teacher_cache_mib=0``: the teacher backbone runs every step
             (what a pool too large for the cache, or sampled teacher responses, costs).
   ours_rkl  on-policy reverse KL: per step one student response per prompt from
-            ``paced.rollout.sample`` (T = 1, top-k 0, top-p 1), then the same with "reverse_kl".
+            ``paced.rollout.sample`` (T = 1, top-k 0, top-p 1), then the same with "reverse_kl";
+            the teacher runs on the response tokens only, attending to its KV cache of the
+            prompt (the loop's ``TeacherPromptCache``, filled on a problem's first visit).
+  ours_rkl_nocache  the same with ``teacher_cache_mib=0``: the teacher runs on prompt + response.
 
 TRL (version recorded in the JSON; written against trl 1.16.0), each called as
 ``trainer.training_step(trainer.model, inputs)`` + ``clip_grad_norm_(1.0)`` +
@@ -125,16 +128,18 @@ from paced.config import StageCfg  # noqa: E402
 from paced.models import char_tokenizer, encode_prompts, tiny_model  # noqa: E402
 from paced.rollout import SamplingParams, sample  # noqa: E402
 from paced.tasks.synthetic import generate  # noqa: E402
-from paced.train.distill import (TeacherHiddenCache, distill_step, loss_kwargs, pack,  # noqa: E402
-                                 teacher_hidden)
+from paced.teacher import TeacherHiddenCache, TeacherPromptCache, teacher_hidden  # noqa: E402
+from paced.train.distill import distill_step, loss_kwargs, pack  # noqa: E402
 from paced.train.sft import IGNORE, make_optimizer, sft_loss  # noqa: E402
 from paced.weighting import normalize  # noqa: E402
 
 LR, BETAS, WD, CLIP, CHUNK = 1e-3, (0.9, 0.99), 0.0, 1.0, 256
-OURS = ("ours_fkl", "ours_fkl_nocache", "ours_rkl")
+OURS = ("ours_fkl", "ours_fkl_nocache", "ours_rkl", "ours_rkl_nocache")
 TRL_NAMES = ("trl_gkd_fkl", "trl_gkd_rkl", "trl_distill_rkl")
 COMPARISONS = (("off-policy forward KL", "ours_fkl", "trl_gkd_fkl"),
                ("off-policy forward KL, no teacher cache", "ours_fkl_nocache", "trl_gkd_fkl"),
+               ("on-policy reverse KL, no teacher cache", "ours_rkl_nocache", "trl_gkd_rkl"),
+               ("on-policy reverse KL, no teacher cache", "ours_rkl_nocache", "trl_distill_rkl"),
                ("on-policy reverse KL", "ours_rkl", "trl_gkd_rkl"),
                ("on-policy reverse KL", "ours_rkl", "trl_distill_rkl"))
 
@@ -204,10 +209,11 @@ def ours(setup: Setup, loss_type: str, cache: bool = True):
     """One step of paced.train.distill.train's loop body (uniform weights, no logging)."""
     student, teacher = setup.student(), setup.teacher()
     s_clock, t_clock = ForwardClock(student), ForwardClock(teacher.get_decoder())
-    hidden_cache = TeacherHiddenCache(1024 * 2 ** 20)  # the loop's default teacher_cache_mib
     opt = make_optimizer(student.parameters(), "adamw", LR, WD, *BETAS)
     kw = loss_kwargs(StageCfg(loss_type=loss_type))
     on_policy = loss_type == "reverse_kl"
+    # the loop's caches at its default teacher_cache_mib (1 GiB each)
+    teacher_cache = (TeacherPromptCache if on_policy else TeacherHiddenCache)(1024 * 2 ** 20)
 
     def step(r: int) -> dict:
         ph, t0 = {}, time.perf_counter()
@@ -229,8 +235,8 @@ def ours(setup: Setup, loss_type: str, cache: bool = True):
         student.train()
         s_clock.on = t_clock.on = True
         R = resp_mask.shape[1]
-        if not on_policy and cache:  # the loop caches teacher hidden states on greedy responses
-            h_t = hidden_cache(teacher, [str(i) for i in idx], list(map(len, resp)), (t_ids, t_mask, t_pos, Pt), R)
+        if cache:  # as the loop: hidden states on greedy responses, else the prompts' KV caches
+            h_t = teacher_cache(teacher, [str(i) for i in idx], prompts, resp, (t_ids, t_mask, t_pos, Pt), R)
         else:
             h_t = teacher_hidden(teacher, t_ids, t_mask, t_pos, Pt, R)
         loss, _, _ = distill_step(student, h_t, teacher.get_output_embeddings(), (s_ids, s_mask, s_pos, Ps),
@@ -345,6 +351,8 @@ def make(name: str, setup: Setup, tmp: str):
         return ours(setup, "forward_kl", cache=False)
     if name == "ours_rkl":
         return ours(setup, "reverse_kl")
+    if name == "ours_rkl_nocache":
+        return ours(setup, "reverse_kl", cache=False)
     if name == "sft":
         return sft(setup)
     if name == "trl_gkd_fkl":

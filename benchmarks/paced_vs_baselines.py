@@ -1,25 +1,30 @@
 """Does PACED beat its baselines? Same student, teacher, data and step budget for every arm.
 
-    python benchmarks/paced_vs_baselines.py --quick        # 1 seed, short arms (minutes)
-    python benchmarks/paced_vs_baselines.py                # 3 seeds, the README's table
+    python benchmarks/paced_vs_baselines.py --quick        # 1 seed, one pool, short arms
+    python benchmarks/paced_vs_baselines.py                # 3 seeds, 3 pools: the README's table
     python benchmarks/paced_vs_baselines.py --models runs/demo --seeds 0 1 2 3 4
 
 Models: the demo's teacher and student (``--models``, default runs/demo; built with
-``paced demo`` settings if missing). Pool: the demo's distillation families (mul1 + modular);
-held-out target: other seeds of those families; forgetting probe: addition, which the student
-knows and the pool lacks.
+``paced demo`` settings if missing). Design after shared/reference/BENCHMARKS.md (the pilot):
+weighting matters when the pool holds problems the student cannot learn from, so the pool
+mixes a learnable family (``add``: the teacher is near-perfect, the demo student's sampled p̂
+spreads over [0, 1]) with one the student never saw (``mul1``: its p̂ is 0 everywhere; the
+teacher is right on about half) at shares ``--shares`` (0, ¼, ½ of the pool). Held-out target:
+other ``add`` problems (other seeds). Forgetting probe: subtraction, which the student knows
+and the pool lacks.
 
 Arms (``ARMS``): forward KL from the teacher with uniform / hard-filter / PACED (α = β = 1)
-weights; reverse-KL self-distillation (frozen starting student with the answer in its prompt)
-with the same three; and the two-stage schedule (PACED forward KL, then PACED reverse KL with
-p̂ re-estimated). Every arm trains ``steps`` optimizer steps of ``batch`` problems drawn from its
-non-zero-weight pool. The first p̂ estimate is shared by every arm of a seed (same student, same
-rollouts, one ledger), so arms differ only in what they do with it.
+weights, at every share; and, at the middle share only (``--rkl-share``), reverse-KL
+self-distillation (frozen starting student with the answer in its prompt) with the same three
+weightings and the two-stage schedule (PACED forward KL, then PACED reverse KL with p̂
+re-estimated). Every arm trains ``steps`` optimizer steps of ``batch`` problems drawn from its
+non-zero-weight pool. The first p̂ estimate is shared by every arm of a (seed, share) (same
+student, same rollouts, one ledger), so arms differ only in what they do with it.
 
-Reported per arm (mean ± std over seeds): held-out target mean@8 and greedy after training, the
-forgetting-probe drop, and the first checkpoint step at which the arm reaches the uniform arm's
-final target mean@8 (curves from checkpoints every ``eval_every`` steps). Writes JSON to
-``benchmarks/results/paced_vs_baselines.json``.
+Reported per arm and share (mean ± std over seeds): held-out target mean@8 and greedy after
+training, the forgetting-probe drop, and the first checkpoint step at which the arm reaches the
+uniform arm's final target mean@8 (curves from checkpoints every ``eval_every`` steps). Writes
+JSON to ``benchmarks/results/paced_vs_baselines.json``.
 """
 from __future__ import annotations
 
@@ -51,15 +56,15 @@ ARMS = {
     "two-stage/paced": ("teacher", [{"loss_type": "forward_kl", "weighting": "beta", "share": 0.5},
                                     {"loss_type": "reverse_kl", "weighting": "beta", "share": 0.5}]),
 }
-POOL = [("mul1", [1, 8]), ("modular", [1, 6])]
-PROBE = [("add", [1, 8])]
+LEARNABLE, UNLEARNABLE, PROBE = ("add", [1, 8]), ("mul1", [1, 8]), ("sub", [1, 8])
+FKL_ARMS = [a for a in ARMS if a.startswith("fkl/")]
 
 
-def sources(spec, n, seed):
-    return [C.DataSource(source=f, n=n, difficulty=d, seed=seed) for f, d in spec]
+def source(spec, n, seed):
+    return C.DataSource(source=spec[0], n=n, difficulty=spec[1], seed=seed)
 
 
-def arm_config(arm: str, seed: int, a) -> C.DistillConfig:
+def arm_config(arm: str, seed: int, share: float, a) -> C.DistillConfig:
     who, stages = ARMS[arm]
     stage_cfgs = []
     for i, st in enumerate(stages):
@@ -70,16 +75,19 @@ def arm_config(arm: str, seed: int, a) -> C.DistillConfig:
                                      reestimate_every=0))
     teacher = (C.TeacherCfg(path="self", privileged=True) if who == "self"
                else C.TeacherCfg(path=str(Path(a.models) / "teacher" / "model")))
+    n_bad = round(a.pool * share)
+    pool = [source(LEARNABLE, a.pool - n_bad, 0)] + ([source(UNLEARNABLE, n_bad, 0)] if n_bad else [])
+    tag = f"share{share:g}-seed{seed}"
     return C.DistillConfig(
         student=C.ModelCfg(path=str(Path(a.models) / "student" / "model")), teacher=teacher,
-        data=C.DataCfg(train=sources(POOL, a.pool // len(POOL), 0),
-                       eval=sources(POOL, a.heldout, 100 + seed), forgetting=sources(PROBE, a.heldout, 100 + seed)),
+        data=C.DataCfg(train=pool, eval=[source(LEARNABLE, a.heldout, 100 + seed)],
+                       forgetting=[source(PROBE, a.heldout, 100 + seed)]),
         distill=C.DistillCfg(stages=stage_cfgs, num_generations=8, per_device_train_batch_size=a.batch,
                              max_completion_length=24, eval_n=8, logging_steps=10 ** 6,
                              save_steps=a.eval_every, save_total_limit=0),
         optim=C.OptimCfg(lr=a.lr, warmup_steps=20, lr_scheduler_type="constant"),
-        ledger=C.LedgerCfg(path=str(Path(a.out_dir) / f"ledger-seed{seed}.sqlite"), model=f"student-seed{seed}"),
-        run=C.RunCfg(dir=str(Path(a.out_dir) / f"seed{seed}" / arm.replace("/", "-")), seed=seed,
+        ledger=C.LedgerCfg(path=str(Path(a.out_dir) / f"ledger-{tag}.sqlite"), model=f"student-{tag}"),
+        run=C.RunCfg(dir=str(Path(a.out_dir) / tag / arm.replace("/", "-")), seed=seed,
                      threads=a.threads, progress=False))
 
 
@@ -103,41 +111,52 @@ def ensure_models(a) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="1 seed, 120 steps, smaller pool")
+    ap.add_argument("--quick", action="store_true", help="1 seed, share 0.5 only, 120 steps, smaller pool")
     ap.add_argument("--models", default="runs/demo")
     ap.add_argument("--seeds", type=int, nargs="+")
+    ap.add_argument("--shares", type=float, nargs="+", help="unlearnable shares of the pool (default 0 .25 .5)")
+    ap.add_argument("--rkl-share", type=float, help="the share at which the reverse-KL arms run")
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--out-dir", default="runs/bench-paced")
     ap.add_argument("--out", default="benchmarks/results/paced_vs_baselines.json")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, help="override the step budget per arm")
     ap.add_argument("--pool", type=int, help="override the pool size")
+    ap.add_argument("--lr", type=float, default=3e-4)
     a = ap.parse_args()
     a.seeds = a.seeds or ([0] if a.quick else [0, 1, 2])
-    steps, pool, a.heldout = (120, 400, 48) if a.quick else (300, 1200, 96)
+    a.shares = a.shares or ([0.5] if a.quick else [0.0, 0.25, 0.5])
+    a.rkl_share = a.rkl_share if a.rkl_share is not None else a.shares[len(a.shares) // 2]
+    steps, pool, a.heldout = (120, 400, 64) if a.quick else (300, 800, 128)
     a.steps, a.pool = a.steps or steps, a.pool or pool
-    a.batch, a.lr, a.eval_every = 32, 3e-4, max(1, a.steps // 6)
+    a.batch, a.eval_every = 32, max(1, a.steps // 6)
     torch.set_num_threads(a.threads)
     ensure_models(a)
     t0 = time.time()
-    results = {arm: [] for arm in a.arms}
+    results: dict[str, list] = {}
     for seed in a.seeds:
-        for arm in a.arms:
-            cfg = arm_config(arm, seed, a)
-            summary = distill(cfg)
-            target = load_sources(cfg.data.eval)
-            results[arm].append({"seed": seed, "after": summary["after"], "before": summary["before"],
-                                 "curve": curve(Path(cfg.run.dir), target, seed)})
-            s = summary["after"]
-            print(f"seed {seed} {arm:<22} target mean@8 {s['target']['mean@n']:.3f} "
-                  f"forgetting probe {s['forgetting']['mean@n']:.3f} ({time.time() - t0:.0f}s)", flush=True)
+        for share in a.shares:
+            for arm in a.arms:
+                if arm not in FKL_ARMS and share != a.rkl_share:
+                    continue
+                cfg = arm_config(arm, seed, share, a)
+                summary = distill(cfg)
+                target = load_sources(cfg.data.eval)
+                key = f"{share:g}/{arm}"
+                results.setdefault(key, []).append({"seed": seed, "after": summary["after"],
+                                                    "before": summary["before"],
+                                                    "curve": curve(Path(cfg.run.dir), target, seed)})
+                s = summary["after"]
+                print(f"seed {seed} share {share:g} {arm:<22} target mean@8 {s['target']['mean@n']:.3f} "
+                      f"forgetting probe {s['forgetting']['mean@n']:.3f} ({time.time() - t0:.0f}s)", flush=True)
     table = summarise(results)
     print_table(table, a)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"date": time.strftime("%Y-%m-%d"), "quick": a.quick, "seeds": a.seeds, "steps": a.steps,
-            "pool": a.pool, "heldout": a.heldout, "batch": a.batch, "lr": a.lr, "threads": a.threads,
-            "minutes": round((time.time() - t0) / 60, 1)}
+    meta = {"date": time.strftime("%Y-%m-%d"), "quick": a.quick, "seeds": a.seeds, "shares": a.shares,
+            "rkl_share": a.rkl_share, "steps": a.steps, "pool": a.pool, "heldout": a.heldout,
+            "batch": a.batch, "lr": a.lr, "threads": a.threads, "learnable": LEARNABLE,
+            "unlearnable": UNLEARNABLE, "probe": PROBE, "minutes": round((time.time() - t0) / 60, 1)}
     out.write_text(json.dumps({"meta": meta, "table": table, "runs": results}, indent=2))
     print(f"wrote {out}")
 
@@ -147,34 +166,38 @@ def _ms(xs):
 
 
 def summarise(results: dict) -> dict:
-    base = results.get("fkl/uniform")
-    goal = statistics.mean(r["after"]["target"]["mean@n"] for r in base) if base else None
     table = {}
-    for arm, runs in results.items():
+    for key, runs in results.items():
+        share = key.split("/")[0]
+        base = results.get(f"{share}/fkl/uniform")
+        goal = statistics.mean(r["after"]["target"]["mean@n"] for r in base) if base else None
         reach = []
         for r in runs:
             hit = [step for step, acc in r["curve"] if goal is not None and acc >= goal]
             reach.append(hit[0] if hit else None)
-        table[arm] = {
+        table[key] = {
             "target_mean8": _ms([r["after"]["target"]["mean@n"] for r in runs]),
             "target_greedy": _ms([r["after"]["target"]["greedy"] for r in runs]),
             "forgetting_drop": _ms([r["before"]["forgetting"]["mean@n"] - r["after"]["forgetting"]["mean@n"]
                                     for r in runs]),
             "steps_to_uniform_final": reach,
             "before_target_mean8": runs[0]["before"]["target"]["mean@n"],
+            "before_forgetting_mean8": runs[0]["before"]["forgetting"]["mean@n"],
         }
     return table
 
 
 def print_table(table: dict, a) -> None:
-    print(f"\n{'arm':<22} {'target mean@8':>16} {'target greedy':>16} {'forgetting drop':>16}  steps to uniform's final")
-    for arm, r in table.items():
+    print(f"\n{'share':<6}{'arm':<22} {'target mean@8':>16} {'target greedy':>16} {'forgetting drop':>16}  "
+          "steps to uniform's final")
+    for key, r in table.items():
+        share, arm = key.split("/", 1)
         f = lambda m: f"{m[0]:.3f} ± {m[1]:.3f}"  # noqa: E731
-        print(f"{arm:<22} {f(r['target_mean8']):>16} {f(r['target_greedy']):>16} {f(r['forgetting_drop']):>16}  "
-              f"{r['steps_to_uniform_final']}")
+        print(f"{share:<6}{arm:<22} {f(r['target_mean8']):>16} {f(r['target_greedy']):>16} "
+              f"{f(r['forgetting_drop']):>16}  {r['steps_to_uniform_final']}")
     first = next(iter(table.values()))
-    print(f"(student before: target mean@8 {first['before_target_mean8']:.3f}; seeds {a.seeds}; "
-          f"{a.steps} steps x {a.batch} problems)")
+    print(f"(student before: target mean@8 {first['before_target_mean8']:.3f}, probe mean@8 "
+          f"{first['before_forgetting_mean8']:.3f}; seeds {a.seeds}; {a.steps} steps x {a.batch} problems, lr {a.lr})")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ COMMANDS = {
     "sft": (C.SFTConfig, "supervised fine-tuning on reference solutions"),
     "distill": (C.DistillConfig, "PACED distillation: pass-rate-weighted KL from a teacher, in stages"),
     "snr": (C.SNRConfig, "cross-problem gradient SNR of the distillation loss per pass-rate bin"),
+    "continual": (C.ContinualConfig, "continual-learning benchmark on digits: CLASSP vs EWC vs SGD/Adam"),
     "passrate": (C.PassrateConfig, "draw K rollouts per problem and record pass rates in the ledger"),
     "eval": (C.EvalConfig, "pass@k, mean@n and greedy accuracy on held-out problems"),
     "ledger": (C.LedgerConfig, "inspect the pass-rate ledger: runs and the p-hat histogram"),
@@ -75,6 +76,9 @@ def _dispatch(args, cfg) -> None:
         train(cfg, resume=args.resume)
     elif args.command == "snr":
         from .snr import run
+        run(cfg)
+    elif args.command == "continual":
+        from .continual import run
         run(cfg)
     elif args.command == "passrate":
         from .passrate import run

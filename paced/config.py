@@ -165,8 +165,8 @@ class DistillCfg:
     passrate_temperature: float = F(1.0, "sampling temperature of the p-hat rollouts and held-out eval", min=0.0)
     sampling_batch_size: int = F(512, "sequences per sampler call", min=1)
     chunk_size: int = F(256, "response positions per logits chunk (memory bound)", min=1)
-    teacher_cache_mib: int = F(1024, "cache the teacher's hidden states on its greedy responses "
-                                     "(off-policy, teacher_temperature 0) up to this many MiB; 0 = off", min=0)
+    teacher_cache_mib: int = F(1024, "cache what the frozen teacher recomputes: hidden states on greedy "
+                                     "teacher responses, else prompt KV caches; MiB per cache, 0 = off", min=0)
     eval_n: int = F(8, "samples per held-out problem, before and after (mean@n)", min=1)
     logging_steps: int = F(10, "console log every N steps", min=1)
     save_steps: int = F(0, "checkpoint every N steps (0 = only at the end)", min=0)
@@ -254,23 +254,76 @@ class DemoConfig:
     teacher_preset: str = F("small", "teacher size preset", choices=("nano", "tiny", "small", "medium"))
     student_preset: str = F("tiny", "student size preset", choices=("nano", "tiny", "small", "medium"))
     teacher_steps: int = F(2000, "teacher SFT steps", min=1)
-    student_steps: int = F(1500, "student SFT steps (fewer: a weaker student)", min=1)
+    student_steps: int = F(1000, "student SFT steps (fewer: a weaker student)", min=1)
     passrate_pool: int = F(240, "training problems whose student pass rates are estimated", min=1)
     data: DataCfg = F(DataCfg(), "")
+    student_train: list[DataSource] = F([], "the student's SFT sources (empty: data.train, as the teacher)")
     optim: OptimCfg = F(OptimCfg(lr=2e-3, warmup_steps=50), "")
     train: TrainCfg = F(TrainCfg(per_device_train_batch_size=64, logging_steps=100,
                                  save_steps=250), "")
     sampling: SamplingCfg = F(SamplingCfg(max_completion_length=24), "")
     passrate: PassrateCfg = F(PassrateCfg(), "")
     eval: EvalCfg = F(EvalCfg(n=16, max_completion_length=24), "")
-    distill_families: list[str] = F(["mul1", "modular"], "families of data.train distilled on; the "
-                                    "other families of data.eval are the forgetting probe")
+    distill_families: list[str] = F(["add", "mul1"], "families of data.train in the distillation pool; "
+                                    "the other families of data.eval are the forgetting probe")
+    distill_target: list[str] = F(["add"], "families of data.eval the distillation target is measured "
+                                  "on (empty: distill_families)")
     distill_pool: int = F(1200, "problems in the distillation pool (split over its families)", min=1)
     distill: DistillCfg = F(DistillCfg(
         stages=[StageCfg(name="paced_fkl", loss_type="forward_kl", max_steps=300, weighting="beta")],
         max_completion_length=24, logging_steps=50, save_steps=100), "the PACED step (0 stages: skip)")
     distill_optim: OptimCfg = F(OptimCfg(lr=3e-4, warmup_steps=20, lr_scheduler_type="constant"), "")
     run: RunCfg = F(RunCfg(dir="runs/demo"), "")
+
+
+@dataclass
+class ContinualCfg:
+    benchmark: str = F("permuted", "task sequence from sklearn's digits: permuted (a pixel permutation "
+                       "per task, all 10 classes) or split (disjoint groups of classes)",
+                       choices=("permuted", "split"))
+    num_tasks: int = F(5, "number of tasks (split: 2 or 5, the 10 classes shared equally)", min=1)
+    scenario: str = F("task", "split only: task-incremental (score the task's own classes) or "
+                      "class-incremental (score all 10)", choices=("task", "class"))
+    methods: list[str] = F(["sgd", "adam", "ewc", "classp_p1", "classp_p2", "mas"],
+                           "methods run, keys of paced.continual.METHODS: sgd, adam, ewc, classp_p1, "
+                           "classp_p2, mas")
+    epochs: int = F(5, "epochs per task", min=1)
+    batch_size: int = F(32, "images per mini-batch", min=1)
+    hidden: int = F(100, "hidden width of the MLP 64 -> hidden (-> hidden)* -> 10", min=1)
+    layers: int = F(2, "hidden layers of the MLP", min=1)
+    seeds: list[int] = F([], "seeds (initial weights, permutations / class order, batch order); "
+                         "empty = [run.seed]")
+    data_seed: int = F(0, "seed of the stratified train / val / test split (fixed across seeds)", min=0)
+    test_fraction: float = F(0.3, "share of each class held out as the test set", min=0.05, max=0.9)
+    val_fraction: float = F(0.2, "share of each class's remaining images held out as validation",
+                            min=0.05, max=0.9)
+    holdout: str = F("test", "scored split: test (train on train + val) or val (train on train only; "
+                     "for hyper-parameter search)", choices=("test", "val"))
+    sgd_lr: float = F(0.1, "sgd: learning rate (plain SGD, no momentum)", min=0.0)
+    adam_lr: float = F(1e-3, "adam: learning rate", min=0.0)
+    ewc_lr: float = F(1e-3, "ewc: learning rate of its base optimizer", min=0.0)
+    ewc_optimizer: str = F("adam", "ewc: base optimizer (SGD + a stiff penalty diverges unless "
+                           "lr * lambda * max F < 1)", choices=("sgd", "adam"))
+    ewc_lambda: float = F(1000.0, "ewc: penalty weight (Avalanche's ewc_lambda, no 1/2)", min=0.0)
+    ewc_mode: str = F("separate", "ewc: one (Fisher, anchor) per task, or online (decayed sum)",
+                      choices=("separate", "online"))
+    ewc_decay: float = F(1.0, "ewc online: F <- decay F_old + F_new (must be 1 when separate)", min=0.0)
+    classp_p1_lr: float = F(0.1, "classp_p1: learning rate", min=0.0)
+    classp_p1_threshold: float = F(0.0, "classp_p1: update an element only where g^2 exceeds this", min=0.0)
+    classp_p1_eps: float = F(1e-5, "classp_p1: epsilon inside (eps + S)", min=0.0)
+    classp_p2_lr: float = F(0.03, "classp_p2: learning rate", min=0.0)
+    classp_p2_threshold: float = F(0.0, "classp_p2: update an element only where g^2 exceeds this", min=0.0)
+    classp_p2_eps: float = F(1e-5, "classp_p2: epsilon inside sqrt(eps + S)", min=0.0)
+    mas_lr: float = F(1e-3, "mas: learning rate of its base optimizer", min=0.0)
+    mas_optimizer: str = F("adam", "mas: base optimizer", choices=("sgd", "adam"))
+    mas_lambda: float = F(10.0, "mas: penalty weight (penalty lambda/2 sum Omega (w - w*)^2)", min=0.0)
+    mas_alpha: float = F(0.5, "mas: Omega <- alpha Omega + (1 - alpha) Omega_new", min=0.0, max=1.0)
+
+
+@dataclass
+class ContinualConfig:
+    continual: ContinualCfg = F(ContinualCfg(), "")
+    run: RunCfg = F(RunCfg(dir="runs/continual", threads=1, progress=False), "")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,7 +363,32 @@ def check(cfg) -> None:
     ev = getattr(cfg, "eval", None)
     if isinstance(ev, EvalCfg) and any(k < 1 or k > ev.n for k in ev.ks):
         raise ConfigError(f"eval.ks: every k must lie in [1, eval.n={ev.n}], got {ev.ks}")
+    if isinstance(cfg, ContinualConfig):
+        _check_continual(cfg.continual)
     for tracker in getattr(getattr(cfg, "run", None), "report_to", []):
         if tracker not in ("tensorboard", "wandb", "trackio"):
             raise ConfigError(f"run.report_to: unknown tracker {tracker!r}; "
                               "choose tensorboard, wandb or trackio")
+
+
+def _check_continual(c: ContinualCfg) -> None:
+    """``paced continual``: methods are keys of paced.continual.METHODS; split tasks share 10 classes."""
+    import difflib
+
+    from .continual import METHODS  # the one list of methods, next to their builders
+    if not c.methods:
+        raise ConfigError("continual.methods: name at least one method")
+    for i, m in enumerate(c.methods):
+        if m not in METHODS:
+            near = difflib.get_close_matches(m, list(METHODS), n=1)
+            hint = f"; did you mean {near[0]!r}?" if near else ""
+            raise ConfigError(f"continual.methods[{i}]: {m!r} is not one of {list(METHODS)}{hint}")
+    if len(set(c.methods)) != len(c.methods):
+        raise ConfigError(f"continual.methods: a method is listed twice in {c.methods}")
+    if len(set(c.seeds)) != len(c.seeds) or any(s < 0 for s in c.seeds):
+        raise ConfigError(f"continual.seeds: expected distinct seeds >= 0, got {c.seeds}")
+    if c.benchmark == "split" and c.num_tasks not in (2, 5):
+        raise ConfigError(f"continual.num_tasks: split-digits shares 10 classes equally among 2 or 5 "
+                          f"tasks, got {c.num_tasks}")
+    if c.ewc_mode == "separate" and c.ewc_decay != 1.0:
+        raise ConfigError("continual.ewc_decay: used only with ewc_mode 'online' (leave it 1.0)")

@@ -5,14 +5,16 @@
 
 Steps, each one the same function the matching command runs, each in its own sub-directory
 (a finished step is skipped when the demo is run again, so ``--resume`` continues a killed run):
-    1. teacher/  paced sft   (bigger preset, more steps) on the built-in synthetic families
-    2. student/  paced sft   (smaller preset, fewer steps): a weaker student
-    3. passrate/ paced passrate: K student rollouts per training problem -> ledger.sqlite
+    1. teacher/  paced sft   (bigger preset, more steps) on data.train (add, mul1, modular)
+    2. student/  paced sft   (smaller preset, fewer steps) on student_train (add, sub): a weaker
+       student that never saw mul1
+    3. passrate/ paced passrate: K student rollouts per student training problem -> ledger.sqlite
     4. eval-teacher/, eval-student/  paced eval on held-out problems (other seeds)
     5. the table: pass@1, pass@k, mean@n, greedy for both, and the student's p̂ histogram
-    6. distill/  paced distill: PACED forward KL from the teacher on the families the student is
-       weak at (``distill_families``), with the other families as the forgetting probe; the
-       before/after table
+    6. distill/  paced distill: PACED forward KL from the teacher on a pool of ``distill_families``
+       (add, where the student's p̂ spreads, and mul1, where it is 0), measured on held-out
+       ``distill_target`` (add), with the families not distilled on (sub) as the forgetting
+       probe; the before/after table
 """
 from __future__ import annotations
 
@@ -23,17 +25,23 @@ from pathlib import Path
 from . import config as C
 from .runlog import console, write_json
 
-# The default task mix: the teacher and the student see the same problems; difficulty ranges are
-# wide so that the student's pass rates spread over (0, 1) and reach both ends.
+# The default task mix, after the pilot in shared/reference/BENCHMARKS.md: the teacher learns
+# addition and multiplication-by-one-digit (and modular arithmetic); the student, smaller and
+# trained for fewer steps, learns addition (partly) and subtraction and never sees mul1. Its
+# addition pass rates spread over (0, 1); on mul1 they are 0: the problems PACED's weights drop.
 DEFAULT_TRAIN = [
     {"source": "add", "n": 20000, "difficulty": [1, 8], "seed": 0},
     {"source": "mul1", "n": 10000, "difficulty": [1, 8], "seed": 0},
     {"source": "modular", "n": 10000, "difficulty": [1, 6], "seed": 0},
 ]
+DEFAULT_STUDENT_TRAIN = [
+    {"source": "add", "n": 20000, "difficulty": [1, 8], "seed": 0},
+    {"source": "sub", "n": 20000, "difficulty": [1, 8], "seed": 0},
+]
 DEFAULT_EVAL = [
     {"source": "add", "n": 64, "difficulty": [1, 8], "seed": 1},
     {"source": "mul1", "n": 64, "difficulty": [1, 8], "seed": 1},
-    {"source": "modular", "n": 64, "difficulty": [1, 6], "seed": 1},
+    {"source": "sub", "n": 64, "difficulty": [1, 8], "seed": 1},
 ]
 
 
@@ -54,8 +62,10 @@ def run(cfg: C.DemoConfig, resume: bool = False) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     C.save_config(cfg, root / "config.yaml")
     train_sources = cfg.data.train or _sources(DEFAULT_TRAIN)
+    student_sources = cfg.student_train or (_sources(DEFAULT_STUDENT_TRAIN) if not cfg.data.train else train_sources)
     eval_sources = cfg.data.eval or _sources(DEFAULT_EVAL)
     data = C.DataCfg(train=train_sources, eval=eval_sources)
+    sft_data = {"teacher": data, "student": dataclasses.replace(data, train=student_sources)}
     run_cfg = lambda sub: dataclasses.replace(cfg.run, dir=str(root / sub))  # noqa: E731
 
     models = {}
@@ -67,7 +77,7 @@ def run(cfg: C.DemoConfig, resume: bool = False) -> dict:
         else:
             console.rule(f"{who}: SFT of a '{preset}' model for {steps} steps")
             run_sft(C.SFTConfig(
-                model=C.ModelCfg(preset=preset, init_seed=cfg.run.seed), data=data, optim=cfg.optim,
+                model=C.ModelCfg(preset=preset, init_seed=cfg.run.seed), data=sft_data[who], optim=cfg.optim,
                 train=dataclasses.replace(cfg.train, max_steps=steps), run=run_cfg(who)),
                 resume=resume)
         models[who] = str(sub / "model")
@@ -75,9 +85,9 @@ def run(cfg: C.DemoConfig, resume: bool = False) -> dict:
     ledger_path = str(root / "ledger.sqlite")
     if not _done(root / "passrate"):
         console.rule("student pass rates")
-        share = max(1, cfg.passrate_pool // len(train_sources))  # the first problems of each source
+        share = max(1, cfg.passrate_pool // len(student_sources))  # the first problems of each source
         pool = dataclasses.replace(data, train=[dataclasses.replace(s, n=min(s.n, share) if s.n else share)
-                                                 for s in train_sources])
+                                                 for s in student_sources])
         run_passrate(C.PassrateConfig(
             model=C.ModelCfg(path=models["student"]), data=pool, sampling=cfg.sampling,
             passrate=cfg.passrate, ledger=C.LedgerCfg(path=ledger_path, model="student", stage="demo"),
@@ -118,7 +128,7 @@ def run_distill_step(cfg: C.DemoConfig, root: Path, models: dict, data: C.DataCf
 
     sub = root / "distill"
     if not (sub / "summary.json").is_file():
-        fams = set(cfg.distill_families)
+        fams, target = set(cfg.distill_families), set(cfg.distill_target or cfg.distill_families)
         share = max(1, cfg.distill_pool // max(1, sum(s.source in fams for s in data.train)))
         console.rule(f"PACED distillation on {sorted(fams)}: "
                      + ", ".join(f"{s.loss_type}/{s.weighting} x {s.max_steps}" for s in cfg.distill.stages))
@@ -126,7 +136,7 @@ def run_distill_step(cfg: C.DemoConfig, root: Path, models: dict, data: C.DataCf
             student=C.ModelCfg(path=models["student"]), teacher=C.TeacherCfg(path=models["teacher"]),
             data=C.DataCfg(train=[dataclasses.replace(s, n=min(s.n or share, share))
                                   for s in data.train if s.source in fams],
-                           eval=[s for s in data.eval if s.source in fams],
+                           eval=[s for s in data.eval if s.source in target],
                            forgetting=[s for s in data.eval if s.source not in fams]),
             distill=cfg.distill, optim=cfg.distill_optim,
             ledger=C.LedgerCfg(path=str(root / "ledger.sqlite"), model="student-distill", stage="distill"),
@@ -138,8 +148,9 @@ def distill_table(summary: dict, cfg: C.DemoConfig):
     from rich.table import Table
 
     n = cfg.distill.eval_n
-    t = Table(title=f"PACED distillation: held-out target ({', '.join(cfg.distill_families)}) and "
-                    f"forgetting probe (the other families), mean@{n} / greedy")
+    t = Table(title=f"PACED distillation on {', '.join(cfg.distill_families)}: held-out target "
+                    f"({', '.join(cfg.distill_target or cfg.distill_families)}) and forgetting probe "
+                    f"(the families not distilled on), mean@{n} / greedy")
     for col in ("", "before", "after", "change"):
         t.add_column(col, justify="left" if not col else "right")
     for split in ("target", "forgetting"):

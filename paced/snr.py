@@ -15,8 +15,9 @@ Algorithm:
                 privileged prompt when teacher.privileged)
     g_i      <- ∇ ℓ_i w.r.t. the parameters whose names match snr.params, flattened  -> (N, P)
     bins     <- {p̂ = 0}, snr.bins equal-width bins over (0, 1), {p̂ = 1}
-    SNR(bin) <- ‖mean g‖² / tr(Cov g) over the bin's problems (unbiased N-1 covariance)
-    bell     <- the largest SNR sits in an interior bin and both end bins are lower
+    SNR(bin) <- ‖mean g‖² / tr(Cov g) over the bin's problems (unbiased N-1 covariance), and
+                debiased: (‖mean g‖² − tr(Cov g)/N) / tr(Cov g), since E‖mean g‖² = ‖E g‖² + tr(Cov)/N
+    bell     <- the largest SNR sits in an interior bin and both end bins are lower (both versions)
 
 Deviations and choices: gradients of a parameter subset (regex ``snr.params``; the full
 gradient of a 1B+ model times N problems does not fit in memory; (N, P) fp32 is kept on the
@@ -42,7 +43,8 @@ from .models import encode_prompts, load_model_and_tokenizer
 from .passrate import estimate, histogram_text
 from .rollout import SamplingParams, sample
 from .runlog import console, write_json
-from .train.distill import DEFAULT_RESPONSES, check_vocab, loss_kwargs, pack, response_hidden, teacher_hidden
+from .teacher import check_vocab, response_hidden, teacher_hidden
+from .train.distill import DEFAULT_RESPONSES, loss_kwargs, pack
 
 CHUNK_SIZE = 256        # response positions per logits chunk
 SAMPLING_BATCH = 256    # sequences per sampler call
@@ -52,11 +54,15 @@ MAX_GRAD_BYTES = 8 * 2**30  # the (N, P) fp32 gradient matrix is refused beyond 
 # ---------------------------------------------------------------------------------------------
 # Pure functions
 # ---------------------------------------------------------------------------------------------
-def cross_problem_snr(grads: torch.Tensor) -> float:
+def cross_problem_snr(grads: torch.Tensor, debias: bool = False) -> float:
     """‖mean_i g_i‖² / tr(Cov_i g_i) of grads (N, P), unbiased (N-1) covariance, in fp64.
 
     nan if N < 2 (no covariance). If tr(Cov) = 0 (all g_i identical): inf when the mean is
     non-zero, nan when it is zero too (0 / 0: no signal and no noise).
+    ``debias``: the plug-in ‖mean g‖² overestimates ‖E g‖² by tr(Cov)/N, so with pure noise
+    the plain ratio is ≈ 1/N and a bin with few problems looks better than one with many.
+    The debiased ratio subtracts it: (‖mean g‖² − tr(Cov)/N) / tr(Cov) (≈ 0 for pure noise;
+    can be negative). Bins of different sizes are only comparable debiased.
     """
     g = grads.detach().double()
     if g.dim() != 2:
@@ -68,6 +74,8 @@ def cross_problem_snr(grads: torch.Tensor) -> float:
     noise = float((g - mean).square().sum() / (g.shape[0] - 1))  # tr(Cov)
     if noise == 0:
         return float("inf") if signal > 0 else float("nan")
+    if debias:
+        signal -= noise / g.shape[0]
     return signal / noise
 
 
@@ -93,16 +101,18 @@ def snr_by_bin(grads: torch.Tensor, p_hat, bins: int) -> list[dict]:
     for lo, hi, label, member in specs:
         sel = torch.from_numpy(np.flatnonzero(member))
         snr = cross_problem_snr(grads[sel]) if len(sel) else float("nan")
+        deb = cross_problem_snr(grads[sel], debias=True) if len(sel) else float("nan")
         out.append({"lo": lo, "hi": hi, "label": label, "problems": int(len(sel)),
                     "snr": None if math.isnan(snr) else snr,
+                    "snr_debiased": None if math.isnan(deb) else deb,
                     "mean_grad_norm": float(norms[sel].mean()) if len(sel) else None})
     return out
 
 
-def is_bell(bins: list[dict]) -> bool | None:
-    """True iff the largest SNR is in an interior bin and both end bins (p̂ = 0, p̂ = 1) are
-    strictly lower; None when an end bin has no SNR or no interior bin has one."""
-    ends, inner = (bins[0]["snr"], bins[-1]["snr"]), [b["snr"] for b in bins[1:-1] if b["snr"] is not None]
+def is_bell(bins: list[dict], key: str = "snr") -> bool | None:
+    """True iff the largest SNR (``bins[i][key]``) is in an interior bin and both end bins
+    (p̂ = 0, p̂ = 1) are strictly lower; None when an end bin has no SNR or no interior bin has one."""
+    ends, inner = (bins[0][key], bins[-1][key]), [b[key] for b in bins[1:-1] if b[key] is not None]
     if None in ends or not inner:
         return None
     return bool(max(inner) > max(ends))
@@ -218,16 +228,17 @@ def run(cfg: SNRConfig) -> dict:
                               params, DISTILL_LOSSES[s.loss_type], kw)
     bins = snr_by_bin(grads, p_hat, s.bins)
     overall = cross_problem_snr(grads)
-    bell = is_bell(bins)
+    bell, bell_debiased = is_bell(bins), is_bell(bins, "snr_debiased")
 
     table = Table(title=f"cross-problem gradient SNR by p̂ bin ({s.loss_type}, {who} responses)")
-    for col in ("bin", "problems", "SNR", "mean ‖g‖"):
+    for col in ("bin", "problems", "SNR", "SNR debiased", "mean ‖g‖"):
         table.add_column(col, justify="left" if col == "bin" else "right")
+    fmt = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731
     for b in bins:
-        table.add_row(b["label"], str(b["problems"]), "-" if b["snr"] is None else f"{b['snr']:.4g}",
-                      "-" if b["mean_grad_norm"] is None else f"{b['mean_grad_norm']:.4g}")
+        table.add_row(b["label"], str(b["problems"]), fmt(b["snr"]), fmt(b["snr_debiased"]),
+                      fmt(b["mean_grad_norm"]))
     console.print(table)
-    console.print(f"overall SNR {overall:.4g}; bell-shaped: {bell}")
+    console.print(f"overall SNR {overall:.4g}; bell-shaped: {bell} (debiased: {bell_debiased})")
 
     norms = grads.double().norm(dim=1).tolist()
     result = {"command": "snr", "model": tag, "teacher": cfg.teacher.path,
@@ -236,7 +247,8 @@ def run(cfg: SNRConfig) -> dict:
               "problems": len(pool), "num_generations": s.num_generations,
               "passrate_temperature": s.passrate_temperature, "teacher_temperature": s.teacher_temperature,
               "ledger": str(ledger.path), "stage": cfg.ledger.stage, "overall_snr": _finite(overall),
-              "bell": bell, "bins": [{**b, "snr": _finite(b["snr"])} for b in bins],
+              "bell": bell, "bell_debiased": bell_debiased,
+              "bins": [{**b, "snr": _finite(b["snr"]), "snr_debiased": _finite(b["snr_debiased"])} for b in bins],
               "p_hat_histogram": hist, "mean_pass_rate": float(p_hat.mean()),
               "per_problem": [{"id": e.id, "p_hat": float(q), "grad_norm": g}
                               for e, q, g in zip(pool, p_hat, norms)]}
@@ -259,9 +271,13 @@ def _plot(bins: list[dict], out, title: str) -> None:
         console.print("matplotlib is not installed: no snr.png (pip install 'paced\\[plots]')")
         return
     x = [(b["lo"] + b["hi"]) / 2 for b in bins]
-    y = [b["snr"] if b["snr"] is not None and math.isfinite(b["snr"]) else math.nan for b in bins]
+    val = lambda b, k: b[k] if b[k] is not None and math.isfinite(b[k]) else math.nan  # noqa: E731
+    y = [val(b, "snr") for b in bins]
     fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(x, y, "o-")  # bins without an SNR (empty, one problem) are gaps in the line
+    ax.plot(x, y, "o-", label="plain")  # bins without an SNR (empty, one problem) are gaps
+    ax.plot(x, [val(b, "snr_debiased") for b in bins], "s--", label="debiased (− tr(Cov)/N)")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.legend(fontsize=8)
     for xi, yi, b in zip(x, y, bins):
         if not math.isnan(yi):
             ax.annotate(f"n={b['problems']}", (xi, yi), textcoords="offset points",

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 from safetensors.torch import load_file
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -68,6 +69,13 @@ def test_demo_smoke(tmp_path):
     paced("demo", "--config", SMOKE / "demo.yaml", "--run-dir", run)
     demo = json.loads((run / "demo.json").read_text())
     assert {"teacher", "student", "student_pass_rates"} <= set(demo)
+    assert set(demo["by_source"]["student"]) == {"add", "mul1", "sub"}
+    dcfg = yaml.safe_load((run / "distill" / "config.yaml").read_text())
+    assert [s["source"] for s in dcfg["data"]["train"]] == ["add", "mul1"]       # the pool
+    assert [s["source"] for s in dcfg["data"]["eval"]] == ["add"]                # the target
+    assert [s["source"] for s in dcfg["data"]["forgetting"]] == ["sub"]          # the probe
+    scfg = yaml.safe_load((run / "student" / "config.yaml").read_text())
+    assert [s["source"] for s in scfg["data"]["train"]] == ["add", "sub"]        # student_train
     # running it again skips every finished step
     out = paced("demo", "--config", SMOKE / "demo.yaml", "--run-dir", run).stderr
     assert "already trained" in out

@@ -134,49 +134,69 @@ def test_resume_equals_uninterrupted(tmp_path, student, monkeypatch):
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
-def test_teacher_hidden_cache_unit():
-    """Served only when the whole batch is cached; stores each problem's own response length;
-    the byte budget is respected."""
+def _tiny_teacher():
     from transformers import LlamaConfig, LlamaForCausalLM
     torch.manual_seed(0)
-    teacher = LlamaForCausalLM(LlamaConfig(vocab_size=11, hidden_size=8, intermediate_size=16,
-                                           num_hidden_layers=1, num_attention_heads=2,
-                                           num_key_value_heads=2)).eval()
+    return LlamaForCausalLM(LlamaConfig(vocab_size=11, hidden_size=8, intermediate_size=16,
+                                        num_hidden_layers=2, num_attention_heads=2,
+                                        num_key_value_heads=1)).eval()
+
+
+@pytest.mark.parametrize("kind", ["hidden", "prompt"])
+def test_teacher_caches_equal_the_full_forward(kind):
+    """Served from the cache only when the whole batch is cached; the same hidden states as the
+    teacher's padded full forward on every response position; the byte budget is respected."""
+    from paced import teacher as T
+    teacher = _tiny_teacher()
     calls = []
-    teacher.get_decoder().register_forward_hook(lambda *a: calls.append(1))
-    ids, mask, pos, P = D.pack([[1, 2], [3]], [[4, 5, 6], [7]], pad=0)
-    R = ids.shape[1] - P
-    cache = D.TeacherHiddenCache(max_bytes=3 * 8 * 4)             # room for 3 rows of H = 8 fp32
-    h1 = cache(teacher, ["a", "b"], [3, 1], (ids, mask, pos, P), R)
-    assert len(calls) == 1 and sorted(cache.rows) == ["a"]       # "a" used the 3 rows: "b" not stored
-    h2 = cache(teacher, ["a", "b"], [3, 1], (ids, mask, pos, P), R)
-    assert len(calls) == 2                                       # partial hit: the teacher runs
-    torch.testing.assert_close(h1, h2)
-    big = D.TeacherHiddenCache(max_bytes=2 ** 20)
-    big(teacher, ["a", "b"], [3, 1], (ids, mask, pos, P), R)
-    h3 = big(teacher, ["a", "b"], [3, 1], (ids, mask, pos, P), R)
-    assert len(calls) == 3                                       # full hit: no teacher forward
-    assert big.rows["b"].shape == (1, 8)
-    torch.testing.assert_close(h3[0], h1[0])
-    torch.testing.assert_close(h3[1, :1], h1[1, :1])
-    assert (h3[1, 1:] == 0).all()                                # padding positions are masked anyway
+    teacher.get_decoder().register_forward_hook(lambda m, a, kw, out: calls.append(tuple(kw["input_ids"].shape)),
+                                                with_kwargs=True)
+    prompts, responses = [[1, 2, 3], [4]], [[5, 6, 7], [8]]
+    batch = D.pack(prompts, responses, pad=0)
+    R = batch[0].shape[1] - batch[3]
+    resp_mask = batch[1][:, batch[3]:].bool()                               # (B, R)
+    want = T.teacher_hidden(teacher, *batch, R)                              # (B, R, H)
+    Cache = T.TeacherHiddenCache if kind == "hidden" else T.TeacherPromptCache
+    big = Cache(max_bytes=2 ** 20)
+    got = big(teacher, ["a", "b"], prompts, responses, batch, R)
+    torch.testing.assert_close(got[resp_mask], want[resp_mask], rtol=1e-5, atol=1e-6)
+    n = len(calls)
+    got2 = big(teacher, ["a", "b"], prompts, responses, batch, R)
+    assert torch.equal(got, got2)
+    if kind == "hidden":
+        assert len(calls) == n                                               # no teacher forward at all
+    else:
+        assert len(calls) == n + 1 and calls[-1] == (2, R - 1)      # the responses only
+    tiny = Cache(max_bytes=1)                                                # nothing fits
+    got3 = tiny(teacher, ["a", "b"], prompts, responses, batch, R)
+    assert tiny.free == 0 and not getattr(tiny, "rows", getattr(tiny, "entries", None))
+    torch.testing.assert_close(got3, want)                                   # the fallback: full forward
 
 
-def test_teacher_cache_matches_uncached_and_resumes_exactly(tmp_path, student, monkeypatch):
-    """Off-policy forward KL with the hidden-state cache trains like the uncached loop, and a
-    run killed mid-stage resumes (with an empty cache) to the same weights."""
-    stages = "distill.stages=[{name: s, loss_type: forward_kl, max_steps: 6, weighting: uniform}]"
+def test_prompt_cache_with_one_token_responses():
+    from paced import teacher as T
+    teacher = _tiny_teacher()
+    prompts, responses = [[1, 2], [3, 4, 5]], [[6], [7]]
+    batch = D.pack(prompts, responses, pad=0)
+    want = T.teacher_hidden(teacher, *batch, 1)
+    got = T.TeacherPromptCache(2 ** 20)(teacher, ["a", "b"], prompts, responses, batch, 1)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("loss_type", ["forward_kl", "reverse_kl"])
+def test_teacher_caches_train_like_no_cache_and_resume_exactly(tmp_path, student, monkeypatch, loss_type):
+    """Forward KL (hidden-state cache) and reverse KL (prompt cache) train like the uncached
+    loop, and a run killed mid-stage resumes (with empty caches) to the same weights."""
+    stages = f"distill.stages=[{{name: s, loss_type: {loss_type}, max_steps: 6, weighting: uniform}}]"
     common = ["teacher.privileged=false", "data.eval=[]", "data.forgetting=[]", stages,
               "distill.per_device_train_batch_size=8", "distill.save_steps=2", "distill.save_total_limit=0"]
     calls = []
-    D.train(distill_cfg(tmp_path / "cached", student, *common))
     real = D.teacher_hidden
     monkeypatch.setattr(D, "teacher_hidden", lambda *a, **k: calls.append(1) or real(*a, **k))
-    D.train(distill_cfg(tmp_path / "cached2", student, *common))
-    cached_calls = len(calls)
-    calls.clear()
+    D.train(distill_cfg(tmp_path / "cached", student, *common))
+    assert calls == []                                           # every batch served by a cache
     D.train(distill_cfg(tmp_path / "plain", student, *common, "distill.teacher_cache_mib=0"))
-    assert len(calls) == 6 and cached_calls < 6                  # the pool of 24 repeats in 6 x 8
+    assert len(calls) == 6
     a = load_file(tmp_path / "cached" / "model" / "model.safetensors")
     b = load_file(tmp_path / "plain" / "model" / "model.safetensors")
     for k in a:

@@ -113,3 +113,17 @@ def test_run_end_to_end(tmp_path):
     again = S.run(cfg)
     assert again["bins"][0]["problems"] == 16
     assert again["overall_snr"] == pytest.approx(out["overall_snr"])
+
+
+def test_debiased_snr_removes_the_one_over_n_floor():
+    """Pure noise: the plain ratio is about 1/N, the debiased one about 0 whatever N."""
+    gen = torch.Generator().manual_seed(0)
+    for n in (5, 50):
+        g = torch.randn(n, 4000, generator=gen, dtype=torch.float64)
+        assert S.cross_problem_snr(g) == pytest.approx(1 / n, rel=0.2)
+        assert abs(S.cross_problem_snr(g, debias=True)) < 0.2 / n
+    # a pure signal plus noise: debiased = ‖μ‖² / tr(Σ) on average
+    mu = torch.full((4000,), 0.5, dtype=torch.float64)
+    g = mu + torch.randn(40, 4000, generator=gen, dtype=torch.float64)
+    assert S.cross_problem_snr(g, debias=True) == pytest.approx(0.25, rel=0.1)
+    assert S.cross_problem_snr(g) == pytest.approx(0.25 + 1 / 40, rel=0.1)

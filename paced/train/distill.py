@@ -41,26 +41,12 @@ from ..rollout import SamplingParams, sample
 from ..run import load_model, start_run
 from ..runlog import Progress, RunLog, console, write_json
 from ..tasks import load_sources
+from ..teacher import TeacherHiddenCache, TeacherPromptCache, check_vocab, response_hidden, teacher_hidden
 from ..weighting import normalize, problem_weights
 from .sft import make_scheduler, optimizer_from
 
 # Which responses a loss is computed on when the stage says "auto" (the paper's pairing).
 DEFAULT_RESPONSES = {"forward_kl": "teacher", "akl": "teacher", "reverse_kl": "student", "jsd": "student"}
-
-
-def check_vocab(student_tok, teacher_tok, student_model, teacher_model) -> None:
-    """Teacher and student must share one vocabulary: same size and the same token -> id map."""
-    s_vocab, t_vocab = student_tok.get_vocab(), teacher_tok.get_vocab()
-    s_size = student_model.get_output_embeddings().weight.shape[0]
-    t_size = teacher_model.get_output_embeddings().weight.shape[0]
-    if s_vocab != t_vocab or s_size != t_size:
-        only_s = sorted(set(s_vocab) - set(t_vocab))[:5]
-        only_t = sorted(set(t_vocab) - set(s_vocab))[:5]
-        moved = sorted(k for k in set(s_vocab) & set(t_vocab) if s_vocab[k] != t_vocab[k])[:5]
-        raise ValueError(
-            "teacher and student vocabularies differ: token-level KL needs one vocabulary. "
-            f"student {len(s_vocab)} tokens / {s_size} logits, teacher {len(t_vocab)} / {t_size}; "
-            f"only in student: {only_s}; only in teacher: {only_t}; different ids: {moved}")
 
 
 def pack(prompts: list[list[int]], responses: list[list[int]], pad: int):
@@ -73,61 +59,6 @@ def pack(prompts: list[list[int]], responses: list[list[int]], pad: int):
         ids[i, P - len(p):P], ids[i, P:P + len(r)] = torch.tensor(p), torch.tensor(r)
         mask[i, P - len(p):P + len(r)] = 1
     return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), P
-
-
-def response_hidden(model, ids, mask, pos, P: int, R: int) -> torch.Tensor:
-    """Final hidden states at the positions that predict the R response tokens: (B, R, H).
-
-    Called through the (possibly DDP-wrapped) model so that DDP sees the forward; only the last
-    position's logits are computed (``logits_to_keep=1``): the loss applies the head in chunks.
-    """
-    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True,
-                logits_to_keep=1)
-    return out.hidden_states[-1][:, P - 1: P + R - 1]
-
-
-@torch.no_grad()
-def teacher_hidden(teacher, ids, mask, pos, P: int, R: int) -> torch.Tensor:
-    """The frozen teacher's final hidden states on the response positions (B, R, H), no grad.
-
-    Runs the backbone alone (``get_decoder()``, e.g. LlamaModel: its output is already
-    normalised), so neither logits nor every layer's hidden states are materialised.
-    """
-    backbone = teacher.get_decoder() if hasattr(teacher, "get_decoder") else None
-    if backbone is None or backbone is teacher:
-        return response_hidden(teacher, ids, mask, pos, P, R)
-    h = backbone(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
-    return h[:, P - 1: P + R - 1]                                            # (B, R, H)
-
-
-class TeacherHiddenCache:
-    """problem id -> the teacher's hidden states on its (fixed, greedy) response, (R_i, H).
-
-    Off-policy distillation on greedy teacher responses feeds the frozen teacher the same
-    sequence every time a problem comes back, so its hidden states are computed once and kept
-    (on the teacher's device) until ``max_bytes`` are used; the head is still applied per chunk
-    in the loss. A batch is served from the cache only when every problem in it is cached,
-    otherwise the teacher runs on the whole batch (and the missing problems are stored).
-    """
-
-    def __init__(self, max_bytes: int):
-        self.rows: dict[str, torch.Tensor] = {}
-        self.free = max_bytes
-
-    def __call__(self, teacher, ids: list[str], lens: list[int], t_batch, R: int) -> torch.Tensor:
-        if ids and all(i in self.rows for i in ids):
-            first = self.rows[ids[0]]
-            h = first.new_zeros(len(ids), R, first.shape[-1])                # (B, R, H)
-            for b, i in enumerate(ids):
-                h[b, :len(self.rows[i])] = self.rows[i]
-            return h
-        h = teacher_hidden(teacher, *t_batch, R)                              # (B, R, H)
-        for b, i in enumerate(ids):
-            row = h[b, :lens[b]]                                              # (R_i, H)
-            if i not in self.rows and row.nbytes <= self.free:
-                self.rows[i] = row.clone()
-                self.free -= row.nbytes
-        return h
 
 
 def distill_step(student, h_t, head_t, s_batch, resp_mask, weights, loss_type: str, loss_kw: dict,
@@ -255,7 +186,10 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
                                    seed=cfg.run.seed * 1000003 + at), eos_token_id=eos, pad_token_id=pad)
         return [row[:n] for row, n in zip(ro.completion_ids.tolist(), ro.lengths.tolist())]
 
+    # What the frozen teacher computes on repeated inputs (paced/teacher.py): hidden states on
+    # greedy teacher responses (off-policy), prompt KV caches (otherwise).
     hidden_cache = TeacherHiddenCache(d.teacher_cache_mib * 2 ** 20)
+    prompt_cache = TeacherPromptCache(d.teacher_cache_mib * 2 ** 20)
 
     bar = Progress(total_steps, "distill", cfg.run.progress and main, initial=step)
     stage_start = 0
@@ -302,8 +236,9 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
             dev = accelerator.device
             factors = torch.as_tensor(normalize(raw_w, stage.normalize), dtype=torch.float32, device=dev)
             t_batch = (t_ids.to(dev), t_mask.to(dev), t_pos.to(dev), Pt)
-            if who == "teacher" and d.teacher_temperature == 0:  # greedy: a pure function of the problem
-                h_t = hidden_cache(teacher, ids, list(map(len, resp)), t_batch, R)         # (B, R, H)
+            cache = hidden_cache if who == "teacher" and d.teacher_temperature == 0 else prompt_cache
+            if d.teacher_cache_mib > 0:
+                h_t = cache(teacher, ids, [t_prompts[i] for i in ids], resp, t_batch, R)   # (B, R, H)
             else:
                 h_t = teacher_hidden(teacher, *t_batch, R)                                  # (B, R, H)
             student.train()

@@ -1,0 +1,173 @@
+"""The frozen teacher's side of distillation: its hidden states, and two caches of them.
+
+A frozen teacher computes the same thing every time it sees the same input, and PACED draws
+problems from a fixed pool again and again, so two kinds of teacher work repeat:
+- off-policy on greedy teacher responses, the whole sequence repeats: ``TeacherHiddenCache``
+  keeps the final hidden states on the response (R_i, H) per problem;
+- on-policy (student responses), the prompt repeats: ``TeacherPromptCache`` keeps the prompt's
+  KV cache and its last hidden state per problem, and the teacher then runs on the response
+  tokens only.
+Both stop storing when their byte budget is spent and fall back to the full forward for any
+batch they cannot serve whole, and both compute each entry from the problem alone (batch 1,
+no padding), so what they return does not depend on which problems shared a batch: a resumed
+run rebuilds identical entries. The head is applied later, in chunks, by the loss.
+"""
+from __future__ import annotations
+
+import torch
+
+from .rollout import _cache_kw
+
+
+def check_vocab(student_tok, teacher_tok, student_model, teacher_model) -> None:
+    """Teacher and student must share one vocabulary: same size and the same token -> id map."""
+    s_vocab, t_vocab = student_tok.get_vocab(), teacher_tok.get_vocab()
+    s_size = student_model.get_output_embeddings().weight.shape[0]
+    t_size = teacher_model.get_output_embeddings().weight.shape[0]
+    if s_vocab != t_vocab or s_size != t_size:
+        only_s = sorted(set(s_vocab) - set(t_vocab))[:5]
+        only_t = sorted(set(t_vocab) - set(s_vocab))[:5]
+        moved = sorted(k for k in set(s_vocab) & set(t_vocab) if s_vocab[k] != t_vocab[k])[:5]
+        raise ValueError(
+            "teacher and student vocabularies differ: token-level KL needs one vocabulary. "
+            f"student {len(s_vocab)} tokens / {s_size} logits, teacher {len(t_vocab)} / {t_size}; "
+            f"only in student: {only_s}; only in teacher: {only_t}; different ids: {moved}")
+
+
+def response_hidden(model, ids, mask, pos, P: int, R: int) -> torch.Tensor:
+    """Final hidden states at the positions that predict the R response tokens: (B, R, H).
+
+    Called through the (possibly DDP-wrapped) model so that DDP sees the forward; only the last
+    position's logits are computed (``logits_to_keep=1``): the loss applies the head in chunks.
+    """
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True,
+                logits_to_keep=1)
+    return out.hidden_states[-1][:, P - 1: P + R - 1]
+
+
+def _backbone(model):
+    """The transformer body without the head (e.g. LlamaModel; its output is normalised), or None."""
+    body = model.get_decoder() if hasattr(model, "get_decoder") else None
+    return None if body is None or body is model else body
+
+
+@torch.no_grad()
+def teacher_hidden(teacher, ids, mask, pos, P: int, R: int) -> torch.Tensor:
+    """The frozen teacher's final hidden states on the response positions (B, R, H), no grad.
+
+    Runs the backbone alone, so neither logits nor every layer's hidden states are materialised.
+    """
+    body = _backbone(teacher)
+    if body is None:
+        return response_hidden(teacher, ids, mask, pos, P, R)
+    h = body(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
+    return h[:, P - 1: P + R - 1]                                            # (B, R, H)
+
+
+class TeacherHiddenCache:
+    """problem id -> the teacher's hidden states on its (fixed, greedy) response, (R_i, H).
+
+    Entries are computed per problem (batch 1) on first sight, while the budget lasts; a batch
+    is served from the cache only when every problem in it is cached, otherwise the teacher
+    runs on the whole batch.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.rows: dict[str, torch.Tensor] = {}
+        self.free = max_bytes
+
+    def __call__(self, teacher, ids: list[str], prompts: list[list[int]], responses: list[list[int]],
+                 t_batch, R: int) -> torch.Tensor:
+        device = t_batch[0].device
+        for i, p, r in zip(ids, prompts, responses):
+            if i not in self.rows and self.free > 0:
+                one = _single(p, r, device)
+                row = teacher_hidden(teacher, *one, len(r))[0]               # (R_i, H)
+                if row.nbytes <= self.free:
+                    self.rows[i] = row
+                    self.free -= row.nbytes
+                else:
+                    self.free = 0                                            # full: stop trying
+        if not (ids and all(i in self.rows for i in ids)):
+            return teacher_hidden(teacher, *t_batch, R)                      # (B, R, H)
+        first = self.rows[ids[0]]
+        h = first.new_zeros(len(ids), R, first.shape[-1])                    # (B, R, H)
+        for b, i in enumerate(ids):
+            h[b, :len(self.rows[i])] = self.rows[i]
+        return h
+
+
+class TeacherPromptCache:
+    """problem id -> the teacher's KV cache on its prompt and the prompt's last hidden state.
+
+    The teacher then runs on the response tokens only, attending to the cached prompt: the
+    position that predicts the first response token is the prompt's last one, whose hidden
+    state is stored (H,); the other R - 1 come from the response pass. Keys/values are stored
+    per layer as (kv_heads, P_i, d) and left-padded into one (B, kv_heads, P, d) cache per batch.
+    Deviation from a full forward: none in the math; float rounding may differ (a different
+    split of the same attention), as between any two batchings.
+    """
+
+    def __init__(self, max_bytes: int):
+        self.entries: dict[str, tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]] = {}
+        self.free = max_bytes
+
+    @torch.no_grad()
+    def _prefill(self, body, prompt: list[int], device):
+        from transformers import DynamicCache
+
+        cache = DynamicCache()
+        ids = torch.tensor([prompt], device=device)                          # (1, P_i)
+        out = body(input_ids=ids, use_cache=True, **{_cache_kw(body): cache})
+        kv = [(layer.keys[0], layer.values[0]) for layer in cache.layers]    # (kvh, P_i, d) x 2
+        return kv, out.last_hidden_state[0, -1]                              # (H,)
+
+    @torch.no_grad()
+    def __call__(self, teacher, ids: list[str], prompts: list[list[int]], responses: list[list[int]],
+                 t_batch, R: int) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        body = _backbone(teacher)
+        device = t_batch[0].device
+        if body is None or not hasattr(DynamicCache(), "layers"):             # unsupported model
+            return teacher_hidden(teacher, *t_batch, R)
+        for i, p in zip(ids, prompts):
+            if i not in self.entries and self.free > 0:
+                kv, last = self._prefill(body, p, device)
+                size = sum(k.nbytes + v.nbytes for k, v in kv) + last.nbytes
+                if size <= self.free:
+                    self.entries[i] = (kv, last)
+                    self.free -= size
+                else:
+                    self.free = 0
+        if not (ids and all(i in self.entries for i in ids)):
+            return teacher_hidden(teacher, *t_batch, R)                      # (B, R, H)
+        B, P = len(ids), max(map(len, prompts))
+        cache = DynamicCache()
+        for layer in range(len(self.entries[ids[0]][0])):
+            k0, v0 = self.entries[ids[0]][0][layer]                          # (kvh, P_0, d)
+            keys = k0.new_zeros(B, k0.shape[0], P, k0.shape[-1])             # (B, kvh, P, d)
+            values = v0.new_zeros(B, v0.shape[0], P, v0.shape[-1])
+            for b, i in enumerate(ids):
+                k, v = self.entries[i][0][layer]
+                keys[b, :, P - k.shape[1]:], values[b, :, P - v.shape[1]:] = k, v
+            cache.update(keys, values, layer)
+        resp = torch.zeros(B, R, dtype=torch.long, device=device)            # (B, R) right-padded
+        mask = torch.zeros(B, P + R, dtype=torch.long, device=device)        # (B, P + R)
+        pos = torch.zeros(B, R, dtype=torch.long, device=device)             # (B, R)
+        for b, (p, r) in enumerate(zip(prompts, responses)):
+            resp[b, :len(r)] = torch.tensor(r, device=device)
+            mask[b, P - len(p):P + len(r)] = 1
+            pos[b] = len(p) + torch.arange(R, device=device)
+        last = torch.stack([self.entries[i][1] for i in ids])[:, None]       # (B, 1, H)
+        if R == 1:
+            return last
+        out = body(input_ids=resp[:, :R - 1], attention_mask=mask[:, :P + R - 1], position_ids=pos[:, :R - 1],
+                   use_cache=True, **{_cache_kw(body): cache}).last_hidden_state  # (B, R - 1, H)
+        return torch.cat([last, out], dim=1)                                 # (B, R, H)
+
+
+def _single(prompt: list[int], response: list[int], device):
+    """One unpadded sequence as the (ids, mask, pos, P) that ``teacher_hidden`` takes."""
+    ids = torch.tensor([prompt + response], device=device)                   # (1, P + R)
+    return ids, torch.ones_like(ids), torch.arange(ids.shape[1], device=device)[None], len(prompt)

@@ -62,7 +62,7 @@ The ratio reported is ours / TRL (target <= 0.8). At these toy sizes (vocab 100,
 sequences) a step costs milliseconds: the comparison measures framework, generation and
 autograd overhead far more than the loss kernels; it says nothing about large-vocabulary cost.
 
-Interleaving: warm-up steps for each (1 quick, 2 full), then ``R`` repeats (40 quick, 300 full,
+Interleaving: 4 warm-up steps for each (every batch once: the teacher caches are filled), then ``R`` repeats (40 quick, 300 full,
 or fewer: at least 5, stopping once ``--budget`` seconds are spent, 90 quick / 420 full);
 in each repeat every contender runs one step, in an order rotated by one each repeat. Reported:
 median s/step (and IQR), and the mean response length each contender trained on (on-policy
@@ -73,9 +73,10 @@ time of each model's top-level forward inside ``distill_step``, via forward hook
 
 Peak memory (``--skip-memory`` to skip): one fresh subprocess per config (sft, ours_fkl, ours_rkl,
 and the TRL configs in full mode or with ``--trl-memory``), run with ``MALLOC_MMAP_THRESHOLD_=65536``
-so that glibc returns freed tensor memory to the OS and RSS follows live memory. Each subprocess builds its models, runs one
-warm-up step, resets the kernel's peak-RSS mark (``echo 5 > /proc/self/clear_refs``), reads
-VmRSS (the resting state: weights, optimizer state, libraries), runs 3 steps and reads VmHWM.
+so that glibc returns freed tensor memory to the OS and RSS follows live memory. Each subprocess builds its models, runs
+warm-up steps, resets the kernel's peak-RSS mark (``echo 5 > /proc/self/clear_refs``), reads
+VmRSS (the resting state: weights, optimizer state, libraries, and the teacher caches, filled by
+warm-up steps over all 4 batches), runs 3 steps and reads VmHWM.
 step delta = VmHWM - resting VmRSS (the memory a step adds) and peak = VmHWM are both reported,
 as ratios to ``sft``: a student-only SFT step (token-mean cross-entropy via
 ``paced.train.sft.sft_loss``) on the same prompts + cached teacher responses (target <= 1.5x).
@@ -442,7 +443,11 @@ def memory_child(name: str, batch: int, max_new: int, steps: int = 3) -> dict:
     setup = Setup(batch, max_new)
     with tempfile.TemporaryDirectory() as tmp:
         step = make(name, setup, tmp)
-        step(-1)  # warm-up: one-time allocations (kernels, thread pools, optimizer state)
+        # warm-up on every batch: one-time allocations (kernels, thread pools, optimizer state)
+        # and, for ours, the teacher caches' entries: resting memory like the optimizer state,
+        # bounded by teacher_cache_mib, not memory a step adds
+        for w in range(len(setup.batches)):
+            step(-1 - w)
         gc.collect()
         with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS
             f.write("5")
@@ -624,7 +629,7 @@ def main() -> None:
     for th in a.threads:
         torch.set_num_threads(th)
         t0 = time.perf_counter()
-        tim = timing(names, a.batch, a.max_new, repeats, 1 if a.quick else 2, budget)
+        tim = timing(names, a.batch, a.max_new, repeats, 4, budget)  # 4 = every batch once
         comps = compare(tim)
         print_timing(tim, comps, th, time.perf_counter() - t0)
         timings[str(th)] = {"timing": tim, "comparisons": comps, "loadavg_after": os.getloadavg()}

@@ -14,9 +14,9 @@ other ``add`` problems (other seeds). Forgetting probe: subtraction, which the s
 and the pool lacks.
 
 Arms (``ARMS``): forward KL from the teacher with uniform / hard-filter / PACED (α = β = 1)
-weights, at every share; and, at the middle share only (``--rkl-share``), reverse-KL
-self-distillation (frozen starting student with the answer in its prompt) with the same three
-weightings and the two-stage schedule (PACED forward KL, then PACED reverse KL with p̂
+weights, at every share; and, at the middle share only (``--rkl-share``), on-policy reverse KL
+from the teacher, reverse-KL self-distillation (frozen starting student with the answer in its
+prompt) with the same three weightings each, and the two-stage schedule (PACED forward KL, then PACED reverse KL with p̂
 re-estimated). Every arm trains ``steps`` optimizer steps of ``batch`` problems drawn from its
 non-zero-weight pool. The first p̂ estimate is shared by every arm of a (seed, share) (same
 student, same rollouts, one ledger), so arms differ only in what they do with it.
@@ -50,6 +50,9 @@ ARMS = {
     "fkl/uniform": ("teacher", [{"loss_type": "forward_kl", "weighting": "uniform"}]),
     "fkl/hard_filter": ("teacher", [{"loss_type": "forward_kl", "weighting": "hard_filter"}]),
     "fkl/paced": ("teacher", [{"loss_type": "forward_kl", "weighting": "beta"}]),
+    "rkl/uniform": ("teacher", [{"loss_type": "reverse_kl", "weighting": "uniform"}]),
+    "rkl/hard_filter": ("teacher", [{"loss_type": "reverse_kl", "weighting": "hard_filter"}]),
+    "rkl/paced": ("teacher", [{"loss_type": "reverse_kl", "weighting": "beta"}]),
     "self-rkl/uniform": ("self", [{"loss_type": "reverse_kl", "weighting": "uniform"}]),
     "self-rkl/hard_filter": ("self", [{"loss_type": "reverse_kl", "weighting": "hard_filter"}]),
     "self-rkl/paced": ("self", [{"loss_type": "reverse_kl", "weighting": "beta"}]),
@@ -122,8 +125,13 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, help="override the step budget per arm")
     ap.add_argument("--pool", type=int, help="override the pool size")
-    ap.add_argument("--lr", type=float, default=3e-4)
+    ap.add_argument("--lr", type=float, default=1e-4,
+                    help="1e-4: at 3e-4 even PACED wipes the probe (BENCHMARKS.md: pick an lr at which it survives)")
+    ap.add_argument("--markdown", action="store_true", help="print the README table from --out and exit")
     a = ap.parse_args()
+    if a.markdown:
+        print(markdown(json.loads(Path(a.out).read_text())))
+        return
     a.seeds = a.seeds or ([0] if a.quick else [0, 1, 2])
     a.shares = a.shares or ([0.5] if a.quick else [0.0, 0.25, 0.5])
     a.rkl_share = a.rkl_share if a.rkl_share is not None else a.shares[len(a.shares) // 2]
@@ -149,16 +157,24 @@ def main() -> None:
                 s = summary["after"]
                 print(f"seed {seed} share {share:g} {arm:<22} target mean@8 {s['target']['mean@n']:.3f} "
                       f"forgetting probe {s['forgetting']['mean@n']:.3f} ({time.time() - t0:.0f}s)", flush=True)
+                write(a, results, t0, done=False)  # a kill keeps every finished arm
+    print_table(write(a, results, t0, done=True), a)
+    print(f"wrote {a.out}")
+
+
+def write(a, results: dict, t0: float, done: bool) -> dict:
     table = summarise(results)
-    print_table(table, a)
     out = Path(a.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"date": time.strftime("%Y-%m-%d"), "quick": a.quick, "seeds": a.seeds, "shares": a.shares,
-            "rkl_share": a.rkl_share, "steps": a.steps, "pool": a.pool, "heldout": a.heldout,
-            "batch": a.batch, "lr": a.lr, "threads": a.threads, "learnable": LEARNABLE,
-            "unlearnable": UNLEARNABLE, "probe": PROBE, "minutes": round((time.time() - t0) / 60, 1)}
-    out.write_text(json.dumps({"meta": meta, "table": table, "runs": results}, indent=2))
-    print(f"wrote {out}")
+    meta = {"date": time.strftime("%Y-%m-%d"), "quick": a.quick, "complete": done, "seeds": a.seeds,
+            "shares": a.shares, "rkl_share": a.rkl_share, "steps": a.steps, "pool": a.pool,
+            "heldout": a.heldout, "batch": a.batch, "lr": a.lr, "threads": a.threads, "models": a.models,
+            "learnable": LEARNABLE, "unlearnable": UNLEARNABLE, "probe": PROBE,
+            "minutes": round((time.time() - t0) / 60, 1)}
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps({"meta": meta, "table": table, "runs": results}, indent=2))
+    tmp.replace(out)
+    return table
 
 
 def _ms(xs):
@@ -198,6 +214,25 @@ def print_table(table: dict, a) -> None:
     first = next(iter(table.values()))
     print(f"(student before: target mean@8 {first['before_target_mean8']:.3f}, probe mean@8 "
           f"{first['before_forgetting_mean8']:.3f}; seeds {a.seeds}; {a.steps} steps x {a.batch} problems, lr {a.lr})")
+
+
+def markdown(res: dict) -> str:
+    """The README's table: one row per (share, arm), mean ± std over seeds."""
+    m = res["meta"]
+    f = lambda v: f"{v[0]:.3f} ± {v[1]:.3f}"  # noqa: E731
+    rows = ["| mul1 share | arm | target mean@8 | target greedy | probe drop (mean@8) | steps to uniform's final |",
+            "|---|---|---|---|---|---|"]
+    for key, r in res["table"].items():
+        share, arm = key.split("/", 1)
+        reach = ", ".join("–" if x is None else str(x) for x in r["steps_to_uniform_final"])
+        rows.append(f"| {share} | {arm} | {f(r['target_mean8'])} | {f(r['target_greedy'])} | "
+                    f"{f(r['forgetting_drop'])} | {reach} |")
+    first = next(iter(res["table"].values()))
+    rows.append(f"\nBefore: target mean@8 {first['before_target_mean8']:.3f}, probe mean@8 "
+                f"{first['before_forgetting_mean8']:.3f} (seed {m['seeds'][0]}); seeds {m['seeds']}, "
+                f"{m['steps']} steps x {m['batch']} problems, lr {m['lr']}, pool {m['pool']}, "
+                f"{m['heldout']} held-out problems each, {m['minutes']} min, {m['date']}.")
+    return "\n".join(rows)
 
 
 if __name__ == "__main__":

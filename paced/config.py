@@ -47,6 +47,18 @@ class DataSource:
 
 
 @dataclass
+class RegularizerCfg:
+    name: str = F("none", "loss penalty: none, or ewc anchored on the starting weights", choices=("none", "ewc"))
+    ewc_lambda: float = F(1.0, "ewc: lambda of lambda sum F (theta - theta*)^2 (Avalanche's, no 1/2)", min=0.0)
+    fisher_data: list[DataSource] = F([], "ewc: sources whose reference solutions' SFT-loss gradients give F")
+    fisher_batches: int = F(0, "ewc: mini-batches per Fisher (0 = one pass over the data)", min=0)
+    fisher_batch_size: int = F(16, "ewc: sequences per Fisher mini-batch", min=1)
+    fisher_max_length: int = F(128, "ewc: truncate prompt+solution to this many tokens", min=8)
+    mode: str = F("pooled", "ewc: one Fisher of batches mixing all sources, or one per source summed "
+                  "(Avalanche's separate mode, one anchor)", choices=("pooled", "separate"))
+
+
+@dataclass
 class DataCfg:
     train: list[DataSource] = F([], "training / pass-rate pool: a list of sources")
     eval: list[DataSource] = F([], "held-out evaluation sources")
@@ -181,6 +193,7 @@ class SFTConfig:
     model: ModelCfg = F(ModelCfg(), "")
     data: DataCfg = F(DataCfg(), "")
     optim: OptimCfg = F(OptimCfg(), "")
+    regularizer: RegularizerCfg = F(RegularizerCfg(), "")
     train: TrainCfg = F(TrainCfg(), "")
     run: RunCfg = F(RunCfg(), "")
 
@@ -192,6 +205,7 @@ class DistillConfig:
     data: DataCfg = F(DataCfg(), "")
     distill: DistillCfg = F(DistillCfg(), "")
     optim: OptimCfg = F(OptimCfg(lr=3e-4), "")
+    regularizer: RegularizerCfg = F(RegularizerCfg(), "")
     ledger: LedgerCfg = F(LedgerCfg(stage="distill"), "")
     run: RunCfg = F(RunCfg(dir="runs/distill"), "")
 
@@ -272,7 +286,7 @@ class DemoConfig:
     distill: DistillCfg = F(DistillCfg(
         stages=[StageCfg(name="paced_fkl", loss_type="forward_kl", max_steps=300, weighting="beta")],
         max_completion_length=24, logging_steps=50, save_steps=100), "the PACED step (0 stages: skip)")
-    distill_optim: OptimCfg = F(OptimCfg(lr=3e-4, warmup_steps=20, lr_scheduler_type="constant"), "")
+    distill_optim: OptimCfg = F(OptimCfg(lr=1e-4, warmup_steps=20, lr_scheduler_type="constant"), "")
     run: RunCfg = F(RunCfg(dir="runs/demo"), "")
 
 
@@ -339,11 +353,11 @@ def load_config(root, path=None, overrides=(), run_dir=None):
 
 def check(cfg) -> None:
     """Cross-field rules that a single field's range cannot express."""
-    for section in ("data",):
+    for section, splits in (("data", ("train", "eval", "forgetting")), ("regularizer", ("fisher_data",))):
         data = getattr(cfg, section, None)
-        for split in ("train", "eval", "forgetting") if data else ():
+        for split in splits if data else ():
             for i, src in enumerate(getattr(data, split)):
-                key = f"data.{split}[{i}]"
+                key = f"{section}.{split}[{i}]"
                 if len(src.difficulty) not in (1, 2) or min(src.difficulty) < 0:
                     raise ConfigError(f"{key}.difficulty: expected [lo, hi] or one int >= 0")
                 if len(src.difficulty) == 2 and src.difficulty[0] > src.difficulty[1]:
@@ -360,6 +374,10 @@ def check(cfg) -> None:
                                                    or st.weight_beta % 1):
             raise ConfigError(f"distill.stages[{i}].weight_estimator: 'unbiased' needs weighting "
                               f"'beta' with integer weight_alpha and weight_beta")
+    reg = getattr(cfg, "regularizer", None)
+    if reg is not None and reg.name == "ewc" and not reg.fisher_data:
+        raise ConfigError("regularizer.fisher_data: regularizer.name 'ewc' needs the data whose Fisher "
+                          "anchors the weights, e.g. regularizer.fisher_data=[{source: add, n: 512}]")
     ev = getattr(cfg, "eval", None)
     if isinstance(ev, EvalCfg) and any(k < 1 or k > ev.n for k in ev.ks):
         raise ConfigError(f"eval.ks: every k must lie in [1, eval.n={ev.n}], got {ev.ks}")

@@ -16,7 +16,8 @@ Algorithm:
     g_i      <- ∇ ℓ_i w.r.t. the parameters whose names match snr.params, flattened  -> (N, P)
     bins     <- {p̂ = 0}, snr.bins equal-width bins over (0, 1), {p̂ = 1}
     SNR(bin) <- ‖mean g‖² / tr(Cov g) over the bin's problems (unbiased N-1 covariance), and
-                debiased: (‖mean g‖² − tr(Cov g)/N) / tr(Cov g), since E‖mean g‖² = ‖E g‖² + tr(Cov)/N
+                debiased: (‖mean g‖² − tr(Cov g)/N) / tr(Cov g), since E‖mean g‖² = ‖E g‖² + tr(Cov)/N,
+                with a 95% interval from the leave-one-problem-out jackknife
     bell     <- the largest SNR sits in an interior bin and both end bins are lower (both versions)
 
 Deviations and choices: gradients of a parameter subset (regex ``snr.params``; the full
@@ -79,6 +80,32 @@ def cross_problem_snr(grads: torch.Tensor, debias: bool = False) -> float:
     return signal / noise
 
 
+def jackknife_ci(grads: torch.Tensor, debias: bool = True, z: float = 1.96) -> tuple[float, float] | None:
+    """θ̂ ± z·SE of ``cross_problem_snr(grads, debias)``, SE from the leave-one-problem-out
+    jackknife, SE² = (N−1)/N Σ_i (θ_(i) − θ̄)², each θ_(i) in closed form from the sums
+    S1 = Σ g_i and S2 = Σ ‖g_i‖² (O(N·P), no resampling). None if N < 3 or undefined.
+    (A bootstrap over problems is biased here: duplicated rows shrink the covariance by more
+    than the interval's width when P ≫ N.)"""
+    g = grads.detach().double()
+    n = g.shape[0]
+    if n < 3:
+        return None
+    theta = cross_problem_snr(g, debias)
+    if not math.isfinite(theta):
+        return None
+    s1 = g.sum(0)                                                # (P,)
+    sq = g.square().sum(1)                                       # (N,)
+    m = n - 1
+    mean_sq = (s1.square().sum() - 2 * (g @ s1) + sq) / m ** 2   # (N,) ‖mean without i‖²
+    noise = (sq.sum() - sq - m * mean_sq) / (m - 1)              # (N,) tr(Cov) without i
+    signal = mean_sq - noise / m if debias else mean_sq          # (N,)
+    if (noise <= 0).any():
+        return None
+    loo = (signal / noise).numpy()                               # (N,)
+    se = math.sqrt((n - 1) / n * float(((loo - loo.mean()) ** 2).sum()))
+    return theta - z * se, theta + z * se
+
+
 def snr_by_bin(grads: torch.Tensor, p_hat, bins: int) -> list[dict]:
     """SNR per p̂ bin: p̂ = 0 alone, ``bins`` equal-width bins over (0, 1), p̂ = 1 alone.
 
@@ -105,6 +132,7 @@ def snr_by_bin(grads: torch.Tensor, p_hat, bins: int) -> list[dict]:
         out.append({"lo": lo, "hi": hi, "label": label, "problems": int(len(sel)),
                     "snr": None if math.isnan(snr) else snr,
                     "snr_debiased": None if math.isnan(deb) else deb,
+                    "snr_debiased_ci95": jackknife_ci(grads[sel]) if len(sel) else None,
                     "mean_grad_norm": float(norms[sel].mean()) if len(sel) else None})
     return out
 
@@ -231,12 +259,13 @@ def run(cfg: SNRConfig) -> dict:
     bell, bell_debiased = is_bell(bins), is_bell(bins, "snr_debiased")
 
     table = Table(title=f"cross-problem gradient SNR by p̂ bin ({s.loss_type}, {who} responses)")
-    for col in ("bin", "problems", "SNR", "SNR debiased", "mean ‖g‖"):
+    for col in ("bin", "problems", "SNR", "SNR debiased", "± 95% (jackknife)", "mean ‖g‖"):
         table.add_column(col, justify="left" if col == "bin" else "right")
     fmt = lambda x: "-" if x is None else f"{x:.4g}"  # noqa: E731
     for b in bins:
+        ci = b["snr_debiased_ci95"]
         table.add_row(b["label"], str(b["problems"]), fmt(b["snr"]), fmt(b["snr_debiased"]),
-                      fmt(b["mean_grad_norm"]))
+                      "-" if ci is None else f"[{ci[0]:.3g}, {ci[1]:.3g}]", fmt(b["mean_grad_norm"]))
     console.print(table)
     console.print(f"overall SNR {overall:.4g}; bell-shaped: {bell} (debiased: {bell_debiased})")
 

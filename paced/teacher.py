@@ -102,14 +102,15 @@ class TeacherPromptCache:
 
     The teacher then runs on the response tokens only, attending to the cached prompt: the
     position that predicts the first response token is the prompt's last one, whose hidden
-    state is stored (H,); the other R - 1 come from the response pass. Keys/values are stored
-    per layer as (kv_heads, P_i, d) and left-padded into one (B, kv_heads, P, d) cache per batch.
-    Deviation from a full forward: none in the math; float rounding may differ (a different
-    split of the same attention), as between any two batchings.
+    state is stored (H,); the other R - 1 come from the response pass. An entry holds every
+    layer's keys and values as one tensor (L, 2, kv_heads, P_i, d); a batch left-pads them into
+    one (B, L, 2, kv_heads, P, d) tensor with B copies, then hands each layer's slices to a
+    DynamicCache. Deviation from a full forward: none in the math; float rounding may differ (a
+    different split of the same attention), as between any two batchings.
     """
 
     def __init__(self, max_bytes: int):
-        self.entries: dict[str, tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]] = {}
+        self.entries: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
         self.free = max_bytes
 
     @torch.no_grad()
@@ -119,7 +120,8 @@ class TeacherPromptCache:
         cache = DynamicCache()
         ids = torch.tensor([prompt], device=device)                          # (1, P_i)
         out = body(input_ids=ids, use_cache=True, **{_cache_kw(body): cache})
-        kv = [(layer.keys[0], layer.values[0]) for layer in cache.layers]    # (kvh, P_i, d) x 2
+        kv = torch.stack([torch.stack([layer.keys[0], layer.values[0]])
+                          for layer in cache.layers])                        # (L, 2, kvh, P_i, d)
         return kv, out.last_hidden_state[0, -1]                              # (H,)
 
     @torch.no_grad()
@@ -134,35 +136,33 @@ class TeacherPromptCache:
         for i, p in zip(ids, prompts):
             if i not in self.entries and self.free > 0:
                 kv, last = self._prefill(body, p, device)
-                size = sum(k.nbytes + v.nbytes for k, v in kv) + last.nbytes
-                if size <= self.free:
+                if kv.nbytes + last.nbytes <= self.free:
                     self.entries[i] = (kv, last)
-                    self.free -= size
+                    self.free -= kv.nbytes + last.nbytes
                 else:
-                    self.free = 0
+                    self.free = 0                                            # full: stop trying
         if not (ids and all(i in self.entries for i in ids)):
             return teacher_hidden(teacher, *t_batch, R)                      # (B, R, H)
         B, P = len(ids), max(map(len, prompts))
+        kv0 = self.entries[ids[0]][0]
+        kv = kv0.new_zeros(B, *kv0.shape[:-2], P, kv0.shape[-1])             # (B, L, 2, kvh, P, d)
+        for b, i in enumerate(ids):
+            e = self.entries[i][0]
+            kv[b, ..., P - e.shape[-2]:, :] = e
         cache = DynamicCache()
-        for layer in range(len(self.entries[ids[0]][0])):
-            k0, v0 = self.entries[ids[0]][0][layer]                          # (kvh, P_0, d)
-            keys = k0.new_zeros(B, k0.shape[0], P, k0.shape[-1])             # (B, kvh, P, d)
-            values = v0.new_zeros(B, v0.shape[0], P, v0.shape[-1])
-            for b, i in enumerate(ids):
-                k, v = self.entries[i][0][layer]
-                keys[b, :, P - k.shape[1]:], values[b, :, P - v.shape[1]:] = k, v
-            cache.update(keys, values, layer)
-        resp = torch.zeros(B, R, dtype=torch.long, device=device)            # (B, R) right-padded
-        mask = torch.zeros(B, P + R, dtype=torch.long, device=device)        # (B, P + R)
-        pos = torch.zeros(B, R, dtype=torch.long, device=device)             # (B, R)
-        for b, (p, r) in enumerate(zip(prompts, responses)):
-            resp[b, :len(r)] = torch.tensor(r, device=device)
-            mask[b, P - len(p):P + len(r)] = 1
-            pos[b] = len(p) + torch.arange(R, device=device)
+        for layer in range(kv.shape[1]):
+            cache.update(kv[:, layer, 0], kv[:, layer, 1], layer)            # (B, kvh, P, d) x 2
         last = torch.stack([self.entries[i][1] for i in ids])[:, None]       # (B, 1, H)
         if R == 1:
             return last
-        out = body(input_ids=resp[:, :R - 1], attention_mask=mask[:, :P + R - 1], position_ids=pos[:, :R - 1],
+        resp = torch.zeros(B, R - 1, dtype=torch.long)                       # (B, R - 1) right-padded
+        mask = torch.zeros(B, P + R - 1, dtype=torch.long)                   # (B, P + R - 1)
+        for b, (p, r) in enumerate(zip(prompts, responses)):
+            n = len(r) - 1                                                   # the last token predicts nothing
+            resp[b, :n] = torch.tensor(r[:n], dtype=torch.long)
+            mask[b, P - len(p):P + n] = 1
+        pos = torch.tensor([len(p) for p in prompts])[:, None] + torch.arange(R - 1)  # (B, R - 1)
+        out = body(input_ids=resp.to(device), attention_mask=mask.to(device), position_ids=pos.to(device),
                    use_cache=True, **{_cache_kw(body): cache}).last_hidden_state  # (B, R - 1, H)
         return torch.cat([last, out], dim=1)                                 # (B, R, H)
 

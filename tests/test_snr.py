@@ -3,6 +3,7 @@ gradients against plain autograd, and ``paced snr`` end to end on a nano model."
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -127,3 +128,20 @@ def test_debiased_snr_removes_the_one_over_n_floor():
     g = mu + torch.randn(40, 4000, generator=gen, dtype=torch.float64)
     assert S.cross_problem_snr(g, debias=True) == pytest.approx(0.25, rel=0.1)
     assert S.cross_problem_snr(g) == pytest.approx(0.25 + 1 / 40, rel=0.1)
+
+
+def test_jackknife_interval_matches_slow_leave_one_out_and_covers():
+    gen = torch.Generator().manual_seed(1)
+    mu = torch.full((2000,), 0.5, dtype=torch.float64)
+    small = mu + torch.randn(10, 2000, generator=gen, dtype=torch.float64)
+    large = mu + torch.randn(200, 2000, generator=gen, dtype=torch.float64)
+    # the closed form equals leaving each problem out by hand
+    loo = np.array([S.cross_problem_snr(torch.cat([small[:i], small[i + 1:]]), debias=True) for i in range(10)])
+    se = np.sqrt(9 / 10 * ((loo - loo.mean()) ** 2).sum())
+    theta = S.cross_problem_snr(small, debias=True)
+    assert S.jackknife_ci(small) == pytest.approx((theta - 1.96 * se, theta + 1.96 * se), rel=1e-9)
+    lo_s, hi_s = S.jackknife_ci(small)
+    lo_l, hi_l = S.jackknife_ci(large)
+    assert lo_l <= 0.25 <= hi_l and lo_s <= 0.25 <= hi_s          # the true ‖μ‖² / tr(Σ)
+    assert hi_l - lo_l < hi_s - lo_s                              # more problems, tighter interval
+    assert S.jackknife_ci(small[:2]) is None

@@ -12,6 +12,7 @@ Algorithm (one pass of the loop per stage of ``distill.stages``):
             responses <- teacher-generated (forward KL, AKL) or student-generated (reverse KL, JSD)
             ℓ_i       <- mean over response tokens of loss(p_S, p_T) (full vocabulary, chunked)
             L         <- Σ_i w_i ℓ_i / Σ_i w_i   (or / N)        -> backward, clip, step
+                         (+ λ Σ F (θ − θ*)² with regularizer.name=ewc: paced/train/regularizer.py)
             every reestimate_every steps: p̂, w, pool re-estimated from fresh rollouts
     before and after: held-out target accuracy (data.eval) and forgetting probe (data.forgetting)
 
@@ -43,6 +44,7 @@ from ..runlog import Progress, RunLog, console, write_json
 from ..tasks import load_sources
 from ..teacher import TeacherHiddenCache, TeacherPromptCache, check_vocab, response_hidden, teacher_hidden
 from ..weighting import normalize, problem_weights
+from .regularizer import regularizer_from
 from .sft import make_scheduler, optimizer_from
 
 # Which responses a loss is computed on when the stage says "auto" (the paper's pairing).
@@ -117,6 +119,8 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
     scheduler = make_scheduler(optimizer, cfg.optim.lr_scheduler_type, cfg.optim.warmup_steps, total_steps)
     student, optimizer = accelerator.prepare(student, optimizer)
     raw = accelerator.unwrap_model(student)
+    # regularizer.name=ewc: Fisher and anchor of the starting weights, before a checkpoint loads
+    ewc = regularizer_from(cfg.regularizer, raw, tok, run_dir, resume, save=main)
     # Under DDP every process estimates p̂ identically (same seeds); only the main one records
     # into the shared ledger, the others into a private file.
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -246,10 +250,12 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
                 student, h_t, teacher.get_output_embeddings(),
                 (s_ids.to(dev), s_mask.to(dev), s_pos.to(dev), Ps), resp_mask.to(dev), factors,
                 stage.loss_type, kw, d.chunk_size)
-            if not math.isfinite(loss.item()):
-                raise FloatingPointError(f"distill: loss is {loss.item()} at step {step + 1}; nothing "
+            penalty = ewc.penalty(raw) if ewc is not None else None           # λ Σ F (θ − θ*)², 0-dim
+            total = loss if penalty is None else loss + penalty
+            if not math.isfinite(total.item()):
+                raise FloatingPointError(f"distill: loss is {total.item()} at step {step + 1}; nothing "
                                          f"was updated; the last good checkpoint is {latest_checkpoint(run_dir)}")
-            accelerator.backward(loss)
+            accelerator.backward(total)
             grad_norm = (accelerator.clip_grad_norm_(student.parameters(), cfg.optim.max_grad_norm)
                          if cfg.optim.max_grad_norm > 0 else torch.tensor(float("nan")))
             lr = scheduler.get_last_lr()[0]
@@ -261,6 +267,8 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
                    "lr": lr, "grad_norm": float(grad_norm), "mean_weight": float(raw_w.mean()),
                    "zero_weight_share": float((w == 0).mean()), "zero_weight_forwards": int((raw_w == 0).sum()),
                    "agreement": agreement, "response_tokens": int(resp_mask.sum())}
+            if penalty is not None:
+                row["ewc_penalty"] = penalty.item()
             if step - 1 == est_at:
                 row["p_hat_histogram"] = histogram(p_hat)["counts"]
                 row["mean_p_hat"] = float(p_hat.mean())

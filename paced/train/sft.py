@@ -8,6 +8,7 @@ Algorithm:
     for step = 1 .. max_steps:
         batch  <- next global batch of the seeded, per-epoch permutation (each process its slice)
         loss   <- token-mean cross-entropy on response tokens only (prompt and padding masked)
+                  (+ λ Σ F (θ − θ*)² with regularizer.name=ewc: paced/train/regularizer.py)
         backward; clip grad norm; optimizer step; scheduler step
         log one metrics row; every save_steps: atomic checkpoint (weights, optimizer, scheduler,
         RNG, data position)
@@ -118,8 +119,13 @@ def make_scheduler(optimizer, kind: str, warmup: int, total: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def train(cfg: SFTConfig, resume: bool = False) -> dict:
+def train(cfg: SFTConfig, resume: bool = False, optimizer_state: dict | None = None) -> dict:
+    """``optimizer_state``: an optimizer ``state_dict`` (e.g. a checkpoint's) whose per-parameter
+    state (CLASSP's accumulators, Adam's moments) this run starts from; the hyper-parameters
+    stay the config's. For continual fine-tuning, one task per run (benchmarks/continual_lm.py)."""
     from accelerate import Accelerator
+
+    from .regularizer import regularizer_from
 
     # cpu=True on a CPU machine: one process, or gloo DDP under torchrun / accelerate launch
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
@@ -134,16 +140,22 @@ def train(cfg: SFTConfig, resume: bool = False) -> dict:
     data = [tokenize_sft(tok, e.prompt, e.solution, cfg.train.max_length) for e in examples]
 
     optimizer = optimizer_from(model.parameters(), cfg.optim)
+    if optimizer_state is not None:
+        optimizer.load_state_dict({"state": optimizer_state["state"],
+                                   "param_groups": optimizer.state_dict()["param_groups"]})
     # The scheduler is stepped by hand once per optimizer step (accelerate's wrapper would step
     # it once per process).
     scheduler = make_scheduler(optimizer, cfg.optim.lr_scheduler_type, cfg.optim.warmup_steps,
                                cfg.train.max_steps)
     model, optimizer = accelerator.prepare(model, optimizer)
+    raw = accelerator.unwrap_model(model)
+    # regularizer.name=ewc: Fisher and anchor of the starting weights, before a checkpoint loads
+    ewc = regularizer_from(cfg.regularizer, raw, tok, run_dir, resume, save=main)
 
     step = 0
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
-        step = load_checkpoint(ckpt, accelerator.unwrap_model(model), optimizer, scheduler)["step"]
+        step = load_checkpoint(ckpt, raw, optimizer, scheduler)["step"]
         console.print(f"resumed from {ckpt} at step {step}")
     elif resume:
         console.print(f"[yellow]--resume: no checkpoint in {run_dir}, starting fresh[/]")
@@ -179,14 +191,16 @@ def train(cfg: SFTConfig, resume: bool = False) -> dict:
             with accelerator.no_sync(model) if a < accum - 1 else contextlib.nullcontext():
                 logits = model(input_ids=ids, attention_mask=mask).logits    # (B, T, V)
                 loss, n = sft_loss(logits, labels)
-                accelerator.backward(loss / accum)
+                penalty = ewc.penalty(raw) if ewc is not None else None    # λ Σ F (θ − θ*)², 0-dim
+                accelerator.backward((loss if penalty is None else loss + penalty) / accum)
             losses.append(loss.item())
             tokens += n
         # the mean over processes (each process saw its own slice of the batch)
         loss_value = float(accelerator.reduce(torch.tensor(np.mean(losses), device=accelerator.device),
                                               "mean"))
-        if not math.isfinite(loss_value):  # stop before a bad update reaches the weights
-            raise FloatingPointError(f"sft: loss is {loss_value} at step {step + 1}; nothing was "
+        total = loss_value + (penalty.item() if penalty is not None else 0.0)   # + the EWC penalty
+        if not math.isfinite(total):  # stop before a bad update reaches the weights
+            raise FloatingPointError(f"sft: loss is {total} at step {step + 1}; nothing was "
                                      f"updated; the last good checkpoint is {latest_checkpoint(run_dir)}")
         grad_norm = (accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
                      if cfg.optim.max_grad_norm > 0 else torch.tensor(float("nan")))
@@ -197,7 +211,8 @@ def train(cfg: SFTConfig, resume: bool = False) -> dict:
         step += 1
         now = time.time()
         log.log(step, {"loss": loss_value, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens,
-                       "tokens_per_s": tokens * world / max(now - t_last, 1e-9)},
+                       "tokens_per_s": tokens * world / max(now - t_last, 1e-9),
+                       **({"ewc_penalty": penalty.item()} if penalty is not None else {})},
                 console_keys=("loss", "lr", "grad_norm", "tokens_per_s"))
         t_last = now
         bar.update(1)

@@ -101,6 +101,11 @@ class TrainCfg:
     logging_steps: int = F(10, "console log every N steps (metrics.jsonl gets every step)", min=1)
     save_steps: int = F(0, "checkpoint every N steps (0 = only at the end)", min=0)
     save_total_limit: int = F(2, "keep the newest N checkpoints (0 = keep all)", min=0)
+    privileged_share: float = F(0.0, "share of examples whose prompt also shows the answer "
+                                "(privileged_template): teaches a model to use privileged context, "
+                                "for teacher: self with teacher.privileged", min=0.0, max=1.0)
+    privileged_template: str = F("{prompt}(answer {answer})", "prompt of the privileged examples "
+                                 "({prompt}, {answer}); the same default as teacher.privileged_template")
 
 
 @dataclass

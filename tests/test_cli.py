@@ -176,6 +176,23 @@ def test_sft_under_torchrun_two_cpu_processes(tmp_path):
     assert (run / "model" / "model.safetensors").exists()
 
 
+def test_distill_under_torchrun_with_fewer_live_problems_than_processes(tmp_path):
+    """PACED distillation as DDP over two CPU processes, on a pool of ONE problem: each process
+    still gets a problem every step (no empty slice), and both stages finish."""
+    run = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not found next to the interpreter")
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "paced.cli", "distill", "--config",
+                           str(SMOKE / "distill.yaml"), "data.train=[{source: add, n: 1, difficulty: 1}]",
+                           "--run-dir", str(run)],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert (run / "model" / "model.safetensors").exists()
+
+
 def test_sft_with_classp_optimizer_and_resume(tmp_path):
     """optim.name=classp works in the trainers, and its state survives a resume."""
     args = ["--config", SMOKE / "sft.yaml", "optim.name=classp", "optim.lr=0.05",
@@ -191,3 +208,17 @@ def test_sft_with_classp_optimizer_and_resume(tmp_path):
 def torch_equal(x, y):
     import torch
     return torch.equal(x, y)
+
+
+def test_sft_privileged_share_shows_the_answer_in_a_seeded_share_of_prompts():
+    from paced.config import TrainCfg
+    from paced.tasks.synthetic import generate
+    from paced.train.sft import sft_prompts
+    exs = generate("add", 400, seed=0, difficulty=(1, 3))
+    assert sft_prompts(exs, TrainCfg(), 0) == [e.prompt for e in exs]
+    got = sft_prompts(exs, TrainCfg(privileged_share=0.25), 0)
+    shown = [g != e.prompt for g, e in zip(got, exs)]
+    assert 70 <= sum(shown) <= 130
+    assert all(g == f"{e.prompt}(answer {e.answer})" for g, e, s in zip(got, exs, shown) if s)
+    assert got == sft_prompts(exs, TrainCfg(privileged_share=0.25), 0)       # seeded
+    assert got != sft_prompts(exs, TrainCfg(privileged_share=0.25), 1)

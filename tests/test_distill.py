@@ -105,24 +105,12 @@ def test_two_stage_schedule_reestimates(tmp_path, student):
     assert "greedy" in summary["forgetting_drop"]
 
 
-def test_resume_equals_uninterrupted(tmp_path, student, monkeypatch):
+def test_resume_equals_uninterrupted(tmp_path, student, killed_at_update):
     full = distill_cfg(tmp_path / "full", student)
     D.train(full)
 
     crashed = distill_cfg(tmp_path / "crash", student)
-    real_step = torch.optim.AdamW.step
-    calls = {"n": 0}
-
-    def dying_step(self, *a, **k):  # dies during the 5th update: after checkpoint step-4
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt("killed")
-        return real_step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        D.train(crashed)
-    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    killed_at_update(lambda: D.train(crashed), 5)  # dies during the 5th update: after checkpoint step-4
     assert (tmp_path / "crash" / "checkpoints" / "step-4").exists()
     assert not (tmp_path / "crash" / "model").exists()
     D.train(crashed, resume=True)
@@ -184,7 +172,8 @@ def test_prompt_cache_with_one_token_responses():
 
 
 @pytest.mark.parametrize("loss_type", ["forward_kl", "reverse_kl"])
-def test_teacher_caches_train_like_no_cache_and_resume_exactly(tmp_path, student, monkeypatch, loss_type):
+def test_teacher_caches_train_like_no_cache_and_resume_exactly(tmp_path, student, monkeypatch, killed_at_update,
+                                                              loss_type):
     """Forward KL (hidden-state cache) and reverse KL (prompt cache) train like the uncached
     loop, and a run killed mid-stage resumes (with empty caches) to the same weights."""
     stages = f"distill.stages=[{{name: s, loss_type: {loss_type}, max_steps: 6, weighting: uniform}}]"
@@ -202,20 +191,8 @@ def test_teacher_caches_train_like_no_cache_and_resume_exactly(tmp_path, student
     for k in a:
         torch.testing.assert_close(a[k], b[k], rtol=1e-4, atol=1e-6)
 
-    real_step = torch.optim.AdamW.step
-    n = {"n": 0}
-
-    def dying_step(self, *a, **k):  # dies during the 5th update: after checkpoint step-4
-        n["n"] += 1
-        if n["n"] == 5:
-            raise KeyboardInterrupt("killed")
-        return real_step(self, *a, **k)
-
     crashed = distill_cfg(tmp_path / "crash", student, *common)
-    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        D.train(crashed)
-    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    killed_at_update(lambda: D.train(crashed), 5)  # after checkpoint step-4
     D.train(crashed, resume=True)
     c = load_file(tmp_path / "crash" / "model" / "model.safetensors")
     for k in a:

@@ -136,23 +136,11 @@ def test_distill_logs_the_penalty_and_it_pulls_towards_the_start(distill_runs):
 
 
 @pytest.mark.parametrize("keep_file", [True, False])
-def test_distill_resume_with_ewc_equals_uninterrupted(tmp_path, monkeypatch, distill_runs, keep_file):
+def test_distill_resume_with_ewc_equals_uninterrupted(tmp_path, monkeypatch, killed_at_update, distill_runs, keep_file):
     """Killed in the 5th update (after checkpoint step-4), resumed: the same weights as the
     uninterrupted stiff run, with the Fisher and anchor read back (or recomputed if deleted)."""
     crashed = distill_cfg(tmp_path / "crash", *ewc_args(1e4))
-    real_step = torch.optim.AdamW.step
-    calls = {"n": 0}
-
-    def dying_step(self, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 5:
-            raise KeyboardInterrupt("killed")
-        return real_step(self, *a, **k)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        D.train(crashed)
-    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    killed_at_update(lambda: D.train(crashed), 5)
     assert (tmp_path / "crash" / "checkpoints" / "step-4").exists()
     if not keep_file:
         (tmp_path / "crash" / "ewc.pt").unlink()
@@ -178,7 +166,7 @@ def test_resume_refuses_other_fisher_settings(tmp_path):
     sft.train(sft_cfg(tmp_path, *ewc_args(20), "train.max_steps=3"), resume=True)  # λ may change
 
 
-def test_sft_lambda_zero_equals_none_and_resume_with_ewc(tmp_path, monkeypatch):
+def test_sft_lambda_zero_equals_none_and_resume_with_ewc(tmp_path, monkeypatch, killed_at_update):
     sft.train(sft_cfg(tmp_path / "none"))
     sft.train(sft_cfg(tmp_path / "lam0", *ewc_args(0)))
     a, b = weights(tmp_path / "none"), weights(tmp_path / "lam0")
@@ -189,19 +177,7 @@ def test_sft_lambda_zero_equals_none_and_resume_with_ewc(tmp_path, monkeypatch):
     full = weights(tmp_path / "full")
     assert not all(torch.equal(a[k], full[k]) for k in a)            # the penalty changed the run
 
-    real_step = torch.optim.AdamW.step
-    calls = {"n": 0}
-
-    def dying_step(self, *args, **kw):                               # dies after checkpoint step-3
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise KeyboardInterrupt("killed")
-        return real_step(self, *args, **kw)
-
-    monkeypatch.setattr(torch.optim.AdamW, "step", dying_step)
-    with pytest.raises(KeyboardInterrupt):
-        sft.train(sft_cfg(tmp_path / "crash", *ewc_args(100)))
-    monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
+    killed_at_update(lambda: sft.train(sft_cfg(tmp_path / "crash", *ewc_args(100))), 4)  # after step-3
     sft.train(sft_cfg(tmp_path / "crash", *ewc_args(100)), resume=True)
     b = weights(tmp_path / "crash")
     assert all(torch.equal(full[k], b[k]) for k in full)

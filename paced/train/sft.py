@@ -4,7 +4,8 @@
     accelerate launch -m paced.cli sft --config ...        # the same code on many GPUs
 
 Algorithm:
-    examples <- data.train sources, keeping those with a reference solution
+    examples <- data.train sources, keeping those with a reference solution (a seeded
+                train.privileged_share of them with the answer also in the prompt)
     for step = 1 .. max_steps:
         batch  <- next global batch of the seeded, per-epoch permutation (each process its slice)
         loss   <- token-mean cross-entropy on response tokens only (prompt and padding masked)
@@ -35,6 +36,16 @@ from ..runlog import Progress, RunLog, console
 from ..tasks import load_sources
 
 IGNORE = -100
+
+
+def sft_prompts(examples, train_cfg, seed: int) -> list[str]:
+    """Each example's prompt; a seeded ``privileged_share`` of them also show the answer
+    (``privileged_template``), so that the model learns to use it when it is there."""
+    if train_cfg.privileged_share == 0:
+        return [e.prompt for e in examples]
+    shown = np.random.default_rng([seed, 17]).random(len(examples)) < train_cfg.privileged_share
+    return [train_cfg.privileged_template.format(prompt=e.prompt, answer=e.answer) if s else e.prompt
+            for e, s in zip(examples, shown)]
 
 
 def tokenize_sft(tokenizer, prompt: str, response: str, max_length: int) -> tuple[list[int], list[int]]:
@@ -137,7 +148,8 @@ def train(cfg: SFTConfig, resume: bool = False, optimizer_state: dict | None = N
     examples = [e for e in load_sources(cfg.data.train, "data.train") if e.solution]
     if not examples:
         raise ValueError("data.train: no example has a reference solution to train on")
-    data = [tokenize_sft(tok, e.prompt, e.solution, cfg.train.max_length) for e in examples]
+    data = [tokenize_sft(tok, p, e.solution, cfg.train.max_length)
+            for e, p in zip(examples, sft_prompts(examples, cfg.train, cfg.run.seed))]
 
     optimizer = optimizer_from(model.parameters(), cfg.optim)
     if optimizer_state is not None:

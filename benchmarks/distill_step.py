@@ -20,7 +20,8 @@ no LR schedule, no gradient checkpointing, no logging / evaluation / saving insi
 Ours (the body of ``paced.train.distill.train``'s step loop, calling paced's own functions):
   ours_fkl  off-policy forward KL: teacher responses generated once, greedily, with
             ``paced.rollout.sample`` (T = 0) and cached (as the loop's greedy teacher cache); per
-            step ``pack`` x2 (student / teacher prompts), the teacher's hidden states from the
+            step ``pack`` (once: the teacher is not privileged, so it shares the student's batch,
+            as in the loop), the teacher's hidden states from the
             loop's ``TeacherHiddenCache`` (greedy responses are fixed, so the frozen teacher's
             hidden states are computed on a problem's first visit and reused; the 4 batches
             cycle, so after the first 4 steps the teacher is not run) + ``distill_step(...,
@@ -229,7 +230,7 @@ def ours(setup: Setup, loss_type: str, cache: bool = True):
         resp = [x if x else [setup.eos] for x in resp]
         t1 = time.perf_counter()
         s_ids, s_mask, s_pos, Ps = pack(prompts, resp, setup.pad)
-        t_ids, t_mask, t_pos, Pt = pack(prompts, resp, setup.pad)  # teacher prompts (not privileged)
+        t_ids, t_mask, t_pos, Pt = s_ids, s_mask, s_pos, Ps  # the teacher's prompts are the student's
         resp_mask = s_mask[:, Ps:].float()
         factors = torch.as_tensor(normalize(np.ones(len(idx)), "sum"), dtype=torch.float32)
         t2 = time.perf_counter()

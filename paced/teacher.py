@@ -64,6 +64,22 @@ def teacher_hidden(teacher, ids, mask, pos, P: int, R: int) -> torch.Tensor:
     return h[:, P - 1: P + R - 1]                                            # (B, R, H)
 
 
+def _fill(cache, ids: list[str], compute) -> bool:
+    """Store ``compute(i)`` (a tensor or a tuple of tensors) for every id not yet in
+    ``cache.entries`` while ``cache.free`` bytes last; the first entry that does not fit ends
+    the filling for good. True when every id of the batch is cached."""
+    for i in ids:
+        if i not in cache.entries and cache.free > 0:
+            value = compute(i)
+            size = sum(t.nbytes for t in (value if isinstance(value, tuple) else (value,)))
+            if size <= cache.free:
+                cache.entries[i] = value
+                cache.free -= size
+            else:
+                cache.free = 0                                               # full: stop trying
+    return bool(ids) and all(i in cache.entries for i in ids)
+
+
 class TeacherHiddenCache:
     """problem id -> the teacher's hidden states on its (fixed, greedy) response, (R_i, H).
 
@@ -73,27 +89,20 @@ class TeacherHiddenCache:
     """
 
     def __init__(self, max_bytes: int):
-        self.rows: dict[str, torch.Tensor] = {}
+        self.entries: dict[str, torch.Tensor] = {}
         self.free = max_bytes
 
     def __call__(self, teacher, ids: list[str], prompts: list[list[int]], responses: list[list[int]],
                  t_batch, R: int) -> torch.Tensor:
         device = t_batch[0].device
-        for i, p, r in zip(ids, prompts, responses):
-            if i not in self.rows and self.free > 0:
-                one = _single(p, r, device)
-                row = teacher_hidden(teacher, *one, len(r))[0]               # (R_i, H)
-                if row.nbytes <= self.free:
-                    self.rows[i] = row
-                    self.free -= row.nbytes
-                else:
-                    self.free = 0                                            # full: stop trying
-        if not (ids and all(i in self.rows for i in ids)):
+        seq = dict(zip(ids, zip(prompts, responses)))
+        if not _fill(self, ids, lambda i: teacher_hidden(teacher, *_single(*seq[i], device),
+                                                         len(seq[i][1]))[0]):  # (R_i, H)
             return teacher_hidden(teacher, *t_batch, R)                      # (B, R, H)
-        first = self.rows[ids[0]]
+        first = self.entries[ids[0]]
         h = first.new_zeros(len(ids), R, first.shape[-1])                    # (B, R, H)
         for b, i in enumerate(ids):
-            h[b, :len(self.rows[i])] = self.rows[i]
+            h[b, :len(self.entries[i])] = self.entries[i]
         return h
 
 
@@ -133,15 +142,8 @@ class TeacherPromptCache:
         device = t_batch[0].device
         if body is None or not hasattr(DynamicCache(), "layers"):             # unsupported model
             return teacher_hidden(teacher, *t_batch, R)
-        for i, p in zip(ids, prompts):
-            if i not in self.entries and self.free > 0:
-                kv, last = self._prefill(body, p, device)
-                if kv.nbytes + last.nbytes <= self.free:
-                    self.entries[i] = (kv, last)
-                    self.free -= kv.nbytes + last.nbytes
-                else:
-                    self.free = 0                                            # full: stop trying
-        if not (ids and all(i in self.entries for i in ids)):
+        prompt_of = dict(zip(ids, prompts))
+        if not _fill(self, ids, lambda i: self._prefill(body, prompt_of[i], device)):
             return teacher_hidden(teacher, *t_batch, R)                      # (B, R, H)
         B, P = len(ids), max(map(len, prompts))
         kv0 = self.entries[ids[0]][0]

@@ -157,7 +157,7 @@ def test_teacher_caches_equal_the_full_forward(kind):
         assert len(calls) == n + 1 and calls[-1] == (2, R - 1)      # the responses only
     tiny = Cache(max_bytes=1)                                                # nothing fits
     got3 = tiny(teacher, ["a", "b"], prompts, responses, batch, R)
-    assert tiny.free == 0 and not getattr(tiny, "rows", getattr(tiny, "entries", None))
+    assert tiny.free == 0 and not tiny.entries
     torch.testing.assert_close(got3, want)                                   # the fallback: full forward
 
 

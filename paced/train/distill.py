@@ -110,9 +110,8 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
     held_out = {"target": load_sources(cfg.data.eval, "data.eval"),
                 "forgetting": load_sources(cfg.data.forgetting, "data.forgetting")}
     s_prompts = dict(zip(by_id, encode_prompts(tok, [e.prompt for e in pool])))
-    t_texts = [cfg.teacher.privileged_template.format(prompt=e.prompt, answer=e.answer)
-               if cfg.teacher.privileged else e.prompt for e in pool]
-    t_prompts = dict(zip(by_id, encode_prompts(tok, t_texts)))
+    t_prompts = s_prompts if not cfg.teacher.privileged else dict(zip(by_id, encode_prompts(tok, [
+        cfg.teacher.privileged_template.format(prompt=e.prompt, answer=e.answer) for e in pool])))
     total_steps = sum(s.max_steps for s in d.stages)
 
     optimizer = optimizer_from(student.parameters(), cfg.optim)
@@ -220,9 +219,9 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
                                  f"(p̂ all 0 or 1 under {stage.weighting}); nothing to train on. "
                                  f"The last checkpoint is {latest_checkpoint(run_dir)}")
             rng = np.random.default_rng([cfg.run.seed, step])  # one global batch; each process its slice
-            size = min(d.per_device_train_batch_size * world, live.size)
-            short = live.size < world  # fewer live problems than processes: every rank still gets one
-            size = world if short else size
+            # at least one problem per process, drawn with replacement if fewer are live
+            size = max(min(d.per_device_train_batch_size * world, live.size), world)
+            short = live.size < world
             if stage.sample_by_weight:
                 pick = rng.choice(live, size, replace=short, p=w[live] / w[live].sum())
                 raw_w = np.ones(size)
@@ -233,13 +232,16 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
             ids = [pool[i].id for i in pick]
             resp = responses_for(ids, who, step)
             resp = [r if r else [tok.eos_token_id] for r in resp]
+            dev = accelerator.device
             s_ids, s_mask, s_pos, Ps = pack([s_prompts[i] for i in ids], resp, tok.pad_token_id)
-            t_ids, t_mask, t_pos, Pt = pack([t_prompts[i] for i in ids], resp, tok.pad_token_id)
+            s_batch = (s_ids.to(dev), s_mask.to(dev), s_pos.to(dev), Ps)
+            t_batch = s_batch
+            if t_prompts is not s_prompts:  # privileged teacher: its own prompts, its own batch
+                t_ids, t_mask, t_pos, Pt = pack([t_prompts[i] for i in ids], resp, tok.pad_token_id)
+                t_batch = (t_ids.to(dev), t_mask.to(dev), t_pos.to(dev), Pt)
             R = s_ids.shape[1] - Ps
             resp_mask = s_mask[:, Ps:].float()                                   # (B, R)
-            dev = accelerator.device
             factors = torch.as_tensor(normalize(raw_w, stage.normalize), dtype=torch.float32, device=dev)
-            t_batch = (t_ids.to(dev), t_mask.to(dev), t_pos.to(dev), Pt)
             cache = hidden_cache if who == "teacher" and d.teacher_temperature == 0 else prompt_cache
             if d.teacher_cache_mib > 0:
                 h_t = cache(teacher, ids, [t_prompts[i] for i in ids], resp, t_batch, R)   # (B, R, H)
@@ -247,8 +249,7 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
                 h_t = teacher_hidden(teacher, *t_batch, R)                                  # (B, R, H)
             student.train()
             loss, per_problem, agreement = distill_step(
-                student, h_t, teacher.get_output_embeddings(),
-                (s_ids.to(dev), s_mask.to(dev), s_pos.to(dev), Ps), resp_mask.to(dev), factors,
+                student, h_t, teacher.get_output_embeddings(), s_batch, resp_mask.to(dev), factors,
                 stage.loss_type, kw, d.chunk_size)
             penalty = ewc.penalty(raw) if ewc is not None else None           # λ Σ F (θ − θ*)², 0-dim
             total = loss if penalty is None else loss + penalty

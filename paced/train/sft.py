@@ -203,8 +203,9 @@ def train(cfg: SFTConfig, resume: bool = False, optimizer_state: dict | None = N
             with accelerator.no_sync(model) if a < accum - 1 else contextlib.nullcontext():
                 logits = model(input_ids=ids, attention_mask=mask).logits    # (B, T, V)
                 loss, n = sft_loss(logits, labels)
-                penalty = ewc.penalty(raw) if ewc is not None else None    # λ Σ F (θ − θ*)², 0-dim
-                accelerator.backward((loss if penalty is None else loss + penalty) / accum)
+                # λ Σ F (θ − θ*)² (0-dim), once per step: with the last micro-batch's backward
+                penalty = ewc.penalty(raw) if ewc is not None and a == accum - 1 else None
+                accelerator.backward(loss / accum if penalty is None else loss / accum + penalty)
             losses.append(loss.item())
             tokens += n
         # the mean over processes (each process saw its own slice of the batch)

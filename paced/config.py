@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .configtools import (ConfigError, F, all_keys, describe, load_raw, parse_overrides,  # noqa: F401
+from .configtools import (ConfigError, F, all_keys, check_choice, describe, load_raw, parse_overrides,  # noqa: F401
                           save_config, to_dict)
 
 
@@ -396,16 +396,11 @@ def check(cfg) -> None:
 
 def _check_continual(c: ContinualCfg) -> None:
     """``paced continual``: methods are keys of paced.continual.METHODS; split tasks share 10 classes."""
-    import difflib
-
     from .continual import METHODS  # the one list of methods, next to their builders
     if not c.methods:
         raise ConfigError("continual.methods: name at least one method")
     for i, m in enumerate(c.methods):
-        if m not in METHODS:
-            near = difflib.get_close_matches(m, list(METHODS), n=1)
-            hint = f"; did you mean {near[0]!r}?" if near else ""
-            raise ConfigError(f"continual.methods[{i}]: {m!r} is not one of {list(METHODS)}{hint}")
+        check_choice(f"continual.methods[{i}]", m, list(METHODS))
     if len(set(c.methods)) != len(c.methods):
         raise ConfigError(f"continual.methods: a method is listed twice in {c.methods}")
     if len(set(c.seeds)) != len(c.seeds) or any(s < 0 for s in c.seeds):

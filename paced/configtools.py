@@ -57,6 +57,14 @@ def _nearest(key: str, root) -> str:
     return f"; did you mean '{match[0]}'?" if match else ""
 
 
+def check_choice(key: str, value, choices) -> None:
+    """ConfigError naming ``key`` (and the nearest choice) unless ``value`` is one of ``choices``."""
+    if value not in choices:
+        near = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1)
+        hint = f"; did you mean {near[0]!r}?" if near else ""
+        raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}{hint}")
+
+
 def _type_name(t) -> str:
     return getattr(t, "__name__", None) or str(t).replace("typing.", "")
 
@@ -99,10 +107,8 @@ def _convert(value: Any, t, key: str, meta: dict, root):
     elif t is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
-    if meta.get("choices") and value not in meta["choices"]:
-        near = difflib.get_close_matches(str(value), [str(c) for c in meta["choices"]], n=1)
-        hint = f"; did you mean {near[0]!r}?" if near else ""
-        raise ConfigError(f"{key}: {value!r} is not one of {list(meta['choices'])}{hint}")
+    if meta.get("choices"):
+        check_choice(key, value, meta["choices"])
     if meta.get("min") is not None and value < meta["min"]:
         raise ConfigError(f"{key}: {value!r} is below the minimum {meta['min']}")
     if meta.get("max") is not None and value > meta["max"]:

@@ -45,7 +45,7 @@ from ..tasks import load_sources
 from ..teacher import TeacherHiddenCache, TeacherPromptCache, check_vocab, response_hidden, teacher_hidden
 from ..weighting import normalize, problem_weights
 from .regularizer import regularizer_from
-from .sft import make_scheduler, optimizer_from
+from .sft import make_scheduler, optimizer_from, update
 
 # Which responses a loss is computed on when the stage says "auto" (the paper's pairing).
 DEFAULT_RESPONSES = {"forward_kl": "teacher", "akl": "teacher", "reverse_kl": "student", "jsd": "student"}
@@ -257,12 +257,7 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
                 raise FloatingPointError(f"distill: loss is {total.item()} at step {step + 1}; nothing "
                                          f"was updated; the last good checkpoint is {latest_checkpoint(run_dir)}")
             accelerator.backward(total)
-            grad_norm = (accelerator.clip_grad_norm_(student.parameters(), cfg.optim.max_grad_norm)
-                         if cfg.optim.max_grad_norm > 0 else torch.tensor(float("nan")))
-            lr = scheduler.get_last_lr()[0]
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
+            grad_norm, lr = update(accelerator, student, optimizer, scheduler, cfg.optim.max_grad_norm)
             step += 1
             row = {"stage": stage.name, "loss": loss.item(), "kl": float(per_problem.mean()),
                    "lr": lr, "grad_norm": float(grad_norm), "mean_weight": float(raw_w.mean()),

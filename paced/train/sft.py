@@ -130,6 +130,18 @@ def make_scheduler(optimizer, kind: str, warmup: int, total: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
+def update(accelerator, model, optimizer, scheduler, max_grad_norm: float) -> tuple[torch.Tensor, float]:
+    """Clip the gradient norm (0: no clipping, norm nan), optimizer and scheduler step, zero the
+    gradients; returns (grad norm before clipping, the lr this step used)."""
+    grad_norm = (accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+                 if max_grad_norm > 0 else torch.tensor(float("nan")))
+    lr = scheduler.get_last_lr()[0]
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+    return grad_norm, lr
+
+
 def train(cfg: SFTConfig, resume: bool = False, optimizer_state: dict | None = None) -> dict:
     """``optimizer_state``: an optimizer ``state_dict`` (e.g. a checkpoint's) whose per-parameter
     state (CLASSP's accumulators, Adam's moments) this run starts from; the hyper-parameters
@@ -215,12 +227,7 @@ def train(cfg: SFTConfig, resume: bool = False, optimizer_state: dict | None = N
         if not math.isfinite(total):  # stop before a bad update reaches the weights
             raise FloatingPointError(f"sft: loss is {total} at step {step + 1}; nothing was "
                                      f"updated; the last good checkpoint is {latest_checkpoint(run_dir)}")
-        grad_norm = (accelerator.clip_grad_norm_(model.parameters(), cfg.optim.max_grad_norm)
-                     if cfg.optim.max_grad_norm > 0 else torch.tensor(float("nan")))
-        lr = scheduler.get_last_lr()[0]
-        optimizer.step()
-        scheduler.step()
-        optimizer.zero_grad(set_to_none=True)
+        grad_norm, lr = update(accelerator, model, optimizer, scheduler, cfg.optim.max_grad_norm)
         step += 1
         now = time.time()
         log.log(step, {"loss": loss_value, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens,

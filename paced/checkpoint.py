@@ -45,8 +45,14 @@ def set_rng_state(state: dict) -> None:
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model, tokenizer, optimizer, scheduler,
-                    state: dict, model_state_dict=None, keep: int = 0) -> Path:
-    """Write ``checkpoints/step-<step>`` atomically; prune to the newest ``keep`` (0 = all)."""
+                    state: dict, model_state_dict=None, keep: int = 0,
+                    extra_tensors: dict[str, dict] | None = None) -> Path:
+    """Write ``checkpoints/step-<step>`` atomically; prune to the newest ``keep`` (0 = all).
+
+    ``extra_tensors``: {name: state_dict} of other modules (a PPO critic), each written as
+    ``<name>.safetensors`` inside the same atomic directory."""
+    from safetensors.torch import save_file
+
     root = Path(run_dir) / "checkpoints"
     root.mkdir(parents=True, exist_ok=True)
     final, tmp = root / f"step-{step}", root / f".tmp-step-{step}"
@@ -59,6 +65,8 @@ def save_checkpoint(run_dir: str | Path, step: int, model, tokenizer, optimizer,
     torch.save({"optimizer": optimizer.state_dict(),
                 "scheduler": scheduler.state_dict() if scheduler is not None else None,
                 "rng": rng_state()}, tmp / "trainer_state.pt")
+    for name, tensors in (extra_tensors or {}).items():
+        save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, tmp / f"{name}.safetensors")
     (tmp / "state.json").write_text(json.dumps({"step": step, **state}, indent=2))
     for f in tmp.iterdir():  # data on disk before the rename makes it visible
         with open(f, "rb") as fh:

@@ -15,6 +15,7 @@ COMMANDS = {
     # name: (root config, one-line description)
     "sft": (C.SFTConfig, "supervised fine-tuning on reference solutions"),
     "distill": (C.DistillConfig, "PACED distillation: pass-rate-weighted KL from a teacher, in stages"),
+    "rl": (C.RLConfig, "RL with verifiable rewards: GRPO, PPO, PSR, NSR, W-REINFORCE"),
     "snr": (C.SNRConfig, "cross-problem gradient SNR of the distillation loss per pass-rate bin"),
     "continual": (C.ContinualConfig, "continual-learning benchmark on digits: CLASSP vs EWC vs SGD/Adam"),
     "passrate": (C.PassrateConfig, "draw K rollouts per problem and record pass rates in the ledger"),
@@ -37,7 +38,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--run-dir", help="run directory (same as run.dir=...)")
         p.add_argument("overrides", nargs="*", metavar="key=value",
                        help="override any option, e.g. optim.lr=3e-4 'eval.ks=[1,4]'")
-        if name in ("sft", "distill", "demo"):
+        if name in ("sft", "distill", "rl", "demo"):
             p.add_argument("--resume", action="store_true",
                            help="continue from the newest complete checkpoint in the run directory")
         if name == "ledger":
@@ -73,6 +74,9 @@ def _dispatch(args, cfg) -> None:
         train(cfg, resume=args.resume)
     elif args.command == "distill":
         from .train.distill import train
+        train(cfg, resume=args.resume)
+    elif args.command == "rl":
+        from .train.rl import train
         train(cfg, resume=args.resume)
     elif args.command == "snr":
         from .snr import run

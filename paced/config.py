@@ -190,6 +190,54 @@ class DistillCfg:
     save_total_limit: int = F(2, "keep the newest N checkpoints (0 = all)", min=0)
 
 
+@dataclass
+class RLCfg:
+    advantage: str = F("w_reinforce", "advantage rule (paced/rl_losses.py ADVANTAGES): grpo, psr, nsr, "
+                       "w_reinforce, or ppo (a critic and GAE)",
+                       choices=("grpo", "psr", "nsr", "w_reinforce", "ppo"))
+    w_reinforce_lambda: float = F(0.1, "w_reinforce: weight lambda of the positive samples (+lambda / -1)", min=0.0)
+    scale_rewards: str = F("group", "grpo: divide by the group std, the batch std, or not",
+                           choices=("group", "batch", "none"))
+    loss_type: str = F("dapo", "surrogate normalisation (TRL's): grpo (per-sequence mean), bnpo "
+                       "(token mean per micro-batch), dr_grpo (/ batch x max_completion_length), "
+                       "dapo (token mean over the batch)", choices=("grpo", "bnpo", "dr_grpo", "dapo"))
+    num_generations: int = F(8, "completions per prompt (a group)", min=1)
+    per_device_train_batch_size: int = F(64, "completions per micro-batch per process (a multiple "
+                                         "of num_generations)", min=1)
+    gradient_accumulation_steps: int = F(1, "micro-batches per rollout batch", min=1)
+    max_steps: int = F(100, "rollout batches (each gives num_iterations optimizer steps)", min=1)
+    num_iterations: int = F(1, "optimizer passes over each rollout batch (old log-probs: the sampler's)", min=1)
+    epsilon: float = F(0.2, "clip range of the ratio (lower side)", min=0.0)
+    epsilon_high: float | None = F(None, "upper clip range (DAPO's clip-higher; default: epsilon)", min=0.0)
+    beta: float = F(0.0, "KL(policy || reference) coefficient, k3 estimator (0: no reference model)", min=0.0)
+    entropy_coef: float = F(0.0, "entropy bonus coefficient", min=0.0)
+    temperature: float = F(1.0, "rollout sampling temperature (also divides the training logits)", min=1e-6)
+    top_p: float = F(1.0, "nucleus mass of the rollouts", min=0.0, max=1.0)
+    top_k: int = F(0, "top-k of the rollouts (0 = off)", min=0)
+    max_completion_length: int = F(32, "new tokens per completion", min=1)
+    sampling_batch_size: int = F(512, "sequences per sampler call", min=1)
+    dynamic_sampling: bool = F(False, "drop groups whose rewards are all exactly equal and sample "
+                               "more prompts until the batch is full or max_sampling_rounds is spent")
+    max_sampling_rounds: int = F(4, "dynamic sampling: rollout rounds per step at most (the budget)", min=1)
+    reward_funcs: list[str] = F(["verifier"], "reward functions: 'verifier' (the task's checker) or "
+                                "'module:function' / 'file.py:function' with TRL's signature")
+    reward_weights: list[float] = F([], "one weight per reward function (default 1 each)")
+    prompt_weighting: str = F("none", "sample prompts by w(p-hat) from this run's rollouts in the "
+                              "ledger (untried: p-hat = 0.5)", choices=("none", "hard_filter", "beta"))
+    weight_alpha: float = F(1.0, "prompt_weighting beta: alpha of p^alpha (1-p)^beta", min=0.0)
+    weight_beta: float = F(1.0, "prompt_weighting beta: beta of p^alpha (1-p)^beta", min=0.0)
+    vf_coef: float = F(0.1, "ppo: value-loss coefficient", min=0.0)
+    cliprange_value: float = F(0.2, "ppo: clip range of the value update", min=0.0)
+    gamma: float = F(1.0, "ppo: discount", min=0.0, max=1.0)
+    lam: float = F(1.0, "ppo: GAE lambda", min=0.0, max=1.0)
+    whiten_advantages: bool = F(True, "ppo: normalise advantages over the batch's tokens")
+    eval_n: int = F(8, "samples per held-out problem (data.eval) before, after and every eval_steps", min=1)
+    eval_steps: int = F(0, "held-out evaluation every N steps into metrics.jsonl (0 = before and after only)", min=0)
+    logging_steps: int = F(10, "console log every N steps", min=1)
+    save_steps: int = F(0, "checkpoint every N steps (0 = only at the end)", min=0)
+    save_total_limit: int = F(2, "keep the newest N checkpoints (0 = all)", min=0)
+
+
 # ---------------------------------------------------------------------------------------------
 # Command roots
 # ---------------------------------------------------------------------------------------------
@@ -213,6 +261,17 @@ class DistillConfig:
     regularizer: RegularizerCfg = F(RegularizerCfg(), "")
     ledger: LedgerCfg = F(LedgerCfg(stage="distill"), "")
     run: RunCfg = F(RunCfg(dir="runs/distill"), "")
+
+
+@dataclass
+class RLConfig:
+    policy: ModelCfg = F(ModelCfg(), "")
+    data: DataCfg = F(DataCfg(), "")
+    rl: RLCfg = F(RLCfg(), "")
+    optim: OptimCfg = F(OptimCfg(lr=1e-5, warmup_steps=0, lr_scheduler_type="constant"), "")
+    regularizer: RegularizerCfg = F(RegularizerCfg(), "")
+    ledger: LedgerCfg = F(LedgerCfg(stage="rl"), "")
+    run: RunCfg = F(RunCfg(dir="runs/rl"), "")
 
 
 @dataclass
@@ -292,6 +351,12 @@ class DemoConfig:
         stages=[StageCfg(name="paced_fkl", loss_type="forward_kl", max_steps=300, weighting="beta")],
         max_completion_length=24, logging_steps=50, save_steps=100), "the PACED step (0 stages: skip)")
     distill_optim: OptimCfg = F(OptimCfg(lr=1e-4, warmup_steps=20, lr_scheduler_type="constant"), "")
+    rl_families: list[str] = F(["add"], "families of data.train (prompts) and data.eval (held-out) of the RL step")
+    rl_pool: int = F(1000, "prompts in the RL pool (split over rl_families)", min=1)
+    rl: RLCfg = F(RLCfg(advantage="w_reinforce", max_steps=100, per_device_train_batch_size=128,
+                        gradient_accumulation_steps=2, max_completion_length=24, eval_n=16,
+                        logging_steps=25, save_steps=50), "the W-REINFORCE step (rl_families=[]: skip)")
+    rl_optim: OptimCfg = F(OptimCfg(lr=1e-4, warmup_steps=20, lr_scheduler_type="constant"), "")
     run: RunCfg = F(RunCfg(dir="runs/demo"), "")
 
 
@@ -367,7 +432,7 @@ def check(cfg) -> None:
                     raise ConfigError(f"{key}.difficulty: expected [lo, hi] or one int >= 0")
                 if len(src.difficulty) == 2 and src.difficulty[0] > src.difficulty[1]:
                     raise ConfigError(f"{key}.difficulty: lo {src.difficulty[0]} > hi {src.difficulty[1]}")
-    for name in ("model", "student"):
+    for name in ("model", "student", "policy"):
         model = getattr(cfg, name, None)
         if model is not None and model.path is None and model.preset is None:
             raise ConfigError(f"{name}.path: set a model directory (or {name}.preset for a tiny model)")
@@ -386,6 +451,8 @@ def check(cfg) -> None:
     ev = getattr(cfg, "eval", None)
     if isinstance(ev, EvalCfg) and any(k < 1 or k > ev.n for k in ev.ks):
         raise ConfigError(f"eval.ks: every k must lie in [1, eval.n={ev.n}], got {ev.ks}")
+    if isinstance(cfg, RLConfig):
+        _check_rl(cfg)
     if isinstance(cfg, ContinualConfig):
         _check_continual(cfg.continual)
     for tracker in getattr(getattr(cfg, "run", None), "report_to", []):
@@ -410,3 +477,25 @@ def _check_continual(c: ContinualCfg) -> None:
                           f"tasks, got {c.num_tasks}")
     if c.ewc_mode == "separate" and c.ewc_decay != 1.0:
         raise ConfigError("continual.ewc_decay: used only with ewc_mode 'online' (leave it 1.0)")
+
+
+def _check_rl(cfg: RLConfig) -> None:
+    """``paced rl``: whole groups per micro-batch, a reward weight per function, PPO's needs."""
+    r = cfg.rl
+    if r.per_device_train_batch_size % r.num_generations:
+        raise ConfigError(f"rl.per_device_train_batch_size: {r.per_device_train_batch_size} completions "
+                          f"is not a multiple of rl.num_generations={r.num_generations} (whole groups "
+                          f"per micro-batch)")
+    if r.advantage == "grpo" and r.num_generations < 2:
+        raise ConfigError("rl.num_generations: grpo compares completions within a group; use >= 2")
+    if not r.reward_funcs:
+        raise ConfigError("rl.reward_funcs: name at least one reward function, e.g. ['verifier']")
+    for i, spec in enumerate(r.reward_funcs):
+        if spec != "verifier" and ":" not in spec:
+            raise ConfigError(f"rl.reward_funcs[{i}]: {spec!r} is neither 'verifier' nor "
+                              f"'module:function' / 'path/file.py:function'")
+    if r.reward_weights and len(r.reward_weights) != len(r.reward_funcs):
+        raise ConfigError(f"rl.reward_weights: {len(r.reward_weights)} weights for "
+                          f"{len(r.reward_funcs)} reward functions")
+    if not cfg.data.train:
+        raise ConfigError("data.train: paced rl needs training prompts")

@@ -128,7 +128,13 @@ def _build(cls, data: dict, prefix: str, root):
     kwargs = {}
     for name, f in names.items():
         if name in data:
-            kwargs[name] = _convert(data[name], hints[name], f"{prefix}{name}", f.metadata, root)
+            value = data[name]
+            if dataclasses.is_dataclass(hints[name]) and isinstance(value, dict) and \
+                    f.default_factory is not dataclasses.MISSING:
+                # a section given in part keeps the root's own defaults for the rest (e.g.
+                # DistillConfig's run.dir 'runs/distill'), not the section class's
+                value = _merge(dataclasses.asdict(f.default_factory()), value)
+            kwargs[name] = _convert(value, hints[name], f"{prefix}{name}", f.metadata, root)
     return cls(**kwargs)
 
 

@@ -15,6 +15,8 @@ Steps, each one the same function the matching command runs, each in its own sub
        (add, where the student's p̂ spreads, and mul1, where it is 0), measured on held-out
        ``distill_target`` (add), with the families not distilled on (sub) as the forgetting
        probe; the before/after table
+    7. rl/  paced rl: a short W-REINFORCE run (+λ on correct, −1 on wrong samples) from the
+       student on ``rl_families`` (add); held-out pass@1 / pass@n / greedy before and after
 """
 from __future__ import annotations
 
@@ -102,6 +104,7 @@ def run(cfg: C.DemoConfig, resume: bool = False) -> dict:
         results[who] = json.loads((sub / "eval.json").read_text())
     passrate = json.loads((root / "passrate" / "summary.json").read_text())
     distilled = run_distill_step(cfg, root, models, data, resume) if cfg.distill.stages else None
+    reinforced = run_rl_step(cfg, root, models, data, resume) if cfg.rl_families else None
 
     console.rule("demo results")
     console.print(table({w: r["overall"] for w, r in results.items()},
@@ -113,8 +116,10 @@ def run(cfg: C.DemoConfig, resume: bool = False) -> dict:
     console.print(histogram_text(passrate["histogram"]))
     if distilled:
         console.print(distill_table(distilled, cfg))
+    if reinforced:
+        console.print(rl_table(reinforced, cfg))
     summary = {"teacher": results["teacher"]["overall"], "student": results["student"]["overall"],
-               "distill": distilled,
+               "distill": distilled, "rl": reinforced,
                "by_source": {w: r["by_source"] for w, r in results.items()},
                "student_pass_rates": passrate["histogram"], "ledger": ledger_path, "models": models}
     write_json(root / "demo.json", summary)
@@ -158,4 +163,39 @@ def distill_table(summary: dict, cfg: C.DemoConfig):
             for metric in ("mean@n", "greedy"):
                 b, a = summary["before"][split][metric], summary["after"][split][metric]
                 t.add_row(f"{split} {metric.replace('@n', f'@{n}')}", f"{b:.3f}", f"{a:.3f}", f"{a - b:+.3f}")
+    return t
+
+
+def run_rl_step(cfg: C.DemoConfig, root: Path, models: dict, data: C.DataCfg, resume: bool) -> dict:
+    """Step 7: W-REINFORCE from the student; returns its summary (held-out before/after)."""
+    from .train.rl import train as run_rl
+
+    sub = root / "rl"
+    if not (sub / "summary.json").is_file():
+        fams = set(cfg.rl_families)
+        share = max(1, cfg.rl_pool // max(1, sum(s.source in fams for s in data.train)))
+        console.rule(f"RL ({cfg.rl.advantage}) on {sorted(fams)} for {cfg.rl.max_steps} steps")
+        run_rl(C.RLConfig(
+            policy=C.ModelCfg(path=models["student"]),
+            data=C.DataCfg(train=[dataclasses.replace(s, n=min(s.n or share, share))
+                                  for s in data.train if s.source in fams],
+                           eval=[s for s in data.eval if s.source in fams]),
+            rl=cfg.rl, optim=cfg.rl_optim,
+            ledger=C.LedgerCfg(path=str(root / "ledger.sqlite"), model="student-rl", stage="rl"),
+            run=dataclasses.replace(cfg.run, dir=str(sub))), resume=resume)
+    return json.loads((sub / "summary.json").read_text())
+
+
+def rl_table(summary: dict, cfg: C.DemoConfig):
+    from rich.table import Table
+
+    n = cfg.rl.eval_n
+    t = Table(title=f"RL ({summary['advantage']}, {summary['steps']} steps) on {', '.join(cfg.rl_families)}: "
+                    f"held-out problems, n = {n} samples at T = {cfg.rl.temperature}")
+    for col in ("", "before", "after", "change"):
+        t.add_column(col, justify="left" if not col else "right")
+    for key in ("pass@1", f"pass@{n}", "greedy"):
+        b, a = summary["before"].get(f"eval/{key}"), summary["after"].get(f"eval/{key}")
+        if b is not None and a is not None:
+            t.add_row(key, f"{b:.3f}", f"{a:.3f}", f"{a - b:+.3f}")
     return t

@@ -101,7 +101,9 @@ def table(results: dict[str, dict], title: str = "evaluation"):
 
 
 def run(cfg) -> dict:
-    """``paced eval``: evaluate ``model`` on ``data.eval`` (or ``data.train`` if no eval set)."""
+    """``paced eval``: evaluate ``model`` on ``data.eval`` (or ``data.train`` if no eval set);
+    writes eval.json and passk.png (pass@k curves: all problems, and each source if several)."""
+    from .plots import passk_curves, passk_from_eval
     from .run import load_model, start_run
     from .runlog import console, write_json
     from .tasks import load_sources
@@ -120,4 +122,9 @@ def run(cfg) -> dict:
     rows = {"all": result["overall"], **result["by_source"]}
     console.print(table(rows, f"eval: {path} (n={e.n}, T={e.temperature})"))
     console.print(f"wrote {run_dir / 'eval.json'}")
+    curves = {"all": passk_from_eval(result)}
+    if len(result["by_source"]) > 1:
+        curves.update({s: passk_from_eval(result, s) for s in result["by_source"]})
+    if passk_curves(curves, run_dir / "passk.png", f"pass@k: {path} (n={e.n}, T={e.temperature})"):
+        console.print(f"wrote {run_dir / 'passk.png'}")
     return result

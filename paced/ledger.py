@@ -134,18 +134,19 @@ class Ledger:
                            " VALUES (?, ?, ?, ?, ?, ?, ?)", rows)
 
     def counts(self, model: str | None = None, stage: str | None = None, step: int | None = None,
-               problem_ids=None, latest_only: bool = False) -> dict[str, tuple[int, int]]:
+               problem_ids=None, latest_only: bool = False,
+               before_step: int | None = None) -> dict[str, tuple[int, int]]:
         """{problem_id: (successes, trials)} summed over the matching rows.
 
         ``step``: only the rows recorded at that training step (one estimate of a moving model).
+        ``before_step``: only the rows recorded before that step (what a resumed run had seen).
         ``latest_only``: use only each problem's most recent row (a fresh estimate after the
         model moved) instead of the running sum over its whole history.
         """
-        where, args = [], []
-        for column, value in (("model", model), ("stage", stage), ("step", step)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
+        where, args = self._where(model, stage, step)
+        if before_step is not None:
+            where.append("step < ?")
+            args.append(int(before_step))
         clause = f"WHERE {' AND '.join(where)}" if where else ""
         if latest_only:
             sql = (f"SELECT problem_id, successes, trials FROM trials WHERE id IN "
@@ -158,6 +159,23 @@ class Ledger:
             wanted = set(problem_ids)
             out = {pid: ck for pid, ck in out.items() if pid in wanted}
         return out
+
+    @staticmethod
+    def _where(model, stage, step) -> tuple[list[str], list]:
+        where, args = [], []
+        for column, value in (("model", model), ("stage", stage), ("step", step)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
+        return where, args
+
+    def forget_from(self, model: str, stage: str, step: int) -> int:
+        """Delete the (model, stage) rows recorded at ``step`` or later: what a killed run wrote
+        past the checkpoint it resumes from (the resumed run records those steps again)."""
+        with closing(self._connect()) as db, db:
+            cur = db.execute("DELETE FROM trials WHERE model = ? AND stage = ? AND step >= ?",
+                             (model, stage, int(step)))
+            return cur.rowcount
 
     def summary(self) -> list[dict]:
         """One row per (model, stage): problems, trials, when — for ``paced ledger``."""

@@ -26,7 +26,7 @@ def paced(*args, check=True, timeout=240):
 
 def test_help_lists_every_option():
     out = paced("--help").stdout
-    for cmd in ("sft", "passrate", "eval", "ledger", "demo"):
+    for cmd in ("sft", "distill", "rl", "snr", "continual", "passrate", "eval", "ledger", "demo"):
         assert cmd in out
     sft_help = paced("sft", "--help").stdout
     for key in ("optim.lr", "train.max_steps", "model.path", "run.report_to", "prompt_field"):
@@ -74,6 +74,9 @@ def test_demo_smoke(tmp_path):
     assert [s["source"] for s in dcfg["data"]["train"]] == ["add", "mul1"]       # the pool
     assert [s["source"] for s in dcfg["data"]["eval"]] == ["add"]                # the target
     assert [s["source"] for s in dcfg["data"]["forgetting"]] == ["sub"]          # the probe
+    rcfg = yaml.safe_load((run / "rl" / "config.yaml").read_text())
+    assert rcfg["rl"]["advantage"] == "w_reinforce" and rcfg["policy"]["path"] == str(run / "student" / "model")
+    assert demo["rl"]["steps"] == 2 and "eval/pass@1" in demo["rl"]["after"]
     scfg = yaml.safe_load((run / "student" / "config.yaml").read_text())
     assert [s["source"] for s in scfg["data"]["train"]] == ["add", "sub"]        # student_train
     # running it again skips every finished step
@@ -191,6 +194,32 @@ def test_distill_under_torchrun_with_fewer_live_problems_than_processes(tmp_path
     rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6]
     assert (run / "model" / "model.safetensors").exists()
+
+
+@pytest.mark.parametrize("advantage, dynamic", [("grpo", "false"), ("ppo", "true")])
+def test_rl_under_torchrun(tmp_path, advantage, dynamic):
+    """RL as DDP over two CPU processes: each samples its own groups, dynamic sampling's rounds
+    are agreed across processes, the batch normalisers are global, and the shared ledger gets
+    both processes' rollouts."""
+    run = tmp_path / "ddp"
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not found next to the interpreter")
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "paced.cli", "rl", "--config",
+                           str(SMOKE / "rl.yaml"), f"rl.advantage={advantage}", f"rl.dynamic_sampling={dynamic}",
+                           "rl.max_sampling_rounds=2", "--run-dir", str(run)],
+                          cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "8 prompts x 8 completions per step" in proc.stderr  # 4 groups per process x 2
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    assert (run / "model" / "model.safetensors").exists()
+    from paced.ledger import Ledger
+    trials = [sum(k for _, k in Ledger(run / "ledger.sqlite").counts(stage="rl", step=s).values()) for s in (1, 2, 3)]
+    if dynamic == "false":
+        assert trials == [64, 64, 64]  # 8 prompts x 8 completions, from both processes
+    else:
+        assert all(t >= 64 and t % 32 == 0 for t in trials)
 
 
 def test_sft_with_classp_optimizer_and_resume(tmp_path):

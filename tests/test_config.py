@@ -87,3 +87,16 @@ def test_every_shipped_config_validates():
 def test_parse_overrides_nesting():
     from paced.config import SFTConfig as R
     assert parse_overrides(["a.b.c=1", "a.b.d=[1, 2]"], R) == {"a": {"b": {"c": 1, "d": [1, 2]}}}
+
+
+def test_a_partly_given_section_keeps_the_roots_defaults():
+    """Overriding one key of a section must not reset its other keys to the section class's
+    defaults: DistillConfig's optim.lr (3e-4) and run.dir survive optim.warmup_steps / run.threads."""
+    from paced.config import DemoConfig, DistillConfig
+    cfg = load_config(DistillConfig, None, ["student.preset=nano", "teacher.path=self",
+                                            "optim.warmup_steps=3", "run.threads=1"])
+    assert (cfg.optim.lr, cfg.optim.warmup_steps) == (3e-4, 3)
+    assert (cfg.run.dir, cfg.run.threads) == ("runs/distill", 1)
+    demo = load_config(DemoConfig, None, ["run.progress=false", "distill.logging_steps=7"])
+    assert demo.run.dir == "runs/demo" and demo.distill.max_completion_length == 24
+    assert demo.distill.stages[0].name == "paced_fkl" and demo.distill.logging_steps == 7

@@ -1,0 +1,196 @@
+"""Does the NSR paper's pass@k shape appear? GRPO, PPO, PSR, NSR, W-REINFORCE from one student.
+
+    python benchmarks/nsr_passk.py --quick          # 1 seed, 40 steps, n = 64 (minutes)
+    python benchmarks/nsr_passk.py                   # 3 seeds, 300 steps, n = 256 (the README's)
+    python benchmarks/nsr_passk.py --markdown        # the README table from the JSON
+
+The student is the demo's SFT student (``--models``, default runs/demo; built with ``paced demo``
+settings if missing): a tiny Llama that learned addition partly (and subtraction). Every arm
+starts from it with the same rollout budget (steps x 32 prompts x 8 completions at T = 1 on a
+pool of 2000 ``add`` problems), the same optimiser (AdamW, lr 1e-4, 20 warm-up steps, grad-norm
+clip 1), token-mean loss (``dapo``), no KL, ε = 0.2. The base and every arm are then evaluated
+on held-out addition problems (another seed) with n samples per problem, at the paper's
+T = 0.6, top-p 0.95 and also at T = 1.0: the unbiased pass@k for k = 1, 2, 4, ..., n, mean ±
+std over seeds, and the curves (``benchmarks/results/nsr_passk.png``). Training curves (reward,
+entropy, held-out mean@8 every 50 steps) come from each run's metrics.jsonl.
+
+The paper's shape (ALGORITHMS.md §2): PSR raises pass@1 but lowers pass@k at large k; NSR keeps
+pass@k at or above the base across k; W-REINFORCE gets both. The pilot (BENCHMARKS.md) did not
+see it at this scale; this benchmark reports what it measures either way.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from paced import config as C  # noqa: E402
+from paced.evaluate import evaluate  # noqa: E402
+from paced.models import load_model_and_tokenizer  # noqa: E402
+from paced.runlog import read_jsonl  # noqa: E402
+from paced.tasks import load_sources  # noqa: E402
+
+ARMS = ["grpo", "ppo", "psr", "nsr", "w_reinforce"]
+TEMPS = {"T0.6": (0.6, 0.95), "T1.0": (1.0, 1.0)}   # (temperature, top_p)
+
+
+def rl_config(arm: str, seed: int, a) -> C.RLConfig:
+    policy = str(Path(a.models) / "student" / "model")
+    return C.load_config(C.RLConfig, None, [
+        f"policy.path={policy}",
+        f"data.train=[{{source: add, n: {a.pool}, difficulty: [1, 8], seed: 0}}]",
+        f"data.eval=[{{source: add, n: {a.heldout}, difficulty: [1, 8], seed: 1}}]",
+        f"rl.advantage={arm}", "rl.loss_type=dapo", "rl.num_generations=8",
+        f"rl.per_device_train_batch_size={a.micro}", f"rl.gradient_accumulation_steps={256 // a.micro}",
+        f"rl.max_steps={a.steps}", "rl.max_completion_length=24", "rl.eval_n=8",
+        f"rl.eval_steps={a.eval_every}", "rl.logging_steps=1000000", "rl.save_steps=0",
+        f"optim.lr={a.lr}", "optim.warmup_steps=20", "optim.lr_scheduler_type=constant",
+        "optim.max_grad_norm=1.0",
+        f"run.dir={Path(a.out_dir) / f'{arm}-seed{seed}'}", f"run.seed={seed}", f"run.threads={a.threads}",
+        "run.progress=false"])
+
+
+def passk_eval(model_dir: Path, examples, a, seed: int) -> dict:
+    model, tok = load_model_and_tokenizer(model_dir)
+    out = {}
+    for name, (t, top_p) in TEMPS.items():
+        r = evaluate(model, tok, examples, a.n, None, temperature=t, top_p=top_p, max_tokens=24,
+                     greedy=(name == "T1.0"), batch_size=1024, seed=1000 + seed)
+        out[name] = {k: v for k, v in r["overall"].items() if k != "problems"}
+    return out
+
+
+def ensure_models(a) -> None:
+    if (Path(a.models) / "student" / "model" / "config.json").exists():
+        return
+    from paced.demo import run as demo
+    print(f"no demo models in {a.models}: training them with the demo's settings (minutes)")
+    demo(C.load_config(C.DemoConfig, None, ["distill.stages=[]"], run_dir=a.models))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="1 seed, 40 steps, n = 64, 64 held-out problems")
+    ap.add_argument("--models", default="runs/demo")
+    ap.add_argument("--seeds", type=int, nargs="+")
+    ap.add_argument("--arms", nargs="+", default=ARMS, choices=ARMS)
+    ap.add_argument("--steps", type=int)
+    ap.add_argument("--n", type=int, help="samples per held-out problem (default 256)")
+    ap.add_argument("--heldout", type=int)
+    ap.add_argument("--pool", type=int, default=2000)
+    ap.add_argument("--lr", type=float, default=1e-4)
+    ap.add_argument("--micro", type=int, default=128, help="completions per micro-batch (256 per step)")
+    ap.add_argument("--eval-every", type=int, default=50)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--out-dir", default="runs/bench-nsr")
+    ap.add_argument("--out", default="benchmarks/results/nsr_passk.json")
+    ap.add_argument("--markdown", action="store_true", help="print the README table from --out and exit")
+    a = ap.parse_args()
+    if a.markdown:
+        print(markdown(json.loads(Path(a.out).read_text())))
+        return
+    a.seeds = a.seeds or ([0] if a.quick else [0, 1, 2])
+    a.steps = a.steps or (40 if a.quick else 300)
+    a.n = a.n or (64 if a.quick else 256)
+    a.heldout = a.heldout or (64 if a.quick else 128)
+    if a.quick and a.out == ap.get_default("out"):
+        a.out = "benchmarks/results/nsr_passk_quick.json"
+    ensure_models(a)
+    from paced.train.rl import train
+
+    t0 = time.time()
+    examples = load_sources([C.DataSource(source="add", n=a.heldout, difficulty=[1, 8], seed=1)])
+    prev = json.loads(Path(a.out).read_text()) if Path(a.out).exists() else {}
+    same = prev.get("meta", {}).get("settings") == settings(a)
+    results = prev.get("runs", {}) if same else {}
+    if "base" not in results:
+        results["base"] = [passk_eval(Path(a.models) / "student" / "model", examples, a, s) for s in a.seeds]
+        write(a, results, t0, False)
+    for seed in a.seeds:
+        for arm in a.arms:
+            if len(results.get(arm, [])) > a.seeds.index(seed):
+                continue  # done in an earlier (killed) run with the same settings
+            cfg = rl_config(arm, seed, a)
+            tic = time.time()
+            train(cfg)
+            rows = read_jsonl(Path(cfg.run.dir) / "metrics.jsonl")
+            run = {"seed": seed, "eval": passk_eval(Path(cfg.run.dir) / "model", examples, a, seed),
+                   "minutes": round((time.time() - tic) / 60, 2),
+                   "curve": [{k: r.get(k) for k in ("step", "reward", "entropy", "eval/mean@n",
+                                                     "eval/pass@1", "frac_reward_zero_std")}
+                             for r in rows if r["step"] % 10 == 0 or "eval/mean@n" in r]}
+            results.setdefault(arm, []).append(run)
+            write(a, results, t0, False)  # a kill keeps every finished arm
+            print(f"{arm} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in run["eval"]["T0.6"].items()
+                                                       if v is not None))
+    res = write(a, results, t0, True)
+    print(markdown(res))
+    plot(res, Path(a.out).with_suffix(".png"))
+    print(f"wrote {a.out}")
+
+
+def settings(a) -> dict:
+    return {k: getattr(a, k) for k in ("models", "steps", "n", "heldout", "pool", "lr", "micro")}
+
+
+def summarise(results: dict) -> dict:
+    table = {}
+    for arm, runs in results.items():
+        evals = [r["eval"] if arm != "base" else r for r in runs]
+        table[arm] = {t: {k: _ms([e[t][k] for e in evals]) for k in evals[0][t] if evals[0][t][k] is not None}
+                      for t in TEMPS}
+    return table
+
+
+def _ms(xs):
+    return [statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0]
+
+
+def write(a, results: dict, t0: float, done: bool) -> dict:
+    out = Path(a.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    res = {"meta": {"date": time.strftime("%Y-%m-%d"), "quick": a.quick, "complete": done, "seeds": a.seeds,
+                    "arms": a.arms, "settings": settings(a), "threads": a.threads,
+                    "minutes": round((time.time() - t0) / 60, 1)},
+           "table": summarise(results), "runs": results}
+    tmp = out.with_suffix(".tmp")
+    tmp.write_text(json.dumps(res, indent=2))
+    tmp.replace(out)
+    return res
+
+
+def markdown(res: dict) -> str:
+    rows = []
+    for t in TEMPS:
+        ks = [k for k in next(iter(res["table"].values()))[t] if k.startswith("pass@")]
+        ks = [k for k in ks if int(k[5:]) in (1, 4, 16, 64, 256) or k == ks[-1]]
+        rows += [f"\n{t} ({'top-p 0.95' if t == 'T0.6' else 'no top-p'}):\n",
+                 "| arm | " + " | ".join(ks) + " | mean@n |" + (" greedy |" if t == "T1.0" else ""),
+                 "|---|" + "---|" * (len(ks) + 1 + (t == "T1.0"))]
+        for arm, r in res["table"].items():
+            cells = [f"{r[t][k][0]:.3f} ± {r[t][k][1]:.3f}" for k in ks + ["mean@n"]]
+            if t == "T1.0":
+                cells.append(f"{r[t]['greedy'][0]:.3f}")
+            rows.append(f"| {arm} | " + " | ".join(cells) + " |")
+    m = res["meta"]
+    s = m["settings"]
+    rows.append(f"\nSeeds {m['seeds']}; {s['steps']} steps x 32 prompts x 8 completions, lr {s['lr']}; "
+                f"n = {s['n']} samples on {s['heldout']} held-out problems; {m['minutes']} min, {m['date']}.")
+    return "\n".join(rows)
+
+
+def plot(res: dict, path: Path) -> None:
+    from paced.plots import passk_curves
+    table = res["table"]
+    for t in TEMPS:
+        curves = {arm: {int(k[5:]): v[0] for k, v in r[t].items() if k.startswith("pass@")} for arm, r in table.items()}
+        errors = {arm: {int(k[5:]): v[1] for k, v in r[t].items() if k.startswith("pass@")} for arm, r in table.items()}
+        passk_curves(curves, path.with_name(f"{path.stem}_{t}.png"), title=f"held-out add, {t}", errors=errors)
+
+
+if __name__ == "__main__":
+    main()

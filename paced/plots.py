@@ -1,0 +1,76 @@
+"""Plots from results already on disk (eval.json, ...); no training code here.
+
+    python -c "import json; from paced.plots import passk_curves, passk_from_eval; \
+        passk_curves({'run': passk_from_eval(json.load(open('runs/eval/eval.json')))}, 'passk.png')"
+
+``paced eval`` writes ``passk.png`` next to ``eval.json`` with ``passk_curves``. matplotlib is
+optional (``pip install 'paced[plots]'``): without it the functions print how to install it and
+return None instead of failing.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def passk_from_eval(eval_json: dict, source: str | None = None) -> dict[int, float]:
+    """{k: pass@k} from an eval result's ``overall`` (or ``by_source[source]``), sorted by k."""
+    section = eval_json["overall"] if source is None else eval_json["by_source"][source]
+    out = {int(key.split("@", 1)[1]): float(v) for key, v in section.items()
+           if key.startswith("pass@") and v is not None}
+    return dict(sorted(out.items()))
+
+
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend, or None (after saying how to install it)."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        from .runlog import console
+        console.print("matplotlib is not installed: no plot (pip install 'paced\\[plots]')")
+        return None
+    return plt
+
+
+def passk_curves(curves: dict[str, dict[int, float]], path, title: str = "",
+                 errors: dict[str, dict[int, float]] | None = None) -> Path | None:
+    """pass@k against k (log2 axis), one line per name, ± ``errors[name][k]`` (std) as a band.
+
+    Saves a PNG at ``path`` and returns it, or None when matplotlib is missing.
+    """
+    plt = _pyplot()
+    if plt is None:
+        return None
+    errors = errors or {}
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    ks_all: set[int] = set()
+    for name, curve in curves.items():
+        ks = sorted(curve)
+        ys = [curve[k] for k in ks]
+        ks_all.update(ks)
+        line, = ax.plot(ks, ys, "o-", ms=4, label=name)
+        if name in errors:
+            err = [errors[name].get(k, 0.0) for k in ks]
+            ax.fill_between(ks, [max(0.0, y - e) for y, e in zip(ys, err)],
+                            [min(1.0, y + e) for y, e in zip(ys, err)],
+                            color=line.get_color(), alpha=0.2, lw=0)
+    ax.set_xscale("log", base=2)
+    if ks_all:
+        ticks = sorted(ks_all)
+        ax.set_xticks(ticks, [str(k) for k in ticks])
+        ax.minorticks_off()
+        ax.set_xlim(min(ticks) / 1.25, max(ticks) * 1.25)
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.set_xlabel("k (samples per problem)")
+    ax.set_ylabel("pass@k")
+    ax.set_title(title or "pass@k")
+    if curves:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,284 @@
+"""RL math for ``paced rl`` (ALGORITHMS.md §2, "NSR / W-REINFORCE", and its GRPO/PPO baselines).
+
+Pure functions over tensors and numbers. Shapes: N rows = G groups (prompts) x n generations,
+grouped contiguously (row i belongs to group i // n); T completion positions; ``mask`` (N, T) is
+1 on completion tokens (bool, 0/1 or float), completion tokens are left-aligned in each row.
+
+- Advantage rules ``fn(rewards (N,), n, **kw) -> (advantages (N,), keep (N,) bool)``; a row with
+  keep False is dropped from the update and from the loss normaliser (callers multiply the mask
+  by keep). ``ADVANTAGES`` maps the config names to them.
+- Per-token terms (N, T): the clipped surrogate, k3 KL, entropy; PPO's GAE and value loss.
+- Reductions ``LOSS_TYPES`` (TRL's loss_type): one micro-batch's share of the optimizer-batch
+  loss, so that the micro-batch losses sum to the full-batch loss.
+Advantages and old log-probs are constants of the update: they are detached here.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+# ---------------------------------------------------------------------------------------------
+# Helpers
+# ---------------------------------------------------------------------------------------------
+def _upcast(x: Tensor) -> Tensor:
+    """x in at least fp32 (bf16/fp16/int/bool -> fp32; fp64 stays fp64)."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
+def _groups(rewards: Tensor, n: int, rule: str) -> Tensor:
+    """rewards (N,) -> (G, n) in at least fp32; checks that N is a multiple of n."""
+    if rewards.dim() != 1:
+        raise ValueError(f"{rule}: rewards must be 1-D (N,), got shape {tuple(rewards.shape)}")
+    if n < 1 or rewards.numel() % n:
+        raise ValueError(f"{rule}: {rewards.numel()} rewards is not a whole number of groups of n={n}")
+    return _upcast(rewards).view(-1, n)                          # (G, n)
+
+
+def _check_unit(rewards: Tensor, rule: str) -> Tensor:
+    r = _upcast(rewards)                                         # (N,)
+    if not bool(((r >= 0) & (r <= 1)).all()):
+        raise ValueError(f"{rule}: rewards must lie in [0, 1] (binary verifier reward), got "
+                         f"min {r.min().item():g}, max {r.max().item():g}")
+    return r
+
+
+def _masked(x: Tensor, mask: Tensor) -> Tensor:
+    """x where mask != 0 else exactly 0 (padding values, even inf/NaN, never leak)."""
+    return torch.where(mask != 0, x * mask.to(x.dtype), torch.zeros_like(x))
+
+
+# ---------------------------------------------------------------------------------------------
+# Advantage rules: (rewards (N,), n) -> (advantages (N,), keep (N,) bool)
+# ---------------------------------------------------------------------------------------------
+def grpo_advantages(rewards: Tensor, n: int, scale_rewards: str = "group",
+                    eps: float = 1e-4) -> tuple[Tensor, Tensor]:
+    """GRPO: A_i = (r_i − mean_group) / (std + eps), every row kept.
+
+    Shao et al., DeepSeekMath (arXiv 2402.03300); TRL's GRPOTrainer convention: std is torch's
+    unbiased (Bessel) std; ``scale_rewards`` "group" divides by the group's std, "batch" by the
+    std over all N rewards (Dr. GRPO / "Tricks or traps" style), "none" does not divide.
+    Deviations: none (n < 2 is refused, as in TRL: the group std is undefined).
+    """
+    if n < 2:
+        raise ValueError(f"grpo_advantages: a group needs n >= 2 generations, got n={n}")
+    r = _groups(rewards, n, "grpo_advantages")                   # (G, n)
+    adv = r - r.mean(-1, keepdim=True)                           # (G, n)
+    if scale_rewards == "group":
+        adv = adv / (r.std(-1, keepdim=True) + eps)
+    elif scale_rewards == "batch":
+        adv = adv / (r.std() + eps)
+    elif scale_rewards != "none":
+        raise ValueError(f"grpo_advantages: scale_rewards must be group, batch or none, got {scale_rewards!r}")
+    adv = adv.reshape(-1)                                        # (N,)
+    return adv, torch.ones_like(adv, dtype=torch.bool)
+
+
+def psr_advantages(rewards: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """PSR (positive sample reinforcement): A = r, keep = r > 0.
+
+    Zhu et al., "The Surprising Effectiveness of Negative Reinforcement in LLM Reasoning"
+    (arXiv 2506.01347): +1 on correct samples, wrong samples dropped. Rewards in [0, 1]; for
+    fractional rewards A = r (the row is dropped only at r = 0). ``n`` is unused (no baseline).
+    Deviations: none for r ∈ {0, 1}.
+    """
+    r = _check_unit(_groups(rewards, n, "psr_advantages").reshape(-1), "psr_advantages")  # (N,)
+    return r.clone(), r > 0
+
+
+def nsr_advantages(rewards: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """NSR (negative sample reinforcement): A = −(1 − r), keep = r < 1.
+
+    arXiv 2506.01347: −1 on wrong samples, correct samples dropped; for fractional rewards in
+    [0, 1] A = −(1 − r). Deviations: none for r ∈ {0, 1}.
+    """
+    r = _check_unit(_groups(rewards, n, "nsr_advantages").reshape(-1), "nsr_advantages")  # (N,)
+    return -(1.0 - r), r < 1
+
+
+def w_reinforce_advantages(rewards: Tensor, n: int, lam: float = 0.1) -> tuple[Tensor, Tensor]:
+    """W-REINFORCE = λ·PSR + NSR: A = λ r − (1 − r), every row kept.
+
+    arXiv 2506.01347 (λ = 0.1 in the paper; λ = 1 is plain REINFORCE without baseline). For
+    r ∈ {0, 1} this is exactly the paper's +λ / −1; fractional rewards in [0, 1] interpolate
+    linearly. Dropped rows of PSR/NSR have A = 0, so with λ = 1 these advantages equal
+    psr + nsr advantages. Deviations: none for r ∈ {0, 1}.
+    """
+    r = _check_unit(_groups(rewards, n, "w_reinforce_advantages").reshape(-1), "w_reinforce_advantages")
+    adv = lam * r - (1.0 - r)                                    # (N,)
+    return adv, torch.ones_like(adv, dtype=torch.bool)
+
+
+ADVANTAGES = {"grpo": grpo_advantages, "psr": psr_advantages, "nsr": nsr_advantages,
+              "w_reinforce": w_reinforce_advantages}
+
+
+def group_has_variance(rewards: Tensor, n: int) -> Tensor:
+    """(G,) bool: True where a group's rewards are not all exactly equal (no float tolerance).
+
+    DAPO's dynamic sampling (Yu et al., arXiv 2503.14476) keeps only these groups: a group with
+    equal rewards has zero GRPO advantage everywhere. Deviations: TRL's frac_reward_zero_std
+    metric tests std < 1e-6; here equality is exact.
+    """
+    r = _groups(rewards, n, "group_has_variance")                # (G, n)
+    return (r != r[:, :1]).any(-1)                               # (G,)
+
+
+def reward_zero_std_share(rewards: Tensor, n: int) -> float:
+    """Share of groups whose rewards are all equal (``group_has_variance`` False); NaN if G = 0."""
+    varied = group_has_variance(rewards, n)                      # (G,)
+    return float((~varied).float().mean()) if varied.numel() else float("nan")
+
+
+# ---------------------------------------------------------------------------------------------
+# Per-token terms (N, T)
+# ---------------------------------------------------------------------------------------------
+def clipped_surrogate(logp: Tensor, old_logp: Tensor, advantages: Tensor, epsilon_low: float = 0.2,
+                      epsilon_high: float | None = None) -> tuple[Tensor, Tensor]:
+    """PPO clipped surrogate per token and where the clip is active.
+
+        ρ = exp(logp − old_logp),  ℓ = −min(ρ A, clip(ρ, 1 − ε_low, 1 + ε_high) A)
+
+    Schulman et al., PPO (arXiv 1707.06347); ε_high ≠ ε_low is DAPO's clip-higher; ε_high
+    defaults to ε_low. ``advantages`` broadcasts against (N, T): (N, T) per token or (N, 1) per
+    sequence. ``clipped`` (N, T) bool marks tokens where the clipped branch is strictly the
+    minimum (TRL's clip ratio: ρ > 1 + ε_high with A > 0, or ρ < 1 − ε_low with A < 0); there the
+    loss is constant in logp and its gradient is exactly 0. old_logp and A are detached.
+    Deviations: none.
+    """
+    eps_high = epsilon_low if epsilon_high is None else epsilon_high
+    adv = advantages.detach()
+    ratio = torch.exp(logp - old_logp.detach())                  # (N, T)
+    unclipped = ratio * adv                                      # (N, T)
+    clipped_obj = torch.clamp(ratio, 1.0 - epsilon_low, 1.0 + eps_high) * adv  # (N, T)
+    clipped = clipped_obj < unclipped                            # (N, T)
+    return -torch.where(clipped, clipped_obj, unclipped), clipped
+
+
+def kl_k3(logp: Tensor, ref_logp: Tensor) -> Tensor:
+    """Per-token KL estimate k3 = exp(ref − logp) − (ref − logp) − 1 ≥ 0 (N, T).
+
+    Schulman, "Approximating KL divergence" (2020): unbiased for KL(π ‖ π_ref) on tokens sampled
+    from π, always ≥ 0; TRL's GRPO per-token KL. ref_logp is detached. Deviations: none.
+    """
+    d = ref_logp.detach() - logp                                 # (N, T)
+    return torch.exp(d) - d - 1.0
+
+
+def entropy_from_logits(logits: Tensor) -> Tensor:
+    """Entropy of softmax(logits) per position, (N, T, V) -> (N, T), in at least fp32.
+
+    −Σ_v p_v log p_v with 0 · log 0 := 0 (-inf logits allowed).
+    """
+    logp = F.log_softmax(_upcast(logits), dim=-1)                # (N, T, V)
+    p = logp.exp()                                               # (N, T, V)
+    return -(p * logp.masked_fill(p == 0, 0.0)).sum(-1)          # (N, T)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loss reductions (TRL loss_type). per_token/mask: one micro-batch; num_sequences/num_tokens:
+# kept sequences/tokens of the whole optimizer batch. Summed over micro-batches = batch loss.
+# ---------------------------------------------------------------------------------------------
+def loss_grpo(per_token: Tensor, mask: Tensor, *, num_sequences: float, num_tokens: float,
+              max_completion_length: int, num_micro_batches: int) -> Tensor:
+    """Σ_i (Σ_t ℓ m / max(Σ_t m, 1)) / num_sequences: each sequence's token mean, then the mean
+    over the batch's kept sequences (GRPO paper / TRL "grpo"). Micro-batch invariant."""
+    m = mask.to(per_token.dtype)                                 # (b, T)
+    per_seq = _masked(per_token, m).sum(-1) / m.sum(-1).clamp(min=1)  # (b,)
+    return per_seq.sum() / max(num_sequences, 1)
+
+
+def loss_bnpo(per_token: Tensor, mask: Tensor, *, num_sequences: float, num_tokens: float,
+              max_completion_length: int, num_micro_batches: int) -> Tensor:
+    """(Σ ℓ m / max(Σ m, 1)) / num_micro_batches: token mean within this micro-batch (TRL
+    "bnpo"); by definition NOT micro-batch invariant."""
+    m = mask.to(per_token.dtype)                                 # (b, T)
+    return _masked(per_token, m).sum() / m.sum().clamp(min=1) / max(num_micro_batches, 1)
+
+
+def loss_dr_grpo(per_token: Tensor, mask: Tensor, *, num_sequences: float, num_tokens: float,
+                 max_completion_length: int, num_micro_batches: int) -> Tensor:
+    """Σ ℓ m / (num_sequences · max_completion_length): Dr. GRPO (Liu et al., arXiv 2503.20783),
+    a length-independent constant normaliser. Micro-batch invariant."""
+    m = mask.to(per_token.dtype)                                 # (b, T)
+    return _masked(per_token, m).sum() / (max(num_sequences, 1) * max_completion_length)
+
+
+def loss_dapo(per_token: Tensor, mask: Tensor, *, num_sequences: float, num_tokens: float,
+              max_completion_length: int, num_micro_batches: int) -> Tensor:
+    """Σ ℓ m / max(num_tokens, 1): token mean over the whole batch (DAPO, arXiv 2503.14476;
+    the loss of ALGORITHMS.md §2). Micro-batch invariant."""
+    m = mask.to(per_token.dtype)                                 # (b, T)
+    return _masked(per_token, m).sum() / max(num_tokens, 1)
+
+
+LOSS_TYPES = {"grpo": loss_grpo, "bnpo": loss_bnpo, "dr_grpo": loss_dr_grpo, "dapo": loss_dapo}
+
+
+# ---------------------------------------------------------------------------------------------
+# PPO: terminal reward, GAE, value loss, whitening
+# ---------------------------------------------------------------------------------------------
+def terminal_rewards(rewards: Tensor, mask: Tensor) -> Tensor:
+    """(N,) sequence rewards -> (N, T) with each reward on its row's last completion token (rows
+    without completion tokens get all zeros)."""
+    T = mask.shape[-1]
+    pos = torch.arange(T, device=mask.device).expand_as(mask)    # (N, T)
+    last = torch.where(mask != 0, pos, torch.full_like(pos, -1)).max(-1).values  # (N,)
+    out = torch.zeros(mask.shape, dtype=_upcast(rewards).dtype, device=mask.device)  # (N, T)
+    rows = (last >= 0).nonzero().squeeze(-1)                     # (N',)
+    out[rows, last[rows]] = _upcast(rewards).to(out.device)[rows]
+    return out
+
+
+def gae(rewards: Tensor, values: Tensor, mask: Tensor, gamma: float = 1.0,
+        lam: float = 1.0) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation per token (N, T) x 2: (advantages, returns).
+
+        δ_t = r_t + γ V_{t+1} − V_t,  A_t = δ_t + γ λ A_{t+1},  R_t = A_t + V_t
+
+    Schulman et al. (arXiv 1506.02438). The episode ends at each row's last completion token:
+    V and A beyond it count as 0. Positions outside the mask get A = R = 0. Computed without
+    gradient (values are the old critic's). Deviations: none (γ = λ = 1 in arXiv 2506.01347).
+    """
+    with torch.no_grad():
+        m = (mask != 0)                                          # (N, T)
+        zero = torch.zeros_like(_upcast(values))
+        v = torch.where(m, _upcast(values), zero)                # (N, T)
+        r = torch.where(m, _upcast(rewards).to(v), zero)         # (N, T)
+        adv = torch.zeros_like(v)                                # (N, T)
+        next_v = next_a = v.new_zeros(v.shape[0])                # (N,)
+        for t in range(v.shape[1] - 1, -1, -1):
+            delta = r[:, t] + gamma * next_v - v[:, t]           # (N,)
+            a = torch.where(m[:, t], delta + gamma * lam * next_a, torch.zeros_like(delta))
+            adv[:, t] = a
+            next_v, next_a = v[:, t], a
+        return adv, torch.where(m, adv + v, zero)
+
+
+def value_loss(values: Tensor, old_values: Tensor, returns: Tensor, mask: Tensor,
+               clip_range: float = 0.2) -> Tensor:
+    """PPO clipped value loss per token (N, T), 0 outside the mask:
+
+        ½ max((V − R)², (clip(V, V_old − c, V_old + c) − R)²)
+
+    (TRL's PPOTrainer / OpenAI baselines). old_values and returns are detached.
+    """
+    old, ret = old_values.detach(), returns.detach()
+    clipped = torch.max(torch.min(values, old + clip_range), old - clip_range)  # (N, T)
+    loss = 0.5 * torch.max((values - ret) ** 2, (clipped - ret) ** 2)          # (N, T)
+    return torch.where(mask != 0, loss, torch.zeros_like(loss))
+
+
+def whiten(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
+    """(x − mean) / sqrt(var + eps) over the masked entries (unbiased var, as TRL's
+    masked_whiten), 0 outside the mask. Fewer than 2 masked entries: only centred."""
+    m = (mask != 0)                                              # (N, T)
+    xs = _upcast(x)
+    k = m.sum()
+    mean = torch.where(m, xs, torch.zeros_like(xs)).sum() / k.clamp(min=1)
+    centred = torch.where(m, xs - mean, torch.zeros_like(xs))    # (N, T)
+    if k < 2:
+        return centred
+    var = (centred ** 2).sum() / (k - 1)
+    return centred * torch.rsqrt(var + eps)

@@ -1,0 +1,185 @@
+"""``paced rl`` end to end on tiny models: every advantage x loss_type, PPO, dynamic sampling,
+prompt weighting, the ledger, reward-function errors, bad configs and exact resume."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from paced.config import ConfigError, RLConfig, SFTConfig, load_config
+from paced.ledger import Ledger
+from paced.train import rl as RL
+from paced.train import sft
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke"
+
+
+@pytest.fixture(scope="module")
+def policy(tmp_path_factory):
+    """A nano model that half-learned 1-digit addition: groups of mixed success exist."""
+    run = tmp_path_factory.mktemp("policy")
+    cfg = load_config(SFTConfig, SMOKE / "sft.yaml", [
+        "data.train=[{source: add, n: 200, difficulty: 1}]", "train.max_steps=150",
+        "train.per_device_train_batch_size=32", "train.save_steps=0", "optim.lr=1e-2",
+        "run.progress=false"], run_dir=run)
+    sft.train(cfg)
+    return run / "model"
+
+
+def rl_cfg(run_dir, policy, *overrides):
+    return load_config(RLConfig, SMOKE / "rl.yaml", [
+        f"policy.path={policy}", "policy.preset=null", "data.train=[{source: add, n: 32, difficulty: 1}]",
+        "run.progress=false", *overrides], run_dir=run_dir)
+
+
+def metrics(run_dir):
+    return [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("advantage", ["grpo", "psr", "nsr", "w_reinforce", "ppo"])
+@pytest.mark.parametrize("loss_type", ["grpo", "bnpo", "dr_grpo", "dapo"])
+def test_every_advantage_and_loss_type(tmp_path, policy, advantage, loss_type):
+    before = load_file(Path(policy) / "model.safetensors")
+    summary = RL.train(rl_cfg(tmp_path, policy, f"rl.advantage={advantage}", f"rl.loss_type={loss_type}",
+                              "rl.max_steps=2", "data.eval=[]"))
+    assert summary["steps"] == 2
+    rows = metrics(tmp_path)
+    assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
+    assert any(r["frac_reward_zero_std"] < 1 for r in rows)  # mixed groups: the update is not zero
+    after = load_file(tmp_path / "model" / "model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    if advantage == "ppo":
+        assert all("value_loss" in r for r in rows)
+        assert (tmp_path / "checkpoints" / "step-2" / "critic.safetensors").exists()
+    if advantage == "psr":
+        assert all(r["kept_rows"] < 32 for r in rows)  # wrong samples dropped
+
+
+def test_rollouts_fill_the_ledger(tmp_path, policy):
+    RL.train(rl_cfg(tmp_path, policy, "rl.max_steps=2", "data.eval=[]"))
+    led = Ledger(tmp_path / "ledger.sqlite")
+    counts = led.counts(stage="rl")
+    assert sum(k for _, k in counts.values()) == 2 * 32  # 2 steps x 4 prompts x 8 generations
+    rows = metrics(tmp_path)
+    per_step = [sum(k for _, k in led.counts(stage="rl", step=s).values()) for s in (1, 2)]
+    assert per_step == [32, 32]
+    assert rows[0]["accuracy"] == pytest.approx(sum(c for c, _ in led.counts(stage="rl", step=1).values()) / 32)
+
+
+def test_dynamic_sampling_keeps_only_varied_groups(tmp_path, policy, monkeypatch):
+    kept = []
+    real = RL.micro_loss
+
+    def spy(policy_, critic, b, rows, adv, keep, *a, **k):
+        kept.append(adv[rows].clone())
+        return real(policy_, critic, b, rows, adv, keep, *a, **k)
+
+    monkeypatch.setattr(RL, "micro_loss", spy)
+    RL.train(rl_cfg(tmp_path, policy, "rl.advantage=grpo", "rl.dynamic_sampling=true",
+                    "rl.max_sampling_rounds=6", "rl.max_steps=2", "data.eval=[]"))
+    rows = metrics(tmp_path)
+    assert all(r["groups"] <= 4 for r in rows)  # 2 x 16 completions = 4 groups of 8
+    assert any(r["sampling_rounds"] > 1 for r in rows) or all(r["frac_reward_zero_std"] == 0 for r in rows)
+    for a in kept:  # grpo advantages of an all-equal group are exactly 0: none may remain
+        groups = a.view(-1, 8)
+        assert (groups.abs().sum(-1) > 0).all()
+
+
+def test_prompt_weighting_uses_the_ledger(tmp_path, policy):
+    cfg = rl_cfg(tmp_path, policy, "rl.prompt_weighting=hard_filter", "rl.max_steps=3", "data.eval=[]")
+    for _ in range(2):  # the second run in the same directory starts from a clean slate
+        RL.train(cfg)
+        rows = metrics(tmp_path)
+        assert rows[0]["mean_prompt_weight"] == 1.0        # nothing tried yet: p̂ = 1/2 everywhere
+        assert rows[-1]["mean_prompt_weight"] < 1.0        # tried prompts at p̂ = 0 or 1 lose their weight
+
+
+def test_resume_equals_uninterrupted(tmp_path, policy, killed_at_update):
+    common = ["rl.max_steps=5", "rl.save_steps=2", "rl.save_total_limit=0", "rl.num_iterations=2",
+              "rl.dynamic_sampling=true", "rl.advantage=grpo", "data.eval=[]"]
+    RL.train(rl_cfg(tmp_path / "full", policy, *common))
+    crashed = rl_cfg(tmp_path / "crash", policy, *common)
+    killed_at_update(lambda: RL.train(crashed), 6)  # 2 updates per step: dies in step 3, after step-2
+    assert (tmp_path / "crash" / "checkpoints" / "step-2").exists()
+    RL.train(crashed, resume=True)
+    a = load_file(tmp_path / "full" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "crash" / "model" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert [r["step"] for r in metrics(tmp_path / "crash")] == [1, 2, 3, 4, 5]
+    full = Ledger(tmp_path / "full" / "ledger.sqlite").counts(stage="rl")
+    crash = Ledger(tmp_path / "crash" / "ledger.sqlite").counts(stage="rl")
+    assert full == crash  # the killed run's rows past the checkpoint were dropped, then redone
+
+
+def test_ppo_resume_restores_the_critic(tmp_path, policy, killed_at_update):
+    common = ["rl.advantage=ppo", "rl.max_steps=4", "rl.save_steps=2", "data.eval=[]"]
+    RL.train(rl_cfg(tmp_path / "full", policy, *common))
+    crashed = rl_cfg(tmp_path / "crash", policy, *common)
+    killed_at_update(lambda: RL.train(crashed), 3)
+    RL.train(crashed, resume=True)
+    a = load_file(tmp_path / "full" / "checkpoints" / "step-4" / "critic.safetensors")
+    b = load_file(tmp_path / "crash" / "checkpoints" / "step-4" / "critic.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+def test_kl_to_reference_and_entropy_bonus(tmp_path, policy):
+    RL.train(rl_cfg(tmp_path, policy, "rl.beta=0.1", "rl.entropy_coef=0.01", "rl.num_iterations=2",
+                    "rl.max_steps=2", "data.eval=[]"))
+    rows = metrics(tmp_path)
+    assert rows[0]["kl"] >= 0 and rows[-1]["kl"] > 0      # the policy moved away from the reference
+    assert all(r["entropy"] > 0 for r in rows)
+
+
+def test_ewc_and_classp_in_rl(tmp_path, policy):
+    RL.train(rl_cfg(tmp_path / "ewc", policy, "regularizer.name=ewc", "regularizer.ewc_lambda=10",
+                    "regularizer.fisher_data=[{source: add, n: 16, difficulty: 1}]", "rl.max_steps=2",
+                    "data.eval=[]"))
+    rows = metrics(tmp_path / "ewc")
+    assert rows[0]["ewc_penalty"] == 0 and rows[1]["ewc_penalty"] > 0  # anchored at the start
+    assert (tmp_path / "ewc" / "ewc.pt").exists()
+    RL.train(rl_cfg(tmp_path / "classp", policy, "optim.name=classp", "optim.lr=0.01", "rl.max_steps=1",
+                    "data.eval=[]"))
+
+
+def test_a_bad_reward_function_is_named(tmp_path, policy):
+    bad = tmp_path / "my_rewards.py"
+    bad.write_text("def short(prompts, completions, **kw):\n    return [1.0]\n")
+    with pytest.raises(ValueError, match="short"):
+        RL.train(rl_cfg(tmp_path / "run", policy, f"rl.reward_funcs=['{bad}:short']", "data.eval=[]"))
+
+
+def test_user_reward_function_trains(tmp_path, policy):
+    good = tmp_path / "len_reward.py"
+    good.write_text("def short_is_good(prompts, completions, **kw):\n"
+                    "    return [1.0 if len(c) <= 2 else 0.0 for c in completions]\n")
+    RL.train(rl_cfg(tmp_path / "run", policy, f"rl.reward_funcs=['{good}:short_is_good', verifier]",
+                    "rl.reward_weights=[0.5, 1.0]", "rl.advantage=grpo", "rl.max_steps=1", "data.eval=[]"))
+    assert metrics(tmp_path / "run")[0]["reward"] >= 0
+
+
+@pytest.mark.parametrize("override, message", [
+    ("rl.per_device_train_batch_size=6", "multiple of rl.num_generations"),
+    ("rl.reward_weights=[1.0, 2.0]", "2 weights for 1 reward functions"),
+    ("rl.reward_funcs=[nonsense]", "rl.reward_funcs[0]"),
+    ("rl.advantage=reinforce", "rl.advantage"),
+    ("rl.loss_typ=dapo", "did you mean 'rl.loss_type'"),
+])
+def test_bad_config_is_named(tmp_path, policy, override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
+        rl_cfg(tmp_path, policy, override)
+
+
+@pytest.mark.slow
+def test_cli_rl_with_eval(tmp_path):
+    out = subprocess.run([sys.executable, "-m", "paced.cli", "rl", "--config", str(SMOKE / "rl.yaml"),
+                          "--run-dir", str(tmp_path)], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["steps"] == 3 and "eval/pass@1" in summary["after"]
+    assert (tmp_path / "checkpoints" / "step-3").exists()

@@ -29,6 +29,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from paced import config as C  # noqa: E402
+from paced.demo import ensure_models  # noqa: E402
 from paced.evaluate import evaluate  # noqa: E402
 from paced.models import load_model_and_tokenizer  # noqa: E402
 from paced.runlog import read_jsonl  # noqa: E402
@@ -64,14 +65,6 @@ def passk_eval(model_dir: Path, examples, a, seed: int) -> dict:
     return out
 
 
-def ensure_models(a) -> None:
-    if (Path(a.models) / "student" / "model" / "config.json").exists():
-        return
-    from paced.demo import run as demo
-    print(f"no demo models in {a.models}: training them with the demo's settings (minutes)")
-    demo(C.load_config(C.DemoConfig, None, ["distill.stages=[]"], run_dir=a.models))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 seed, 40 steps, n = 64, 64 held-out problems")
@@ -99,7 +92,7 @@ def main() -> None:
     a.heldout = a.heldout or (64 if a.quick else 128)
     if a.quick and a.out == ap.get_default("out"):
         a.out = "benchmarks/results/nsr_passk_quick.json"
-    ensure_models(a)
+    ensure_models(a.models)
     from paced.train.rl import train
 
     t0 = time.time()

@@ -39,6 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from paced import config as C  # noqa: E402
+from paced.demo import ensure_models  # noqa: E402
 from paced.checkpoint import list_checkpoints  # noqa: E402
 from paced.evaluate import evaluate  # noqa: E402
 from paced.models import load_model_and_tokenizer  # noqa: E402
@@ -104,14 +105,6 @@ def curve(run_dir: Path, examples, seed: int) -> list[tuple[int, float]]:
     return out
 
 
-def ensure_models(a) -> None:
-    if (Path(a.models) / "student" / "model" / "config.json").exists():
-        return
-    from paced.demo import run as demo
-    print(f"no demo models in {a.models}: training them with the demo's settings (minutes)")
-    demo(C.load_config(C.DemoConfig, None, ["distill.stages=[]"], run_dir=a.models))
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 seed, share 0.5 only, 120 steps, smaller pool")
@@ -139,7 +132,7 @@ def main() -> None:
     a.steps, a.pool = a.steps or steps, a.pool or pool
     a.batch, a.eval_every = 32, max(1, a.steps // 6)
     torch.set_num_threads(a.threads)
-    ensure_models(a)
+    ensure_models(a.models)
     t0 = time.time()
     results: dict[str, list] = {}
     for seed in a.seeds:

@@ -149,22 +149,28 @@ def run_distill_step(cfg: C.DemoConfig, root: Path, models: dict, data: C.DataCf
     return json.loads((sub / "summary.json").read_text())
 
 
-def distill_table(summary: dict, cfg: C.DemoConfig):
+def before_after_table(title: str, rows: list[tuple[str, float, float]]):
+    """A rich table: one row per (name, before, after) with the change."""
     from rich.table import Table
 
-    n = cfg.distill.eval_n
-    t = Table(title=f"PACED distillation on {', '.join(cfg.distill_families)}: held-out target "
-                    f"({', '.join(cfg.distill_target or cfg.distill_families)}) and forgetting probe "
-                    f"(the families not distilled on), mean@{n} / greedy")
+    t = Table(title=title)
     for col in ("", "before", "after", "change"):
         t.add_column(col, justify="left" if not col else "right")
-    for split in ("target", "forgetting"):
-        if split in summary["after"]:
-            for metric in ("mean@n", "greedy"):
-                b, a = summary["before"][split][metric], summary["after"][split][metric]
-                t.add_row(f"{split} {metric.replace('@n', f'@{n}')}", f"{b:.3f}", f"{a:.3f}", f"{a - b:+.3f}")
+    for name, b, a in rows:
+        t.add_row(name, f"{b:.3f}", f"{a:.3f}", f"{a - b:+.3f}")
     return t
 
+
+def distill_table(summary: dict, cfg: C.DemoConfig):
+    n = cfg.distill.eval_n
+    rows = [(f"{split} {metric.replace('@n', f'@{n}')}", summary["before"][split][metric],
+             summary["after"][split][metric])
+            for split in ("target", "forgetting") if split in summary["after"]
+            for metric in ("mean@n", "greedy")]
+    return before_after_table(
+        f"PACED distillation on {', '.join(cfg.distill_families)}: held-out target "
+        f"({', '.join(cfg.distill_target or cfg.distill_families)}) and forgetting probe "
+        f"(the families not distilled on), mean@{n} / greedy", rows)
 
 def run_rl_step(cfg: C.DemoConfig, root: Path, models: dict, data: C.DataCfg, resume: bool) -> dict:
     """Step 7: W-REINFORCE from the student; returns its summary (held-out before/after)."""
@@ -187,15 +193,19 @@ def run_rl_step(cfg: C.DemoConfig, root: Path, models: dict, data: C.DataCfg, re
 
 
 def rl_table(summary: dict, cfg: C.DemoConfig):
-    from rich.table import Table
-
     n = cfg.rl.eval_n
-    t = Table(title=f"RL ({summary['advantage']}, {summary['steps']} steps) on {', '.join(cfg.rl_families)}: "
-                    f"held-out problems, n = {n} samples at T = {cfg.rl.temperature}")
-    for col in ("", "before", "after", "change"):
-        t.add_column(col, justify="left" if not col else "right")
-    for key in ("pass@1", f"pass@{n}", "greedy"):
-        b, a = summary["before"].get(f"eval/{key}"), summary["after"].get(f"eval/{key}")
-        if b is not None and a is not None:
-            t.add_row(key, f"{b:.3f}", f"{a:.3f}", f"{a - b:+.3f}")
-    return t
+    b, a = summary["before"], summary["after"]
+    rows = [(k, b[f"eval/{k}"], a[f"eval/{k}"]) for k in ("pass@1", f"pass@{n}", "greedy")
+            if b.get(f"eval/{k}") is not None and a.get(f"eval/{k}") is not None]
+    return before_after_table(
+        f"RL ({summary['advantage']}, {summary['steps']} steps) on {', '.join(cfg.rl_families)}: "
+        f"held-out problems, n = {n} samples at T = {cfg.rl.temperature}", rows)
+
+
+def ensure_models(models_dir) -> None:
+    """The demo's teacher and student in ``models_dir`` (trained with the demo's settings, the
+    distillation and RL steps skipped, when missing): what the benchmarks start from."""
+    if (Path(models_dir) / "student" / "model" / "config.json").exists():
+        return
+    console.print(f"no demo models in {models_dir}: training them with the demo's settings (minutes)")
+    run(C.load_config(C.DemoConfig, None, ["distill.stages=[]", "rl_families=[]"], run_dir=models_dir))

@@ -22,3 +22,30 @@ def killed_at_update(monkeypatch):
             train()
         monkeypatch.setattr(torch.optim.AdamW, "step", real_step)
     return run
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """Tiny tensors: intra-op threads only add sync cost (ms per op on a busy 2-core box)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def half_learned_add(tmp_path_factory):
+    """A nano model that half-learned 1-digit addition (150 SFT steps): pass rates strictly
+    inside (0, 1) on about half of a small pool, so weightings and RL groups have signal."""
+    from pathlib import Path
+
+    from paced.config import SFTConfig, load_config
+    from paced.train import sft
+    run = tmp_path_factory.mktemp("half_learned_add")
+    smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke"
+    cfg = load_config(SFTConfig, smoke / "sft.yaml", [
+        "data.train=[{source: add, n: 200, difficulty: 1}]", "train.max_steps=150",
+        "train.per_device_train_batch_size=32", "train.save_steps=0", "optim.lr=1e-2",
+        "run.progress=false"], run_dir=run)
+    sft.train(cfg)
+    return run / "model"

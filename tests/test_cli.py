@@ -222,6 +222,21 @@ def test_rl_under_torchrun(tmp_path, advantage, dynamic):
         assert all(t >= 64 and t % 32 == 0 for t in trials)
 
 
+def test_rl_reward_function_errors_name_the_function(tmp_path):
+    """A reward function returning a non-number stops the run with its name and the row, no
+    traceback; a spec that does not load is named before any model loads."""
+    f = tmp_path / "rw.py"
+    f.write_text("def says_yes(prompts, completions, **kw):\n    return ['yes'] * len(completions)\n")
+    proc = paced("rl", "--config", SMOKE / "rl.yaml", "--run-dir", tmp_path / "r",
+                 f"rl.reward_funcs=['{f}:says_yes']", check=False)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert "says_yes" in proc.stderr and "'yes'" in proc.stderr
+    proc = paced("rl", "--config", SMOKE / "rl.yaml", "--run-dir", tmp_path / "r2",
+                 f"rl.reward_funcs=['{f}:no_such_fn']", check=False)
+    assert proc.returncode == 1 and "no_such_fn" in proc.stderr
+    assert not (tmp_path / "r2" / "init").exists()  # failed before the model was built
+
+
 def test_sft_with_classp_optimizer_and_resume(tmp_path):
     """optim.name=classp works in the trainers, and its state survives a resume."""
     args = ["--config", SMOKE / "sft.yaml", "optim.name=classp", "optim.lr=0.05",

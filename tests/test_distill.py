@@ -7,27 +7,20 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from paced.config import DistillConfig, SFTConfig, load_config
+from paced.config import DistillConfig, load_config
 from paced.ledger import Ledger
 from paced.models import build_tiny, char_tokenizer, load_model_and_tokenizer
 from paced.train import distill as D
-from paced.train import sft
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke"
 
 
 @pytest.fixture(scope="module")
-def student(tmp_path_factory):
-    """A nano model that half-learned 1-digit addition: pass rates strictly inside (0, 1) on
-    about half of the pool, so every weighting has problems to train on."""
-    run = tmp_path_factory.mktemp("student")
-    cfg = load_config(SFTConfig, SMOKE / "sft.yaml", [
-        "data.train=[{source: add, n: 200, difficulty: 1}]", "train.max_steps=150",
-        "train.per_device_train_batch_size=32", "train.save_steps=0", "optim.lr=1e-2",
-        "run.progress=false"], run_dir=run)
-    sft.train(cfg)
-    return run / "model"
+def student(half_learned_add):
+    """tests/conftest.py: p̂ strictly inside (0, 1) on about half of the pool, so every
+    weighting has problems to train on."""
+    return half_learned_add
 
 
 def distill_cfg(run_dir, student, *overrides):

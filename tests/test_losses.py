@@ -11,13 +11,7 @@ from paced.losses import (DISTILL_LOSSES, akl, akl_weights, chunked_token_loss, 
 SHAPES = [(1, 1, 2), (2, 3, 5), (3, 7, 33), (2, 4, 257)]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add sync cost (ms per op on a busy 2-core box)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny tensors, one thread
 
 
 def rand_logits(shape, seed, scale=3.0, dtype=torch.float64):

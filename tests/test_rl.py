@@ -9,25 +9,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from paced.config import ConfigError, RLConfig, SFTConfig, load_config
+from paced.config import ConfigError, RLConfig, load_config
 from paced.ledger import Ledger
 from paced.train import rl as RL
-from paced.train import sft
 
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke"
 
 
 @pytest.fixture(scope="module")
-def policy(tmp_path_factory):
-    """A nano model that half-learned 1-digit addition: groups of mixed success exist."""
-    run = tmp_path_factory.mktemp("policy")
-    cfg = load_config(SFTConfig, SMOKE / "sft.yaml", [
-        "data.train=[{source: add, n: 200, difficulty: 1}]", "train.max_steps=150",
-        "train.per_device_train_batch_size=32", "train.save_steps=0", "optim.lr=1e-2",
-        "run.progress=false"], run_dir=run)
-    sft.train(cfg)
-    return run / "model"
+def policy(half_learned_add):
+    """tests/conftest.py: groups of mixed success exist."""
+    return half_learned_add
 
 
 def rl_cfg(run_dir, policy, *overrides):

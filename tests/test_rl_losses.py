@@ -12,12 +12,7 @@ from paced.rl_losses import (ADVANTAGES, LOSS_TYPES, clipped_surrogate, entropy_
                              w_reinforce_advantages, whiten)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py: tiny tensors, one thread
 
 
 # 3 groups of n = 4: mixed, all correct, all wrong

@@ -109,10 +109,8 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime as dt
 import json
 import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -126,6 +124,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import have_trl, machine  # noqa: E402
 from paced.config import StageCfg  # noqa: E402
 from paced.models import char_tokenizer, encode_prompts, tiny_model  # noqa: E402
 from paced.rollout import SamplingParams, sample  # noqa: E402
@@ -144,14 +144,6 @@ COMPARISONS = (("off-policy forward KL", "ours_fkl", "trl_gkd_fkl"),
                ("on-policy reverse KL, no teacher cache", "ours_rkl_nocache", "trl_distill_rkl"),
                ("on-policy reverse KL", "ours_rkl", "trl_gkd_rkl"),
                ("on-policy reverse KL", "ours_rkl", "trl_distill_rkl"))
-
-
-def have_trl() -> bool:
-    try:
-        import trl  # noqa: F401
-        return True
-    except ImportError:
-        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -565,30 +557,6 @@ def zero_weight(threads: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-def machine() -> dict:
-    import transformers
-    info = {"date": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
-            "platform": platform.platform(), "python": platform.python_version(),
-            "cpus": os.cpu_count(), "torch": torch.__version__, "transformers": transformers.__version__,
-            "loadavg_start": os.getloadavg()}
-    try:
-        with open("/proc/cpuinfo") as f:
-            info["cpu"] = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
-    except (OSError, StopIteration):
-        pass
-    try:
-        import trl
-        info["trl"] = trl.__version__
-    except ImportError:
-        info["trl"] = None
-    try:
-        info["git"] = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, check=False,
-                                     capture_output=True, text=True).stdout.strip()
-    except OSError:
-        pass
-    return info
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="fewer repeats, no TRL memory (~1-6 minutes)")

@@ -1,0 +1,542 @@
+"""Seconds per GRPO step: ``paced rl`` against TRL's GRPOTrainer and a minimal hand-written loop.
+
+    pip install trl                                     # optional benchmark dependency
+    nice python benchmarks/rl_step_vs_trl.py --quick    # tiny + small, 1 thread (~1.5-3 min)
+    nice python benchmarks/rl_step_vs_trl.py            # + 2 threads, 8-step blocks, cProfile (~8-12 min)
+    python benchmarks/rl_step_vs_trl.py --presets small --threads 2 --rounds 6 --block 8
+
+Writes benchmarks/results/rl_step_vs_trl.json (``--out``). Without TRL installed the TRL rows are
+skipped. Targets: ours <= 0.8x TRL's s/step, and ours within 5% of the hand loop.
+
+Shared setup (every contender, fp32, CPU, ``torch.set_num_threads(threads)``): the model is
+``build_tiny(preset, dir, seed=0)`` (a Llama from paced/models.py with the char tokenizer and its
+chat template, saved as a normal HF directory) and every contender loads it from that directory
+(so each block starts from the same weights); data = ``generate("add", 256, seed=0, (1, 8))``
+(through ``data.train = [{source: add, ...}]``, the same list); one step = 8 prompts x 8
+generations = 64 completions of at most 16 new tokens, temperature 1, top-k 0, top-p 1;
+GRPO advantages (group mean / group std, TRL's scale_rewards "group"), rewards = paced.tasks.verify
+(0/1), the token-mean clipped surrogate (loss_type "dapo", eps 0.2), beta 0 (no reference model),
+num_iterations 1 (ratio = exp(logp - logp.detach()), no old-log-prob forward), one optimizer step
+per rollout batch (64 rows, one micro-batch), AdamW lr 1e-5 betas (0.9, 0.99) weight decay 0,
+gradient-norm clip 1.0, constant LR. Every contender sees the same prompts at the same step: the
+order is our loop's (``paced.train.rl.pick_prompts``); TRL gets the dataset in that order with
+``shuffle_dataset=False``; the prompt token ids TRL builds are checked to equal
+``paced.models.encode_prompts``.
+
+Contenders:
+  ours   ``paced.train.rl.train(cfg)`` (the real loop of ``paced rl``) with ``policy.path=<dir>
+         rl.advantage=grpo rl.num_generations=8 rl.per_device_train_batch_size=64
+         rl.gradient_accumulation_steps=1 rl.max_steps=k rl.max_completion_length=16
+         rl.loss_type=dapo data.eval=[] rl.save_steps=0 run.progress=false run.threads=N``.
+         Seconds per step = ``step_time`` of metrics.jsonl (prompt choice -> optimizer step; the
+         model load and the final checkpoint of each call are outside it). Phases from the same
+         rows: time_sampling, time_reward, rest of time_rollout (prompt choice, ledger, grouping),
+         time_update; plus, by light wrappers installed by this script (a perf_counter pair each):
+         the policy forward (``completion_logprobs``), ``accelerator.backward`` and ``update``
+         (clip + AdamW + scheduler). "advantages+pack" = step_time - time_rollout - time_update.
+  trl    ``trl.GRPOTrainer(...).train()`` (its real loop) with ``GRPOConfig(per_device_train_batch_size
+         =64, gradient_accumulation_steps=1, steps_per_generation=1, num_generations=8,
+         max_completion_length=16, temperature=1, top_p=1, top_k=0, beta=0, num_iterations=1,
+         loss_type="dapo", epsilon=0.2, scale_rewards="group", learning_rate=1e-5, adam_beta1=0.9,
+         adam_beta2=0.99, weight_decay=0, max_grad_norm=1, optim="adamw_torch",
+         lr_scheduler_type="constant", use_cpu=True, bf16=False, gradient_checkpointing=False,
+         shuffle_dataset=False, max_steps=k, logging/saving/eval off, report_to="none")``,
+         conversational prompts, reward function with TRL's signature wrapping ``verify``.
+         Seconds per step = the interval between consecutive ``on_step_end`` callbacks (the data
+         fetch, generation, scoring, loss, backward, clip and optimizer step). Phases from TRL's own
+         ``profiling_context`` timers (captured by patching ``ProfilingContext._log_metrics``):
+         ``transformers.generate``, ``_calculate_rewards``, the rest of ``_prepare_inputs``,
+         ``compute_loss`` (forward + log-probs + entropy + loss), the rest of ``training_step``
+         (backward), and the rest of the interval (clip, optimizer, scheduler, callbacks, data).
+  hand   a minimal loop written here: HF ``model.generate`` (do_sample, 64 sequences = the 8
+         prompts left-padded and repeated 8 times, 16 new tokens, T 1, top-k 0, top-p 1), decode
+         + ``verify``, GRPO advantages, one forward (``logits_to_keep``) + log-softmax gather, the
+         token-mean clipped surrogate, backward, clip 1.0, AdamW step; timed by phase.
+
+Interleaving: ``--rounds`` rounds (6; fewer, at least 2, once ``--budget`` seconds are spent
+for a preset and thread count: 45 quick, 110 full); in each, every contender runs one block of ``--block`` k steps
+(a fresh run / trainer / model from the directory each block) in an order rotated by one per round;
+the first step of every block is dropped (warm-up: first-call allocations, lazy imports). Reported:
+median s/step (IQR) over all kept steps, the ratios ours/TRL and ours/hand, phase medians, and the
+mean completion length each trained on (sampled, so it differs a little; an untrained model rarely
+samples EOS, so nearly every completion is 16 tokens long). In full mode (or with ``--profile``) a
+cProfile of steps 2..k of one extra block per contender (1 thread, first preset) is summarised
+(top functions by own time, per step) to show where Python-level time goes.
+
+Threads: ``--threads 1 2`` (full mode) times each count in turn. On a 2-core machine that other
+jobs keep busy, 2 OpenMP threads per process make every parallel region wait for a worker the
+scheduler has to wake; steps of hundreds of millisecond-sized kernels (token-by-token sampling
+most of all) then take several times longer with a very wide spread, for every contender alike.
+The 1-thread numbers are the stable ones there; treat 2-thread ratios as indicative only.
+
+Not timed: the model load and final checkpoint of each ``train`` call, TRL's trainer
+construction; ours' ``step_time`` also stops before the loop writes its metrics row, while TRL's
+interval includes its callbacks (small at logging_strategy "no").
+
+The machine these numbers come from is shared and usually busy (see the load averages in the
+JSON): expect noise of tens of percent between runs; compare ratios from the same run.
+"""
+from __future__ import annotations
+
+import argparse
+import cProfile
+import io
+import json
+import os
+import pstats
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+from common import have_trl, machine  # noqa: E402
+from paced.models import build_tiny, encode_prompts, load_model_and_tokenizer, quiet_hf  # noqa: E402
+from paced.tasks import verify  # noqa: E402
+from paced.tasks.synthetic import generate  # noqa: E402
+
+PROMPTS, G, MAX_NEW, POOL = 8, 8, 16, 256
+LR, BETAS, WD, CLIP, EPS, LOSS_TYPE, SEED = 1e-5, (0.9, 0.99), 0.0, 1.0, 0.2, "dapo", 0
+CONTENDERS = ("ours", "trl", "hand")
+
+
+class Setup:
+    """The model directory, the pool of problems and the per-step prompt order, for one preset."""
+
+    def __init__(self, preset: str, tmp: Path, steps: int):
+        from paced.train.rl import pick_prompts
+
+        self.preset, self.tmp = preset, tmp
+        self.model_dir = tmp / f"model-{preset}"
+        model, self.tok = build_tiny(preset, self.model_dir, seed=SEED)
+        self.n_params = sum(p.numel() for p in model.parameters())
+        self.source = {"source": "add", "n": POOL, "difficulty": [1, 8], "seed": 0}
+        self.pool = generate("add", POOL, seed=0, difficulty=(1, 8))
+        self.prompt_ids = encode_prompts(self.tok, [e.prompt for e in self.pool])
+        # our loop's prompts at step s (no dynamic sampling, no weighting): the seeded permutation
+        self.order = [pick_prompts(POOL, PROMPTS, SEED, PROMPTS * s) for s in range(steps)]
+
+
+# ---------------------------------------------------------------------------------------------
+# ours: paced.train.rl.train, timed from metrics.jsonl (+ light wrappers for forward/backward/update)
+# ---------------------------------------------------------------------------------------------
+class OursHooks:
+    """Per-step forward / backward / update seconds of paced.train.rl.train, by wrapping the
+    module-level names the loop looks up at call time (restored on exit)."""
+
+    def __init__(self, profile_steps: tuple[int, int] | None = None):
+        self.steps, self.acc = [], {"forward": 0.0, "backward": 0.0}
+        self.profile_steps, self.profiler = profile_steps, None
+
+    def __enter__(self):
+        import accelerate
+
+        import paced.train.rl as rl
+        self._saved = (rl.completion_logprobs, rl.update, accelerate.Accelerator.backward)
+        fwd, upd, bwd = self._saved
+        hooks = self
+
+        def completion_logprobs(*a, **k):
+            t = time.perf_counter()
+            out = fwd(*a, **k)
+            hooks.acc["forward"] += time.perf_counter() - t
+            return out
+
+        def backward(self_acc, *a, **k):
+            t = time.perf_counter()
+            out = bwd(self_acc, *a, **k)
+            hooks.acc["backward"] += time.perf_counter() - t
+            return out
+
+        def update(*a, **k):
+            t = time.perf_counter()
+            out = upd(*a, **k)
+            hooks.steps.append({**hooks.acc, "optimizer": time.perf_counter() - t})
+            hooks.acc = {"forward": 0.0, "backward": 0.0}
+            hooks._profile_toggle(len(hooks.steps))
+            return out
+
+        rl.completion_logprobs, rl.update, accelerate.Accelerator.backward = completion_logprobs, update, backward
+        return self
+
+    def _profile_toggle(self, done: int) -> None:
+        if self.profile_steps is None:
+            return
+        first, last = self.profile_steps  # profile steps first..last (1-based): from the end of first-1
+        if done == first - 1:
+            self.profiler = cProfile.Profile()
+            self.profiler.enable()
+        elif done == last and self.profiler is not None:
+            self.profiler.disable()
+
+    def __exit__(self, *exc):
+        import accelerate
+
+        import paced.train.rl as rl
+        rl.completion_logprobs, rl.update, accelerate.Accelerator.backward = self._saved
+        if self.profiler is not None:
+            self.profiler.disable()
+
+
+def ours_block(setup: Setup, k: int, threads: int, run_dir: Path, profile: bool = False) -> dict:
+    from paced.config import RLConfig, load_config
+    from paced.train.rl import train
+
+    overrides = [f"policy.path={setup.model_dir}", f"data.train=[{json.dumps(setup.source)}]", "data.eval=[]",
+                 "rl.advantage=grpo", f"rl.num_generations={G}", f"rl.per_device_train_batch_size={PROMPTS * G}",
+                 "rl.gradient_accumulation_steps=1", f"rl.max_steps={k}", f"rl.max_completion_length={MAX_NEW}",
+                 f"rl.loss_type={LOSS_TYPE}", "rl.num_iterations=1", "rl.beta=0", "rl.temperature=1.0",
+                 "rl.top_p=1.0", "rl.top_k=0", f"rl.epsilon={EPS}", "rl.scale_rewards=group",
+                 "rl.save_steps=0", "rl.logging_steps=1000", "optim.name=adamw", f"optim.lr={LR}",
+                 f"optim.beta1={BETAS[0]}", f"optim.beta2={BETAS[1]}", f"optim.weight_decay={WD}",
+                 f"optim.max_grad_norm={CLIP}", "optim.lr_scheduler_type=constant", "optim.warmup_steps=0",
+                 "run.progress=false", f"run.threads={threads}", f"run.seed={SEED}", f"run.dir={run_dir}"]
+    cfg = load_config(RLConfig, None, overrides)
+    from paced.runlog import console
+    quiet = console.quiet
+    console.quiet = True
+    try:
+        with OursHooks((2, k) if profile else None) as hooks:
+            train(cfg)
+    finally:
+        console.quiet = quiet
+    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    rows = [r for r in rows if "step_time" in r]
+    assert len(rows) == k == len(hooks.steps), (len(rows), k, len(hooks.steps))
+    steps = []
+    for r, h in zip(rows, hooks.steps):
+        ph = {"sampling": r["time_sampling"], "reward": r["time_reward"],
+              "rollout_rest": r["time_rollout"] - r["time_sampling"] - r["time_reward"],
+              "advantages+pack": r["step_time"] - r["time_rollout"] - r["time_update"],
+              "forward": h["forward"], "backward": h["backward"], "optimizer": h["optimizer"],
+              "update_rest": r["time_update"] - h["forward"] - h["backward"] - h["optimizer"]}
+        steps.append({"s": r["step_time"], "len": r["completion_length"], "phases": ph,
+                      "logged": {key: r[key] for key in ("time_sampling", "time_reward", "time_rollout",
+                                                         "time_update", "step_time")}})
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return {"steps": steps, "profile": hooks.profiler}
+
+
+# ---------------------------------------------------------------------------------------------
+# TRL: GRPOTrainer(...).train(), timed by a callback; phases from TRL's own profiling contexts
+# ---------------------------------------------------------------------------------------------
+_TRL_EVENTS: list[tuple[str, float]] = []
+
+
+def _patch_trl_profiling() -> None:
+    from trl.extras import profiling
+
+    if getattr(profiling.ProfilingContext, "_bench_patched", False):
+        return
+    orig = profiling.ProfilingContext._log_metrics
+
+    def _log_metrics(self, duration: float) -> None:
+        _TRL_EVENTS.append((self.name.split(".", 1)[-1], duration))
+        return orig(self, duration)
+
+    profiling.ProfilingContext._log_metrics = _log_metrics
+    profiling.ProfilingContext._bench_patched = True
+
+
+def trl_block(setup: Setup, k: int, threads: int, out_dir: Path, profile: bool = False,
+              check_ids: bool = False) -> dict:
+    import logging
+
+    from datasets import Dataset
+    from transformers import TrainerCallback
+    from trl import GRPOConfig, GRPOTrainer
+
+    logging.getLogger("trl").setLevel(logging.ERROR)
+    _patch_trl_profiling()
+    torch.set_num_threads(threads)
+    pool = setup.pool
+    order = [i for s in range(k) for i in setup.order[s]]
+    rows = [{"prompt": [{"role": "user", "content": pool[i].prompt}], "idx": i} for i in order]
+    lengths: list[float] = []
+
+    def verifier_reward(prompts, completions, completion_ids, idx, **kwargs):
+        lengths.append(float(np.mean([len(c) for c in completion_ids])))
+        texts = [c[-1]["content"] if isinstance(c, list) else c for c in completions]
+        return [float(verify(t, pool[i])) for t, i in zip(texts, idx)]
+
+    class Clock(TrainerCallback):
+        def __init__(self):
+            self.ends, self.events, self.prof = [], [], None
+
+        def on_step_end(self, args, state, control, **kw):
+            self.ends.append(time.perf_counter())
+            self.events.append(list(_TRL_EVENTS))
+            _TRL_EVENTS.clear()
+            if profile and len(self.ends) == 1:
+                self.prof = cProfile.Profile()
+                self.prof.enable()
+            elif profile and len(self.ends) == k and self.prof is not None:
+                self.prof.disable()
+
+    args = GRPOConfig(
+        output_dir=str(out_dir), per_device_train_batch_size=PROMPTS * G, gradient_accumulation_steps=1,
+        steps_per_generation=1, num_generations=G, max_completion_length=MAX_NEW, temperature=1.0, top_p=1.0,
+        top_k=0, beta=0.0, num_iterations=1, loss_type=LOSS_TYPE, epsilon=EPS, scale_rewards="group",
+        learning_rate=LR, adam_beta1=BETAS[0], adam_beta2=BETAS[1], weight_decay=WD, max_grad_norm=CLIP,
+        optim="adamw_torch", lr_scheduler_type="constant", warmup_steps=0, use_cpu=True, bf16=False, fp16=False,
+        gradient_checkpointing=False, shuffle_dataset=False, max_steps=k, logging_strategy="no",
+        save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True, seed=SEED,
+        dataloader_num_workers=0, log_completions=False)
+    model, tok = load_model_and_tokenizer(setup.model_dir)
+    clock = Clock()
+    trainer = GRPOTrainer(model=model, reward_funcs=verifier_reward, args=args,
+                          train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[clock])
+    from transformers.trainer_callback import PrinterCallback
+    trainer.remove_callback(PrinterCallback)  # no end-of-train metrics dump on stdout
+    if check_ids:
+        ids = trainer._tokenize_prompts([rows[j]["prompt"] for j in range(len(rows))])[0]
+        assert [list(x) for x in ids] == [setup.prompt_ids[i] for i in order], \
+            "TRL tokenises the prompts differently from paced.models.encode_prompts"
+    ts_times = []
+    inner = trainer.training_step
+
+    def training_step(*a, **kw):
+        t = time.perf_counter()
+        out = inner(*a, **kw)
+        ts_times.append(time.perf_counter() - t)
+        return out
+
+    trainer.training_step = training_step
+    _TRL_EVENTS.clear()
+    trainer.train()
+    assert len(clock.ends) == k == len(ts_times), (len(clock.ends), k, len(ts_times))
+    steps = []
+    for s in range(1, k):
+        ev: dict[str, float] = {}
+        for name, d in clock.events[s]:
+            ev[name] = ev.get(name, 0.0) + d
+        interval = clock.ends[s] - clock.ends[s - 1]
+        gen = ev.get("transformers.generate", 0.0)
+        rew = ev.get("_calculate_rewards", 0.0)
+        prep = ev.get("_prepare_inputs", 0.0)
+        loss = ev.get("compute_loss", 0.0)
+        ph = {"sampling": gen, "reward": rew, "scoring_rest": prep - gen - rew,
+              "compute_loss": loss, "logps+entropy": ev.get("_get_per_token_logps_and_entropies", 0.0),
+              "backward+rest": ts_times[s] - prep - loss, "optimizer+loop": interval - ts_times[s]}
+        steps.append({"s": interval, "len": lengths[s], "phases": ph, "trl_training_step_s": ts_times[s]})
+    shutil.rmtree(out_dir, ignore_errors=True)
+    return {"steps": steps, "profile": clock.prof}
+
+
+# ---------------------------------------------------------------------------------------------
+# hand: the same work written minimally
+# ---------------------------------------------------------------------------------------------
+def hand_block(setup: Setup, k: int, threads: int, profile: bool = False) -> dict:
+    from transformers import GenerationConfig
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(SEED)
+    model, tok = load_model_and_tokenizer(setup.model_dir)
+    model.train()
+    opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, weight_decay=WD)
+    pad, eos = tok.pad_token_id, tok.eos_token_id
+    gcfg = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=MAX_NEW,
+                            pad_token_id=pad, eos_token_id=eos)
+    steps, prof = [], None
+    for s in range(k):
+        if profile and s == 1:
+            prof = cProfile.Profile()
+            prof.enable()
+        t0 = time.perf_counter()
+        idx = setup.order[s]
+        prompts = [setup.prompt_ids[i] for i in idx for _ in range(G)]                # 64 rows, grouped
+        P = max(map(len, prompts))
+        ids = torch.tensor([[pad] * (P - len(p)) + p for p in prompts])              # (64, P) left-padded
+        pmask = (ids != pad).long()
+        with torch.no_grad():
+            out = model.generate(input_ids=ids, attention_mask=pmask, generation_config=gcfg)
+        t1 = time.perf_counter()
+        comp = out[:, P:]                                                            # (64, R)
+        is_eos = comp == eos
+        first = torch.where(is_eos.any(1), is_eos.int().argmax(1), comp.shape[1])
+        cmask = (torch.arange(comp.shape[1])[None] <= first[:, None]).long()         # up to and incl. EOS
+        texts = tok.batch_decode(comp.masked_fill(cmask == 0, pad), skip_special_tokens=True)
+        rewards = torch.tensor([float(verify(t, setup.pool[i])) for t, i in
+                                zip(texts, [i for i in idx for _ in range(G)])])
+        t2 = time.perf_counter()
+        r = rewards.view(-1, G)
+        adv = ((r - r.mean(1, keepdim=True)) / (r.std(1, keepdim=True) + 1e-4)).view(-1, 1)  # (64, 1)
+        full = torch.cat([ids, comp], 1)
+        amask = torch.cat([pmask, cmask], 1)
+        pos = (amask.cumsum(-1) - 1).clamp(min=0)
+        R = comp.shape[1]
+        t3 = time.perf_counter()
+        logits = model(input_ids=full, attention_mask=amask, position_ids=pos, logits_to_keep=R + 1).logits[:, :-1]
+        logp = logits.float().log_softmax(-1).gather(-1, comp[..., None]).squeeze(-1)  # (64, R)
+        t4 = time.perf_counter()
+        ratio = torch.exp(logp - logp.detach())
+        per_tok = -torch.min(ratio * adv, ratio.clamp(1 - EPS, 1 + EPS) * adv)
+        m = cmask.float()
+        loss = (per_tok * m).sum() / m.sum().clamp(min=1)
+        t5 = time.perf_counter()
+        loss.backward()
+        t6 = time.perf_counter()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        t7 = time.perf_counter()
+        if s > 0:
+            steps.append({"s": t7 - t0, "len": float(m.sum(1).mean()),
+                          "phases": {"sampling": t1 - t0, "reward": t2 - t1, "advantages+pack": t3 - t2,
+                                     "forward": t4 - t3, "loss": t5 - t4, "backward": t6 - t5,
+                                     "optimizer": t7 - t6}})
+    if prof is not None:
+        prof.disable()
+    return {"steps": steps, "profile": prof}
+
+
+# ---------------------------------------------------------------------------------------------
+def run_block(name: str, setup: Setup, k: int, threads: int, tag: str, profile: bool = False,
+              check_ids: bool = False) -> dict:
+    torch.set_num_threads(threads)
+    if name == "ours":
+        out = ours_block(setup, k, threads, setup.tmp / f"ours-{tag}", profile)
+        out["steps"] = out["steps"][1:]  # drop the warm-up step
+        return out
+    if name == "trl":
+        return trl_block(setup, k, threads, setup.tmp / f"trl-{tag}", profile, check_ids)
+    return hand_block(setup, k, threads, profile)
+
+
+def summarise(steps: list[dict]) -> dict:
+    s = [x["s"] for x in steps]
+    q = np.percentile(s, [25, 50, 75])
+    keys = list(steps[0]["phases"])
+    return {"median_s": float(q[1]), "iqr_s": [float(q[0]), float(q[2])], "steps": len(s), "all_s": s,
+            "mean_completion_length": float(np.mean([x["len"] for x in steps])),
+            "phases_median_s": {key: statistics.median(x["phases"][key] for x in steps) for key in keys}}
+
+
+def timing(setup: Setup, names: list[str], threads: int, rounds: int, k: int, budget_s: float) -> dict:
+    """Interleaved blocks; stops early (after at least 2 rounds) once ``budget_s`` is spent."""
+    got = {n: [] for n in names}
+    t0 = time.perf_counter()
+    done = 0
+    for r in range(rounds):
+        if r >= 2 and time.perf_counter() - t0 > budget_s:
+            print(f"  time budget ({budget_s:.0f} s) spent after {r} rounds")
+            break
+        order = names[r % len(names):] + names[:r % len(names)]
+        for n in order:
+            out = run_block(n, setup, k, threads, f"{threads}-{r}", check_ids=(r == 0 and n == "trl"))
+            got[n] += out["steps"]
+        done += 1
+        print(f"  [{setup.preset}, {threads} thread(s)] round {r + 1}/{rounds} done ({time.perf_counter() - t0:.0f} s, "
+              f"load {os.getloadavg()[0]:.1f})", flush=True)
+    res = {n: summarise(v) for n, v in got.items()}
+    cmp = {}
+    if "ours" in res and "trl" in res:
+        cmp["ours/trl"] = res["ours"]["median_s"] / res["trl"]["median_s"]
+    if "ours" in res and "hand" in res:
+        cmp["ours/hand"] = res["ours"]["median_s"] / res["hand"]["median_s"]
+    if "trl" in res and "hand" in res:
+        cmp["trl/hand"] = res["trl"]["median_s"] / res["hand"]["median_s"]
+    return {"contenders": res, "ratios": cmp, "rounds": done, "seconds": time.perf_counter() - t0,
+            "loadavg_after": os.getloadavg()}
+
+
+def profile_summary(prof: cProfile.Profile, steps: int, top: int = 15) -> list[dict]:
+    st = pstats.Stats(prof, stream=io.StringIO())
+    rows = []
+    for (file, line, fn), (cc, nc, tt, ct, _) in st.stats.items():
+        rows.append({"function": f"{Path(file).name}:{line}({fn})" if line else fn, "calls_per_step": nc / steps,
+                     "tottime_ms_per_step": 1e3 * tt / steps, "cumtime_ms_per_step": 1e3 * ct / steps})
+    total = sum(r["tottime_ms_per_step"] for r in rows)
+    rows.sort(key=lambda r: -r["tottime_ms_per_step"])
+    return [{"total_ms_per_step": total}] + rows[:top]
+
+
+def print_table(preset: str, threads: int, res: dict) -> None:
+    c = res["contenders"]
+    print(f"\n{preset}, {threads} thread(s): median s/step ({res['seconds']:.0f} s)")
+    print(f"{'contender':<9}{'median s':>10}{'IQR':>18}{'steps':>7}{'len':>6}   phases (median s)")
+    for n, r in c.items():
+        iqr = f"{r['iqr_s'][0]:.3f}-{r['iqr_s'][1]:.3f}"
+        ph = ", ".join(f"{key} {v:.3f}" for key, v in r["phases_median_s"].items())
+        print(f"{n:<9}{r['median_s']:>10.3f}{iqr:>18}{r['steps']:>7}{r['mean_completion_length']:>6.1f}   {ph}")
+    print("ratios: " + ", ".join(f"{key} {v:.2f}" for key, v in res["ratios"].items())
+          + "   (targets: ours/trl <= 0.8, ours/hand <= 1.05)")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help="1 thread, 6-step blocks, no profile (~2-3 min)")
+    ap.add_argument("--presets", nargs="+", default=None, help="model presets (default: tiny small)")
+    ap.add_argument("--threads", type=int, nargs="+", default=None, help="torch threads (quick: 1; full: 1 2)")
+    ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (6)")
+    ap.add_argument("--block", type=int, default=None, help="steps per block, the first dropped (quick 6, full 8)")
+    ap.add_argument("--budget", type=float, default=None,
+                    help="seconds per (preset, threads) before stopping after >= 2 rounds (quick 45, full 110)")
+    ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
+                    help="cProfile one extra block per contender (default: on in full mode)")
+    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "rl_step_vs_trl.json"))
+    a = ap.parse_args()
+    warnings.filterwarnings("ignore")
+    quiet_hf()
+    presets = a.presets or ["tiny", "small"]
+    threads = a.threads or ([1] if a.quick else [1, 2])
+    rounds = a.rounds or 6
+    k = a.block or (6 if a.quick else 8)
+    budget = a.budget or (45.0 if a.quick else 110.0)
+    profile = (not a.quick) if a.profile is None else a.profile
+    trl_ok = have_trl()
+    if not trl_ok:
+        print("trl is not installed: TRL rows skipped (pip install trl)")
+    names = [n for n in CONTENDERS if n != "trl" or trl_ok]
+    info = machine()
+    print(f"torch {info['torch']}, transformers {info['transformers']}, trl {info['trl']}; presets {presets}, "
+          f"threads {threads}, {rounds} rounds x {k}-step blocks; load average {info['loadavg_start'][0]:.2f} "
+          f"on {info['cpus']} CPUs", flush=True)
+    results: dict = {}
+    profiles: dict = {}
+    with tempfile.TemporaryDirectory() as tmpd:
+        tmp = Path(tmpd)
+        for preset in presets:
+            setup = Setup(preset, tmp, max(k, 4))
+            results[preset] = {"parameters": setup.n_params, "by_threads": {}}
+            for th in threads:
+                res = timing(setup, names, th, rounds, k, budget)
+                results[preset]["by_threads"][str(th)] = res
+                print_table(preset, th, res)
+            if profile and preset == presets[0]:
+                pk = max(k, 4)
+                for n in names:
+                    out = run_block(n, setup, pk, 1, "profile", profile=True)
+                    profiles[n] = profile_summary(out["profile"], pk - 1)
+                print(f"\ncProfile, {preset}, 1 thread, steps 2..{pk} (own time per step, top 8):")
+                for n, rows in profiles.items():
+                    print(f"  {n}: total {rows[0]['total_ms_per_step']:.0f} ms/step")
+                    for r in rows[1:9]:
+                        print(f"    {r['tottime_ms_per_step']:8.1f} ms  {r['calls_per_step']:8.0f} calls  {r['function']}")
+    info["loadavg_end"] = os.getloadavg()
+    result = {"benchmark": "rl_step_vs_trl", "mode": "quick" if a.quick else "full", "machine": info,
+              "settings": {"prompts_per_step": PROMPTS, "num_generations": G, "max_completion_length": MAX_NEW,
+                           "pool": POOL, "data": "add, difficulty (1, 8), seed 0", "dtype": "float32",
+                           "loss_type": LOSS_TYPE, "epsilon": EPS, "beta": 0.0, "num_iterations": 1,
+                           "temperature": 1.0, "top_k": 0, "top_p": 1.0, "lr": LR, "betas": BETAS,
+                           "weight_decay": WD, "max_grad_norm": CLIP, "presets": presets, "threads": threads,
+                           "rounds_max": rounds, "budget_s": budget, "block_steps": k, "dropped_per_block": 1},
+              "results": results, "profiles": profiles,
+              "notes": "shared, busy machine: absolute times are noisy (see the load averages); ratios come "
+                       "from interleaved blocks. ours: step_time from metrics.jsonl; trl: on_step_end intervals "
+                       "of GRPOTrainer.train(); hand: wall time of the step written in this file."}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
+    print(f"\nwrote {a.out}")
+
+
+if __name__ == "__main__":
+    main()

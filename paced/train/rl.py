@@ -29,6 +29,7 @@ trained by the same optimizer (TRL uses a reward model's backbone; we have none)
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import time
@@ -277,7 +278,7 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
         for it in range(r.num_iterations if N else 0):
             for m, (rows, b) in enumerate(zip(micro, batches)):
                 sync = m == len(micro) - 1
-                with accelerator.no_sync(policy) if not sync else _null():
+                with accelerator.no_sync(policy) if not sync else contextlib.nullcontext():
                     loss, st = micro_loss(policy, critic, b, rows, adv, keep, old_logp, ref_logp, values,
                                           returns, r, norm, first_pass=(it == 0))
                     loss = loss * world  # DDP averages gradients over processes; the normalisers are global
@@ -416,8 +417,3 @@ class _Params:
 
     def parameters(self):
         return iter(self._params)
-
-
-def _null():
-    import contextlib
-    return contextlib.nullcontext()

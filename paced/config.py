@@ -106,6 +106,8 @@ class TrainCfg:
                                 "for teacher: self with teacher.privileged", min=0.0, max=1.0)
     privileged_template: str = F("{prompt}(answer {answer})", "prompt of the privileged examples "
                                  "({prompt}, {answer}); the same default as teacher.privileged_template")
+    privileged_extra: bool = F(False, "privileged examples are extra copies next to the plain ones "
+                               "(the plain task keeps all its examples) instead of replacing them")
 
 
 @dataclass

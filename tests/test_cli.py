@@ -259,10 +259,14 @@ def test_sft_privileged_share_shows_the_answer_in_a_seeded_share_of_prompts():
     from paced.tasks.synthetic import generate
     from paced.train.sft import sft_prompts
     exs = generate("add", 400, seed=0, difficulty=(1, 3))
-    assert sft_prompts(exs, TrainCfg(), 0) == [e.prompt for e in exs]
+    assert sft_prompts(exs, TrainCfg(), 0) == [(i, e.prompt) for i, e in enumerate(exs)]
     got = sft_prompts(exs, TrainCfg(privileged_share=0.25), 0)
-    shown = [g != e.prompt for g, e in zip(got, exs)]
+    assert [i for i, _ in got] == list(range(400))                           # replaced in place
+    shown = [g != e.prompt for (_, g), e in zip(got, exs)]
     assert 70 <= sum(shown) <= 130
-    assert all(g == f"{e.prompt}(answer {e.answer})" for g, e, s in zip(got, exs, shown) if s)
+    assert all(g == f"{e.prompt}(answer {e.answer})" for (_, g), e, s in zip(got, exs, shown) if s)
     assert got == sft_prompts(exs, TrainCfg(privileged_share=0.25), 0)       # seeded
     assert got != sft_prompts(exs, TrainCfg(privileged_share=0.25), 1)
+    extra = sft_prompts(exs, TrainCfg(privileged_share=0.25, privileged_extra=True), 0)
+    assert extra[:400] == [(i, e.prompt) for i, e in enumerate(exs)]        # every plain example kept
+    assert extra[400:] == [(i, g) for i, g in got if g != exs[i].prompt]     # plus the same privileged ones

@@ -5,7 +5,8 @@
 
 Algorithm:
     examples <- data.train sources, keeping those with a reference solution (a seeded
-                train.privileged_share of them with the answer also in the prompt)
+                train.privileged_share of them with the answer also in the prompt: instead of
+                the plain prompt, or as extra copies with train.privileged_extra)
     for step = 1 .. max_steps:
         batch  <- next global batch of the seeded, per-epoch permutation (each process its slice)
         loss   <- token-mean cross-entropy on response tokens only (prompt and padding masked)
@@ -38,14 +39,20 @@ from ..tasks import load_sources
 IGNORE = -100
 
 
-def sft_prompts(examples, train_cfg, seed: int) -> list[str]:
-    """Each example's prompt; a seeded ``privileged_share`` of them also show the answer
-    (``privileged_template``), so that the model learns to use it when it is there."""
+def sft_prompts(examples, train_cfg, seed: int) -> list[tuple[int, str]]:
+    """(example index, prompt) pairs to train on. A seeded ``privileged_share`` of the examples
+    also show the answer (``privileged_template``), so that the model learns to use it when it
+    is there: in place of their plain prompt, or — ``privileged_extra`` — as extra copies next to
+    it (the plain task keeps all its examples)."""
+    plain = [(i, e.prompt) for i, e in enumerate(examples)]
     if train_cfg.privileged_share == 0:
-        return [e.prompt for e in examples]
+        return plain
     shown = np.random.default_rng([seed, 17]).random(len(examples)) < train_cfg.privileged_share
-    return [train_cfg.privileged_template.format(prompt=e.prompt, answer=e.answer) if s else e.prompt
-            for e, s in zip(examples, shown)]
+    privileged = {i: train_cfg.privileged_template.format(prompt=e.prompt, answer=e.answer)
+                  for i, e in enumerate(examples) if shown[i]}
+    if train_cfg.privileged_extra:
+        return plain + sorted(privileged.items())
+    return [(i, privileged.get(i, p)) for i, p in plain]
 
 
 def tokenize_sft(tokenizer, prompt: str, response: str, max_length: int) -> tuple[list[int], list[int]]:
@@ -160,8 +167,8 @@ def train(cfg: SFTConfig, resume: bool = False, optimizer_state: dict | None = N
     examples = [e for e in load_sources(cfg.data.train, "data.train") if e.solution]
     if not examples:
         raise ValueError("data.train: no example has a reference solution to train on")
-    data = [tokenize_sft(tok, p, e.solution, cfg.train.max_length)
-            for e, p in zip(examples, sft_prompts(examples, cfg.train, cfg.run.seed))]
+    data = [tokenize_sft(tok, p, examples[i].solution, cfg.train.max_length)
+            for i, p in sft_prompts(examples, cfg.train, cfg.run.seed)]
 
     optimizer = optimizer_from(model.parameters(), cfg.optim)
     if optimizer_state is not None:

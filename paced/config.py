@@ -168,6 +168,9 @@ class StageCfg:
     normalize: str = F("sum", "batch loss = sum w l / sum w (sum) or / N (count)", choices=("sum", "count"))
     sample_by_weight: bool = F(False, "draw batches with probability proportional to w (then w = 1)")
     reestimate_every: int = F(0, "re-estimate p-hat every E steps (0 = once, at the stage start)", min=0)
+    online_passrate: bool = F(False, "student-response stages: verify the responses each step samples "
+                              "anyway and re-estimate p-hat from the stage-start estimate plus those "
+                              "(no fresh rollouts after the first)")
     beta: float = F(0.5, "jsd: mixing (0 = forward KL, 1 = reverse KL; TRL GKD convention)", min=0.0, max=1.0)
     temperature: float = F(1.0, "softmax temperature inside the KL", min=1e-6)
     akl_mu: float = F(0.5, "akl: teacher mass of the head", min=0.0, max=1.0)
@@ -446,6 +449,11 @@ def check(cfg) -> None:
                                                    or st.weight_beta % 1):
             raise ConfigError(f"distill.stages[{i}].weight_estimator: 'unbiased' needs weighting "
                               f"'beta' with integer weight_alpha and weight_beta")
+        responses = st.responses if st.responses != "auto" else \
+            ("teacher" if st.loss_type in ("forward_kl", "akl") else "student")
+        if st.online_passrate and responses != "student":
+            raise ConfigError(f"distill.stages[{i}].online_passrate: needs a stage on student responses "
+                              f"(reverse_kl / jsd, or responses: student), not {st.loss_type} on {responses}'s")
     reg = getattr(cfg, "regularizer", None)
     if reg is not None and reg.name == "ewc" and not reg.fisher_data:
         raise ConfigError("regularizer.fisher_data: regularizer.name 'ewc' needs the data whose Fisher "

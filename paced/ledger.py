@@ -101,6 +101,20 @@ def histogram(p, bins: int = 8) -> dict:
             "at_zero": int((p == 0).sum()), "at_one": int((p == 1).sum()), "n": int(p.size)}
 
 
+def gather_counts(counts: dict, world: int) -> dict:
+    """Sum {problem_id: [successes, trials]} over the processes of a distributed run (a
+    collective: every process must call it); unchanged with one process."""
+    if world == 1:
+        return counts
+    from accelerate.utils import gather_object
+    out: dict[str, list[int]] = {}
+    for part in gather_object([counts]):
+        for pid, (c, k) in part.items():
+            ck = out.setdefault(pid, [0, 0])
+            ck[0], ck[1] = ck[0] + c, ck[1] + k
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # Storage
 # ---------------------------------------------------------------------------------------------

@@ -190,3 +190,35 @@ def test_teacher_caches_train_like_no_cache_and_resume_exactly(tmp_path, student
     c = load_file(tmp_path / "crash" / "model" / "model.safetensors")
     for k in a:
         assert torch.equal(a[k], c[k]), k
+
+
+def test_online_passrate_reuses_the_stage_rollouts_and_resumes_exactly(tmp_path, student, killed_at_update):
+    """online_passrate: the K-rollout estimate runs once (stage start); the student responses
+    every step draws are verified into the ledger and feed later estimates; a killed run drops
+    the online rows past its checkpoint and ends with the same weights and the same ledger."""
+    stages = ("distill.stages=[{name: s, loss_type: reverse_kl, max_steps: 6, weighting: hard_filter, "
+              "reestimate_every: 2, online_passrate: true}]")
+    common = ["teacher.privileged=false", "data.eval=[]", "data.forgetting=[]", stages,
+              "distill.per_device_train_batch_size=8", "distill.save_steps=2", "distill.save_total_limit=0"]
+    D.train(distill_cfg(tmp_path / "full", student, *common))
+    led = Ledger(tmp_path / "full" / "ledger.sqlite")
+    assert {s["stage"] for s in led.summary()} == {"0:s", "0:s:online"}
+    estimates = [r for r in led.summary() if r["stage"] == "0:s"]
+    assert estimates[0]["max_step"] == 0                       # K rollouts only at the stage start
+    online = [sum(k for _, k in led.counts(stage="0:s:online", step=s).values()) for s in range(1, 7)]
+    assert online == [8] * 6                                    # one verified response per problem per step
+    crashed = distill_cfg(tmp_path / "crash", student, *common)
+    killed_at_update(lambda: D.train(crashed), 5)              # after checkpoint step-4
+    D.train(crashed, resume=True)
+    a = load_file(tmp_path / "full" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "crash" / "model" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    assert Ledger(tmp_path / "crash" / "ledger.sqlite").counts(stage="0:s:online") == \
+        led.counts(stage="0:s:online")
+
+
+def test_online_passrate_needs_student_responses(tmp_path, student):
+    from paced.config import ConfigError
+    with pytest.raises(ConfigError, match="online_passrate"):
+        distill_cfg(tmp_path, student, "distill.stages=[{name: s, loss_type: forward_kl, online_passrate: true}]")

@@ -13,12 +13,16 @@ Algorithm (one pass of the loop per stage of ``distill.stages``):
             ℓ_i       <- mean over response tokens of loss(p_S, p_T) (full vocabulary, chunked)
             L         <- Σ_i w_i ℓ_i / Σ_i w_i   (or / N)        -> backward, clip, step
                          (+ λ Σ F (θ − θ*)² with regularizer.name=ewc: paced/train/regularizer.py)
-            every reestimate_every steps: p̂, w, pool re-estimated from fresh rollouts
+            every reestimate_every steps: p̂, w, pool re-estimated from fresh rollouts (or, with
+                online_passrate, from the stage-start estimate plus the verified student
+                responses the stage has drawn so far: no extra rollouts)
     before and after: held-out target accuracy (data.eval) and forgetting probe (data.forgetting)
 
 Deviations from the paper, each a switch: sampling ∝ w (``sample_by_weight``) then uniform
 weights inside the batch, instead of weighting a uniform batch; the unbiased estimator of
-p^α(1-p)^β (``weight_estimator: unbiased``); ÷N normalisation (``normalize: count``). With
+p^α(1-p)^β (``weight_estimator: unbiased``); ÷N normalisation (``normalize: count``); p̂ from
+the stage's own verified student responses (``online_passrate``: a running sum over a moving
+student, at student_temperature). With
 ``sample_by_weight`` off, batches are drawn uniformly from the non-zero-weight pool, so "equal
 compute" means equal numbers of problems actually trained on (BENCHMARKS.md).
 """
@@ -34,14 +38,14 @@ import torch
 from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ..config import DistillConfig, StageCfg
 from ..evaluate import evaluate
-from ..ledger import Ledger, histogram
+from ..ledger import Ledger, gather_counts, histogram
 from ..losses import DISTILL_LOSSES, chunked_token_loss, masked_mean
 from ..models import encode_prompts, load_model_and_tokenizer, save_pretrained
 from ..passrate import estimate
 from ..rollout import SamplingParams, sample
 from ..run import load_model, start_run
 from ..runlog import Progress, RunLog, console, write_json
-from ..tasks import load_sources
+from ..tasks import load_sources, verify
 from ..teacher import TeacherHiddenCache, TeacherPromptCache, check_vocab, response_hidden, teacher_hidden
 from ..weighting import normalize, problem_weights
 from .regularizer import regularizer_from
@@ -153,18 +157,22 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
         if main:
             write_json(run_dir / "before.json", before)
 
-    def weights_at(stage_i: int, stage: StageCfg, at: int):
-        """p̂ and w for every pool problem, estimated at global step ``at`` (reused if recorded)."""
+    def weights_at(stage_i: int, stage: StageCfg, at: int, start: int):
+        """p̂ and w for every pool problem, estimated at global step ``at`` (reused if recorded);
+        online_passrate: the stage-start estimate plus the verified responses of steps ≤ at."""
         name = f"{stage_i}:{stage.name}"
-        counts = ledger.counts(model=tag, stage=name, step=at)
+        base = start if stage.online_passrate else at
+        counts = ledger.counts(model=tag, stage=name, step=base)
         if len(counts) < len(pool):  # not yet estimated (or a kill cut the estimate short)
             params = SamplingParams(temperature=d.passrate_temperature,
-                                    max_tokens=d.max_completion_length, seed=cfg.run.seed * 7919 + at)
+                                    max_tokens=d.max_completion_length, seed=cfg.run.seed * 7919 + base)
             todo = [e for e in pool if e.id not in counts]
             counts.update(estimate(raw, tok, todo, ledger, d.num_generations, params, tag, name,
-                                   step=at, batch_size=d.sampling_batch_size))
-        c = np.array([counts[e.id][0] for e in pool])
-        k = np.array([counts[e.id][1] for e in pool])
+                                   step=base, batch_size=d.sampling_batch_size))
+        online = ledger.counts(model=tag, stage=f"{name}:online", before_step=at + 1) \
+            if stage.online_passrate else {}
+        c = np.array([counts[e.id][0] + online.get(e.id, (0, 0))[0] for e in pool])
+        k = np.array([counts[e.id][1] + online.get(e.id, (0, 0))[1] for e in pool])
         w = problem_weights(c, k, stage.weighting, stage.weight_alpha, stage.weight_beta,
                             stage.weight_estimator)
         return c / k, w
@@ -189,6 +197,18 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
                                    seed=cfg.run.seed * 1000003 + at), eos_token_id=eos, pad_token_id=pad)
         return [row[:n] for row, n in zip(ro.completion_ids.tolist(), ro.lengths.tolist())]
 
+    def record_online(name: str, ids: list[str], resp: list[list[int]], at: int) -> None:
+        counts: dict[str, list[int]] = {}
+        for i, text in zip(ids, tok.batch_decode(resp, skip_special_tokens=True)):
+            ck = counts.setdefault(i, [0, 0])
+            ck[0], ck[1] = ck[0] + int(verify(text, by_id[i])), ck[1] + 1
+        ledger.record(gather_counts(counts, world), model=tag, stage=name, step=at)
+
+    # a resumed run redoes the steps past its checkpoint: their online rows go (a fresh run: all)
+    for i, st in enumerate(d.stages):
+        if st.online_passrate:
+            ledger.forget_from(tag, f"{i}:{st.name}:online", step + 1 if ckpt is not None else 0)
+
     # What the frozen teacher computes on repeated inputs (paced/teacher.py): hidden states on
     # greedy teacher responses (off-policy), prompt KV caches (otherwise).
     hidden_cache = TeacherHiddenCache(d.teacher_cache_mib * 2 ** 20)
@@ -205,14 +225,14 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
         kw = loss_kwargs(stage)
         every = stage.reestimate_every or stage.max_steps
         est_at = stage_start + ((step - stage_start) // every) * every  # the estimate in force
-        p_hat, w = weights_at(stage_i, stage, est_at)
+        p_hat, w = weights_at(stage_i, stage, est_at, stage_start)
         console.print(f"stage {stage_i} '{stage.name}': {stage.loss_type} on {who} responses, "
                       f"weighting {stage.weighting}; {int((w > 0).sum())}/{len(pool)} problems "
                       f"with w > 0 (p̂ = 0: {int((p_hat == 0).sum())}, p̂ = 1: {int((p_hat == 1).sum())})")
         while step < stage_end:
             if step > est_at and (step - stage_start) % every == 0:
                 est_at = step
-                p_hat, w = weights_at(stage_i, stage, est_at)
+                p_hat, w = weights_at(stage_i, stage, est_at, stage_start)
             live = np.flatnonzero(w > 0)
             if live.size == 0:
                 raise ValueError(f"stage {stage.name!r}: every problem has weight 0 at step {step} "
@@ -231,6 +251,8 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
             pick, raw_w = pick[rank::world], raw_w[rank::world]
             ids = [pool[i].id for i in pick]
             resp = responses_for(ids, who, step)
+            if stage.online_passrate:  # the responses drawn anyway, verified: p̂ rows for later
+                record_online(f"{stage_i}:{stage.name}:online", ids, resp, step + 1)
             resp = [r if r else [tok.eos_token_id] for r in resp]
             dev = accelerator.device
             s_ids, s_mask, s_pos, Ps = pack([s_prompts[i] for i in ids], resp, tok.pad_token_id)

@@ -40,7 +40,7 @@ import torch
 from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ..config import RLConfig
 from ..evaluate import evaluate
-from ..ledger import Ledger
+from ..ledger import Ledger, gather_counts
 from ..models import encode_prompts, save_pretrained
 from ..rewards import REWARDS, compute_rewards, load_reward_function
 from ..rl_losses import (ADVANTAGES, LOSS_TYPES, clipped_surrogate, entropy_from_logits, gae,
@@ -233,7 +233,7 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
                                    "completions": [c[:n] for c, n in zip(ro.completion_ids[rows].tolist(), n_tok)],
                                    "sample_logp": [lp[:n] for lp, n in zip(ro.sample_logp[rows], n_tok)]})
             # every process records every process's rollouts: the ledgers (and p̂ weights) agree
-            ledger.record(_merge_counts(counts, world), model=tag, stage=cfg.ledger.stage, step=step + 1)
+            ledger.record(gather_counts(counts, world), model=tag, stage=cfg.ledger.stage, step=step + 1)
             short = torch.tensor(float(len(groups) < local_prompts), device=dev)
             if not r.dynamic_sampling or rounds >= r.max_sampling_rounds or \
                     float(accelerator.reduce(short, "sum")) == 0:
@@ -367,19 +367,6 @@ def micro_loss(policy, critic, b, rows, adv, keep, old_logp, ref_logp, values, r
         st["value_loss"] = vloss.item()
         loss = loss + r.vf_coef * vloss
     return loss, st
-
-
-def _merge_counts(counts: dict, world: int) -> dict:
-    """Sum {id: [c, k]} over processes (a collective: every process calls it every round)."""
-    if world == 1:
-        return counts
-    from accelerate.utils import gather_object
-    out: dict[str, list[int]] = {}
-    for part in gather_object([counts]):
-        for pid, (c, k) in part.items():
-            ck = out.setdefault(pid, [0, 0])
-            ck[0], ck[1] = ck[0] + c, ck[1] + k
-    return out
 
 
 def _pack_rows(prompts, completions, rows, pad, dev):

@@ -172,6 +172,7 @@ def distill_table(summary: dict, cfg: C.DemoConfig):
         f"({', '.join(cfg.distill_target or cfg.distill_families)}) and forgetting probe "
         f"(the families not distilled on), mean@{n} / greedy", rows)
 
+
 def run_rl_step(cfg: C.DemoConfig, root: Path, models: dict, data: C.DataCfg, resume: bool) -> dict:
     """Step 7: W-REINFORCE from the student; returns its summary (held-out before/after)."""
     from .train.rl import train as run_rl

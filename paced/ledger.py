@@ -101,6 +101,15 @@ def histogram(p, bins: int = 8) -> dict:
             "at_zero": int((p == 0).sum()), "at_one": int((p == 1).sum()), "n": int(p.size)}
 
 
+def tally(ids, successes) -> dict[str, list[int]]:
+    """{problem_id: [successes, trials]} of verified samples, one (id, success) per sample."""
+    out: dict[str, list[int]] = {}
+    for pid, ok in zip(ids, successes):
+        ck = out.setdefault(pid, [0, 0])
+        ck[0], ck[1] = ck[0] + int(ok), ck[1] + 1
+    return out
+
+
 def gather_counts(counts: dict, world: int) -> dict:
     """Sum {problem_id: [successes, trials]} over the processes of a distributed run (a
     collective: every process must call it); unchanged with one process."""
@@ -140,14 +149,6 @@ class Ledger:
             self._pid = os.getpid()
         return self._db
 
-    def close(self) -> None:
-        if self._db is not None and self._pid == os.getpid():
-            self._db.close()
-        self._db = None
-
-    def __getstate__(self):  # picklable: the connection stays behind
-        return {"path": self.path, "_db": None, "_pid": None}
-
     def record(self, results: dict[str, tuple[int, int]], model: str, stage: str,
                step: int = 0) -> None:
         """Append {problem_id: (successes, trials)} in one transaction (all or nothing)."""
@@ -172,7 +173,11 @@ class Ledger:
         ``latest_only``: use only each problem's most recent row (a fresh estimate after the
         model moved) instead of the running sum over its whole history.
         """
-        where, args = self._where(model, stage, step)
+        where, args = [], []
+        for column, value in (("model", model), ("stage", stage), ("step", step)):
+            if value is not None:
+                where.append(f"{column} = ?")
+                args.append(value)
         if before_step is not None:
             where.append("step < ?")
             args.append(int(before_step))
@@ -187,15 +192,6 @@ class Ledger:
             wanted = set(problem_ids)
             out = {pid: ck for pid, ck in out.items() if pid in wanted}
         return out
-
-    @staticmethod
-    def _where(model, stage, step) -> tuple[list[str], list]:
-        where, args = [], []
-        for column, value in (("model", model), ("stage", stage), ("step", step)):
-            if value is not None:
-                where.append(f"{column} = ?")
-                args.append(value)
-        return where, args
 
     def forget_from(self, model: str, stage: str, step: int) -> int:
         """Delete the (model, stage) rows recorded at ``step`` or later: what a killed run wrote

@@ -18,15 +18,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from .losses import _upcast  # x in at least fp32 (bf16/fp16/int/bool -> fp32; fp64 stays fp64)
+
 
 # ---------------------------------------------------------------------------------------------
 # Helpers
 # ---------------------------------------------------------------------------------------------
-def _upcast(x: Tensor) -> Tensor:
-    """x in at least fp32 (bf16/fp16/int/bool -> fp32; fp64 stays fp64)."""
-    return x.to(torch.promote_types(x.dtype, torch.float32))
-
-
 def _groups(rewards: Tensor, n: int, rule: str) -> Tensor:
     """rewards (N,) -> (G, n) in at least fp32; checks that N is a multiple of n."""
     if rewards.dim() != 1:

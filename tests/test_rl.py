@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from paced.config import ConfigError, RLConfig, load_config
 from paced.ledger import Ledger
+from paced.runlog import read_jsonl
 from paced.train import rl as RL
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -30,7 +31,7 @@ def rl_cfg(run_dir, policy, *overrides):
 
 
 def metrics(run_dir):
-    return [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return read_jsonl(Path(run_dir) / "metrics.jsonl")
 
 
 @pytest.mark.parametrize("advantage", ["grpo", "psr", "nsr", "w_reinforce", "ppo"])

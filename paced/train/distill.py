@@ -38,7 +38,7 @@ import torch
 from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ..config import DistillConfig, StageCfg
 from ..evaluate import evaluate
-from ..ledger import Ledger, gather_counts, histogram
+from ..ledger import Ledger, gather_counts, histogram, tally
 from ..losses import DISTILL_LOSSES, chunked_token_loss, masked_mean
 from ..models import encode_prompts, load_model_and_tokenizer, save_pretrained
 from ..passrate import estimate
@@ -198,10 +198,8 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
         return [row[:n] for row, n in zip(ro.completion_ids.tolist(), ro.lengths.tolist())]
 
     def record_online(name: str, ids: list[str], resp: list[list[int]], at: int) -> None:
-        counts: dict[str, list[int]] = {}
-        for i, text in zip(ids, tok.batch_decode(resp, skip_special_tokens=True)):
-            ck = counts.setdefault(i, [0, 0])
-            ck[0], ck[1] = ck[0] + int(verify(text, by_id[i])), ck[1] + 1
+        texts = tok.batch_decode(resp, skip_special_tokens=True)
+        counts = tally(ids, [verify(t, by_id[i]) for i, t in zip(ids, texts)])
         ledger.record(gather_counts(counts, world), model=tag, stage=name, step=at)
 
     # a resumed run redoes the steps past its checkpoint: their online rows go (a fresh run: all)

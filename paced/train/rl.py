@@ -40,11 +40,12 @@ import torch
 from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ..config import RLConfig
 from ..evaluate import evaluate
-from ..ledger import Ledger, gather_counts
+from ..ledger import Ledger, gather_counts, tally
 from ..models import encode_prompts, save_pretrained
-from ..rewards import REWARDS, compute_rewards, load_reward_function
+from ..rewards import REWARDS, compute_rewards, load_reward_function, verifier_reward
 from ..rl_losses import (ADVANTAGES, LOSS_TYPES, clipped_surrogate, entropy_from_logits, gae,
-                         group_has_variance, kl_k3, terminal_rewards, value_loss, whiten)
+                         group_has_variance, kl_k3, reward_zero_std_share, terminal_rewards, value_loss,
+                         whiten)
 from ..rollout import SAMPLERS, SamplingParams
 from ..run import load_model, start_run
 from ..runlog import Progress, RunLog, console
@@ -156,6 +157,9 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
                  enabled=main)
 
     G = r.num_generations
+    adv_kw = {"grpo": {"scale_rewards": r.scale_rewards},
+              "w_reinforce": {"lam": r.w_reinforce_lambda}}.get(r.advantage, {})
+    trainable = _Params(list(policy.parameters()) + (list(critic.parameters()) if critic is not None else []))
     local_prompts = r.per_device_train_batch_size * r.gradient_accumulation_steps // G
     global_prompts = local_prompts * world
     if main:
@@ -194,9 +198,8 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
         groups: list[dict] = []
         rounds, sampled, zero_std, t_sample, t_reward = 0, 0, [], 0.0, 0.0
         while True:
-            want = global_prompts
-            idx = pick_prompts(len(pool), want, cfg.run.seed, prompts_seen, weights, (step, rounds))
-            prompts_seen += want
+            idx = pick_prompts(len(pool), global_prompts, cfg.run.seed, prompts_seen, weights, (step, rounds))
+            prompts_seen += global_prompts
             mine = idx[rank::world] if len(groups) < local_prompts else []
             rounds += 1
             counts: dict[str, list[int]] = {}   # {problem id: [successes, trials]} of this round
@@ -212,17 +215,13 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
                 ts = time.perf_counter()
                 texts = ro.texts(tok)
                 rows_ex = [pool[mine[int(j)]] for j in ro.prompt_index]
-                correct = torch.tensor([float(verify(t, e)) for t, e in zip(texts, rows_ex)])
-                rewards = (correct if r.reward_funcs == ["verifier"] else
-                           compute_rewards(funcs, r.reward_weights or None, [e.prompt for e in rows_ex],
-                                           texts, rows_ex))
+                correct = [verify(t, e) for t, e in zip(texts, rows_ex)]   # once: ledger and reward
+                rewards = compute_rewards([_verified(correct) if f is verifier_reward else f for f in funcs],
+                                          r.reward_weights or None, [e.prompt for e in rows_ex], texts, rows_ex)
                 t_reward += time.perf_counter() - ts
-                for j, i in enumerate(mine):
-                    ck = counts.setdefault(pool[i].id, [0, 0])
-                    ck[0] += int(correct[j * G:(j + 1) * G].sum())
-                    ck[1] += G
+                counts = tally([e.id for e in rows_ex], correct)
                 varied = group_has_variance(rewards, G)
-                zero_std.append(float((~varied).float().mean()))
+                zero_std.append(reward_zero_std_share(rewards, G))
                 sampled += len(mine)
                 for j, i in enumerate(mine):
                     if r.dynamic_sampling and not varied[j]:
@@ -259,8 +258,7 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
                 adv = whiten(adv, cmask)
             keep = torch.ones(N, dtype=torch.bool)
         else:
-            kw = {"grpo": {"scale_rewards": r.scale_rewards}, "w_reinforce": {"lam": r.w_reinforce_lambda}}
-            adv, keep = ADVANTAGES[r.advantage](rewards, G, **kw.get(r.advantage, {})) if N else \
+            adv, keep = ADVANTAGES[r.advantage](rewards, G, **adv_kw) if N else \
                 (torch.zeros(0), torch.zeros(0, dtype=torch.bool))
             values = returns = None
         ref_logp = _ref_logprobs(ref, batches, N, L, r.temperature) if ref is not None else None
@@ -295,13 +293,12 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
                 stats["value_loss"] += st.pop("value_loss", 0.0)
                 for key, v in st.items():
                     stats[key].append(v)
-            params_all = list(policy.parameters()) + (list(critic.parameters()) if critic is not None else [])
-            grad_norm, lr = update(accelerator, _Params(params_all), optimizer, scheduler, cfg.optim.max_grad_norm)
+            grad_norm, lr = update(accelerator, trainable, optimizer, scheduler, cfg.optim.max_grad_norm)
         t_update = time.perf_counter() - t1
         step += 1
 
         row = {"reward": float(rewards.mean()) if N else float("nan"),
-               "accuracy": float(torch.cat([g["correct"] for g in groups]).mean()) if N else float("nan"),
+               "accuracy": float(np.mean([c for g in groups for c in g["correct"]])) if N else float("nan"),
                "frac_reward_zero_std": float(np.mean(zero_std)) if zero_std else float("nan"),
                "groups": len(groups), "prompts_sampled": sampled, "sampling_rounds": rounds,
                "kept_rows": int(keep.sum()), "completion_length": float(lengths.mean()) if N else 0.0,
@@ -394,6 +391,13 @@ def _ref_logprobs(ref, batches, N, L, temperature):
         out[at:at + ids.shape[0], :R] = lp.cpu()
         at += ids.shape[0]
     return out
+
+
+def _verified(correct: list[bool]):
+    """The verifier reward of this round's completions, already computed for the ledger."""
+    def verifier(prompts, completions, **kwargs) -> list[float]:
+        return [float(c) for c in correct]
+    return verifier
 
 
 class _Params:

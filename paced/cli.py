@@ -1,6 +1,7 @@
 """The ``paced`` command line: subcommands only, each calls one function.
 
     paced <command> --config FILE.yaml [key=value ...] [--run-dir DIR] [--resume]
+    paced analyze BEFORE/eval.json AFTER/eval.json [--k K] [--out DIR]
 
 Every option of a command is listed by ``paced <command> --help``.
 """
@@ -23,6 +24,8 @@ COMMANDS = {
     "ledger": (C.LedgerConfig, "inspect the pass-rate ledger: runs and the p-hat histogram"),
     "demo": (C.DemoConfig, "end-to-end demo on CPU: teacher + student SFT, pass rates, evaluation"),
 }
+# takes two eval.json paths instead of a config
+ANALYZE = "split a pass@1 gain into compression and capability gain (two 'paced eval' results)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +46,11 @@ def build_parser() -> argparse.ArgumentParser:
                            help="continue from the newest complete checkpoint in the run directory")
         if name == "ledger":
             p.add_argument("--path", help="ledger file or run directory (same as ledger.path=...)")
+    p = sub.add_parser("analyze", help=ANALYZE, description=ANALYZE)
+    p.add_argument("before", help="eval.json of the model before training (or its run directory)")
+    p.add_argument("after", help="eval.json of the model after training (or its run directory)")
+    p.add_argument("--k", type=int, help="k of pass@k (default: the largest, n of BEFORE)")
+    p.add_argument("--out", help="where analyze.json and analyze.png go (default: AFTER's directory)")
     return parser
 
 
@@ -52,12 +60,13 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return 2
-    root = COMMANDS[args.command][0]
-    try:
-        cfg = C.load_config(root, args.config, args.overrides, args.run_dir)
-    except C.ConfigError as e:
-        print(f"paced {args.command}: config error: {e}", file=sys.stderr)
-        return 2
+    cfg = None
+    if args.command in COMMANDS:
+        try:
+            cfg = C.load_config(COMMANDS[args.command][0], args.config, args.overrides, args.run_dir)
+        except C.ConfigError as e:
+            print(f"paced {args.command}: config error: {e}", file=sys.stderr)
+            return 2
     try:
         _dispatch(args, cfg)
     except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as e:
@@ -96,6 +105,9 @@ def _dispatch(args, cfg) -> None:
     elif args.command == "demo":
         from .demo import run
         run(cfg, resume=args.resume)
+    elif args.command == "analyze":
+        from .analyze import run
+        run(args.before, args.after, args.k, args.out)
 
 
 if __name__ == "__main__":

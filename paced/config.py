@@ -105,7 +105,8 @@ class TrainCfg:
                                 "(privileged_template): teaches a model to use privileged context, "
                                 "for teacher: self with teacher.privileged", min=0.0, max=1.0)
     privileged_template: str = F("{prompt}(answer {answer})", "prompt of the privileged examples "
-                                 "({prompt}, {answer}); the same default as teacher.privileged_template")
+                                 "({prompt}, {answer}, {hint}); the same default as "
+                                 "teacher.privileged_template; '{prompt}({hint})' = rl.hint_template")
     privileged_extra: bool = F(False, "privileged examples are extra copies next to the plain ones "
                                "(the plain task keeps all its examples) instead of replacing them")
 
@@ -224,6 +225,20 @@ class RLCfg:
     dynamic_sampling: bool = F(False, "drop groups whose rewards are all exactly equal and sample "
                                "more prompts until the batch is full or max_sampling_rounds is spent")
     max_sampling_rounds: int = F(4, "dynamic sampling: rollout rounds per step at most (the budget)", min=1)
+    max_rollouts: int = F(0, "budget: stop after the step in which the completions sampled so far "
+                          "(all rounds, hinted ones included, all processes) reach this (0 = max_steps only)", min=0)
+    guide: bool = F(False, "Guide (ALGORITHMS.md §3): when all num_generations rollouts of a prompt fail, "
+                    "roll out again from the hinted prompt, replace the group, and train the plain-prompt "
+                    "policy through r = pi(o|q) / pi_old(o|q,h) (paced/guide.py)")
+    hint_template: str = F("{prompt}({hint})", "guide: the hinted prompt ({prompt}, {hint}; '{hint}' alone "
+                           "when the data's hint is a whole alternative prompt)")
+    guide_shaping: str = F("percentile", "guide: shaping of the hinted ratio: percentile r/(r+q-quantile), "
+                           "constant r/(r+guide_gamma), power r^guide_power, none",
+                           choices=("percentile", "constant", "power", "none"))
+    guide_quantile: float = F(0.9, "guide, percentile: gamma = this quantile of the micro-batch's hinted "
+                              "ratios", min=0.0, max=1.0)
+    guide_gamma: float = F(1.0, "guide, constant: gamma", min=1e-4)
+    guide_power: float = F(0.5, "guide, power: exponent kappa", min=1e-6, max=1.0)
     reward_funcs: list[str] = F(["verifier"], "reward functions: 'verifier' (the task's checker) or "
                                 "'module:function' / 'file.py:function' with TRL's signature")
     reward_weights: list[float] = F([], "one weight per reward function (default 1 each)")
@@ -509,3 +524,13 @@ def _check_rl(cfg: RLConfig) -> None:
                           f"{len(r.reward_funcs)} reward functions")
     if not cfg.data.train:
         raise ConfigError("data.train: paced rl needs training prompts")
+    if r.guide:
+        from .guide import check_hint_template
+        try:
+            check_hint_template(r.hint_template)
+        except ValueError as e:
+            raise ConfigError(f"rl.hint_template: {e}") from None
+        if all(s.source in ("add", "sub", "mul1", "modular", "countdown") and s.hint_level == 0
+               for s in cfg.data.train):
+            raise ConfigError("data.train: every source has hint_level 0 (no hints); rl.guide needs "
+                              "hints: hint_level 1..3, or a file with a hint field")

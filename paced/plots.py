@@ -74,3 +74,45 @@ def passk_curves(curves: dict[str, dict[int, float]], path, title: str = "",
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
+
+
+CLASS_COLORS = {"compression": "tab:blue", "capability_gain": "tab:green",
+                "capability_loss": "tab:red", "unchanged_or_worse": "tab:orange", "unsolved": "tab:gray"}
+
+
+def gain_split(points: list[tuple[float, float, str]], contributions: dict[str, float], path,
+               k: int, title: str = "") -> Path | None:
+    """``paced analyze``'s picture: left, each problem's pass@k before (x) against its Δpass@1
+    (y), coloured by class; right, each class's contribution to Δpass@1 as a bar.
+
+    ``points`` are (pass@k before, Δpass@1, class); ``contributions`` is {class: Δpass@1 part}.
+    Saves a PNG at ``path`` and returns it, or None when matplotlib is missing.
+    """
+    plt = _pyplot()
+    if plt is None:
+        return None
+    fig, (ax, bx) = plt.subplots(1, 2, figsize=(11, 4.5), gridspec_kw={"width_ratios": [3, 2]})
+    for cls in contributions:
+        xy = [(x, y) for x, y, c in points if c == cls]
+        if xy:
+            ax.scatter(*zip(*xy), s=18, alpha=0.6, color=CLASS_COLORS.get(cls), label=f"{cls} ({len(xy)})")
+    ax.axhline(0, color="black", lw=0.6)
+    ax.set_xlim(-0.03, 1.03)
+    ax.set_ylim(-1.03, 1.03)
+    ax.grid(alpha=0.3)
+    ax.set_xlabel(f"pass@{k} before")
+    ax.set_ylabel("Δpass@1 (after - before)")
+    ax.legend(fontsize=8)
+    names = list(contributions)
+    bx.barh(names, [contributions[n] for n in names], color=[CLASS_COLORS.get(n, "tab:purple") for n in names])
+    bx.axvline(0, color="black", lw=0.6)
+    bx.invert_yaxis()
+    bx.grid(alpha=0.3, axis="x")
+    bx.set_xlabel(f"contribution to Δpass@1 (total {sum(contributions.values()):+.3f})")
+    fig.suptitle(title or "capability gain vs compression")
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -8,6 +8,9 @@ Algorithm (one pass per step; the math is paced/rl_losses.py):
                  (or drawn ∝ w(p̂) with prompt_weighting, p̂ from this run's rollouts so far)
     rollouts  <- num_generations completions per prompt (the shared sampler), old log-probs
     rewards   <- reward_funcs (the task verifiers by default); successes -> the ledger
+    guide:    a group whose num_generations rollouts all fail and whose prompt has a hint is
+                 replaced by num_generations rollouts from the hinted prompt (hint_template),
+                 scored and trained as completions of the plain prompt (paced/guide.py)
     dynamic_sampling: drop groups whose rewards are all exactly equal, sample more prompts
                  until the batch is full or max_sampling_rounds is spent
     A, keep   <- ADVANTAGES[advantage](rewards)  (grpo | psr | nsr | w_reinforce), per row;
@@ -15,17 +18,23 @@ Algorithm (one pass per step; the math is paced/rl_losses.py):
     repeat num_iterations times:
         for each micro-batch: ρ_t = π_θ(o_t|q,o_<t) / π_old(o_t|q,o_<t)
             ℓ_t = −min(ρ_t A, clip(ρ_t, 1−ε, 1+ε_high) A) [+ β k3(π_θ, π_ref)] [− c_H H_t]
+            guide, hinted rows: ℓ_t = −r̃_t A, r_t = π_θ(o_t|q,o_<t) / π_old(o_t|q,h,o_<t), no clip
             L   = LOSS_TYPES[loss_type](ℓ, mask · keep)   [+ vf_coef · clipped value loss]
                   [+ λ Σ F (θ − θ*)² once per optimizer step, regularizer.name=ewc]
             backward
         clip grad norm, optimizer step, scheduler step
-    log, evaluate every eval_steps, checkpoint every save_steps
+    log, evaluate every eval_steps, checkpoint every save_steps; stop at max_steps or max_rollouts
 
 Deviations / choices: one ``step`` is one rollout batch (num_iterations optimizer steps on it);
 with num_iterations = 1 the ratio uses the detached current log-probs (ρ = 1, as TRL); with more
 it uses the sampler's log-probs (same weights and temperature, no extra forward; TRL recomputes
 them). The PPO critic is a copy of the policy's backbone with a zero-initialised scalar head,
-trained by the same optimizer (TRL uses a reward model's backbone; we have none).
+trained by the same optimizer (TRL uses a reward model's backbone; we have none). Guide: "fail"
+is the verifier's verdict (whatever reward_funcs say); hinted rollouts are recorded in the ledger
+under stage "<ledger.stage>:hinted", so p̂ stays the plain prompt's pass rate; hinted old
+log-probs are always the sampler's (π_old(o|q,h) needs the hinted prompt, which the training
+forward does not see). Every run logs ``all_fail_prompts`` (prompts whose rollouts all failed
+once) and ``all_fail_now_solved`` (of those, the ones whose latest plain rollouts solved them).
 """
 from __future__ import annotations
 
@@ -40,66 +49,21 @@ import torch
 from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ..config import RLConfig
 from ..evaluate import evaluate
+from ..guide import all_fail, guided_surrogate, hint_prompt
 from ..ledger import Ledger, gather_counts, tally
 from ..models import encode_prompts, save_pretrained
-from ..rewards import REWARDS, compute_rewards, load_reward_function, verifier_reward
-from ..rl_losses import (ADVANTAGES, LOSS_TYPES, clipped_surrogate, entropy_from_logits, gae,
+from ..rewards import REWARDS, load_reward_function
+from ..rl_losses import (ADVANTAGES, LOSS_TYPES, clipped_surrogate, gae,
                          group_has_variance, kl_k3, reward_zero_std_share, terminal_rewards, value_loss,
                          whiten)
-from ..rollout import SAMPLERS, SamplingParams
 from ..run import load_model, start_run
 from ..runlog import Progress, RunLog, console
-from ..tasks import load_sources, verify
-from ..teacher import _backbone, response_hidden
+from ..tasks import load_sources
 from ..weighting import problem_weights
-from .distill import pack
 from .regularizer import regularizer_from
-from .sft import batch_indices, make_scheduler, optimizer_from, update
-
-
-class ValueModel(torch.nn.Module):
-    """PPO critic: a copy of the policy's backbone and a scalar head, V(q, o_<t) per position."""
-
-    def __init__(self, policy):
-        super().__init__()
-        self.body = copy.deepcopy(_backbone(policy))
-        self.head = torch.nn.Linear(policy.config.hidden_size, 1)
-        torch.nn.init.zeros_(self.head.weight)
-        torch.nn.init.zeros_(self.head.bias)
-
-    def forward(self, ids, mask, pos, P: int, R: int) -> torch.Tensor:
-        h = self.body(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
-        return self.head(h[:, P - 1: P + R - 1]).squeeze(-1).float()          # (B, R)
-
-
-def completion_logprobs(model, ids, mask, pos, P: int, R: int, temperature: float,
-                        entropy: str = "none"):
-    """log π(o_t | q, o_<t) at ``temperature`` for the R completion tokens: (B, R), and the
-    per-token entropy (B, R) with ``entropy`` "grad" (differentiable, for a bonus) or "value"
-    (detached, for logging); else None. ``model`` may be DDP-wrapped (the forward goes through it)."""
-    h = response_hidden(model, ids, mask, pos, P, R)                         # (B, R, H)
-    head = (model.module if hasattr(model, "module") else model).get_output_embeddings()
-    logits = head(h).float() / temperature                                   # (B, R, V)
-    logp = logits.log_softmax(-1).gather(-1, ids[:, P:P + R, None]).squeeze(-1)   # (B, R)
-    if entropy == "none":
-        return logp, None
-    return logp, entropy_from_logits(logits if entropy == "grad" else logits.detach())
-
-
-def pick_prompts(n_pool: int, count: int, seed: int, start: int, weights=None, key=()) -> list[int]:
-    """Indices of ``count`` training prompts: the seeded per-epoch permutation from sample
-    ``start`` on (a pure function: resume is exact), or ∝ ``weights`` (seeded by ``key``)."""
-    if weights is None:
-        return batch_indices(n_pool, seed, start, count)
-    live = np.flatnonzero(weights > 0)
-    if live.size == 0:
-        raise ValueError("rl.prompt_weighting: every prompt has weight 0 (p̂ all 0 or 1)")
-    rng = np.random.default_rng([seed, *key])
-    return rng.choice(live, count, replace=count > live.size, p=weights[live] / weights[live].sum()).tolist()
-
-
-def seed_of(*key: int) -> int:
-    return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1)[0])
+from .rl_parts import (ValueModel, completion_logprobs, critic_values, pack_rows, pick_prompts,
+                       ref_logprobs, roll, seed_of)
+from .sft import make_scheduler, optimizer_from, update
 
 
 def train(cfg: RLConfig, resume: bool = False) -> dict:
@@ -117,6 +81,16 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
         policy, tok, policy_path = load_model(cfg.policy.path, cfg.policy.preset, cfg.policy.init_seed,
                                               cfg.policy.dtype, run_dir)
     prompt_ids = encode_prompts(tok, [e.prompt for e in pool])
+    hint_ids = None
+    if r.guide:
+        hinted_pool = [i for i, e in enumerate(pool) if e.hint]
+        if not hinted_pool:
+            raise ValueError("rl.guide: no training prompt has a hint (synthetic hint_level 0, or the "
+                             "data file has no hint field: see data.train[*].hint_field)")
+        hint_ids = dict(zip(hinted_pool, encode_prompts(tok, [hint_prompt(r.hint_template, pool[i].prompt,
+                                                                          pool[i].hint) for i in hinted_pool])))
+        if main:
+            console.print(f"guide: {len(hinted_pool)} of {len(pool)} training prompts have a hint")
     ref = copy.deepcopy(policy).eval().requires_grad_(False) if r.beta > 0 else None
     critic = ValueModel(policy) if r.advantage == "ppo" else None
 
@@ -140,17 +114,21 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
     ledger = Ledger(cfg.ledger.path or run_dir / "ledger.sqlite") if main else \
         Ledger(run_dir / f".ledger-rank{rank}.sqlite")
     tag = cfg.ledger.model or f"{run_dir.resolve()}:policy"
-    step, prompts_seen = 0, 0
+    step, prompts_seen, rollouts_total = 0, 0, 0
+    once_failed: dict[str, bool] = {}   # prompts whose rollouts once all failed -> solved by the latest
     ckpt = latest_checkpoint(run_dir) if resume else None
     if ckpt is not None:
         state = load_checkpoint(ckpt, raw, optimizer, scheduler)
         step, prompts_seen = state["step"], state["prompts_seen"]
+        rollouts_total, once_failed = state.get("rollouts_total", 0), state.get("once_failed", {})
         if critic is not None:
             from safetensors.torch import load_file
             accelerator.unwrap_model(critic).load_state_dict(load_file(ckpt / "critic.safetensors"))
         dropped = ledger.forget_from(tag, cfg.ledger.stage, step + 1)
+        ledger.forget_from(tag, f"{cfg.ledger.stage}:hinted", step + 1)
         console.print(f"resumed from {ckpt} at step {step} ({dropped} ledger rows past it dropped)")
-    elif dropped := ledger.forget_from(tag, cfg.ledger.stage, 0):
+    elif (dropped := ledger.forget_from(tag, cfg.ledger.stage, 0)) + \
+            ledger.forget_from(tag, f"{cfg.ledger.stage}:hinted", 0):
         # a fresh run in this directory replaces the last one, its ledger rows included
         console.print(f"[yellow]{dropped} ledger rows of an earlier run ({tag}, {cfg.ledger.stage}) dropped[/]")
     log = RunLog(run_dir, cfg.run.report_to, r.logging_steps, resume_step=step if ckpt else None,
@@ -178,7 +156,8 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
         if main:
             extra = {"critic": accelerator.unwrap_model(critic).state_dict()} if critic is not None else None
             save_checkpoint(run_dir, at, raw, tok, optimizer, scheduler,
-                            {"prompts_seen": prompts_seen, "policy_path": policy_path},
+                            {"prompts_seen": prompts_seen, "policy_path": policy_path,
+                             "rollouts_total": rollouts_total, "once_failed": once_failed},
                             model_state_dict=accelerator.get_state_dict(policy),
                             keep=r.save_total_limit, extra_tensors=extra)
 
@@ -186,7 +165,7 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
     if before and main:
         console.print("before: " + ", ".join(f"{k} {v:.3f}" for k, v in before.items() if v is not None))
     bar = Progress(r.max_steps, "rl", cfg.run.progress and main, initial=step)
-    while step < r.max_steps:
+    while step < r.max_steps and not (r.max_rollouts and rollouts_total >= r.max_rollouts):
         t0 = time.perf_counter()
         weights = None
         if r.prompt_weighting != "none":  # p̂ from the rollouts recorded before this step
@@ -197,42 +176,52 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
         # ---- rollouts (dynamic sampling: rounds until every process holds local_prompts groups)
         groups: list[dict] = []
         rounds, sampled, zero_std, t_sample, t_reward = 0, 0, [], 0.0, 0.0
+        rollouts, guided, guided_solved = 0, 0, 0
         while True:
             idx = pick_prompts(len(pool), global_prompts, cfg.run.seed, prompts_seen, weights, (step, rounds))
             prompts_seen += global_prompts
             mine = idx[rank::world] if len(groups) < local_prompts else []
             rounds += 1
-            counts: dict[str, list[int]] = {}   # {problem id: [successes, trials]} of this round
+            counts, hint_counts = {}, {}   # {problem id: [successes, trials]} of this round
             if mine:
-                ts = time.perf_counter()
-                ro = SAMPLERS["hf"](raw, [prompt_ids[i] for i in mine],
-                                    SamplingParams(n=G, temperature=r.temperature, top_p=r.top_p,
-                                                   top_k=r.top_k, max_tokens=r.max_completion_length,
-                                                   seed=seed_of(cfg.run.seed, step, rounds, rank)),
-                                    eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                                    batch_size=r.sampling_batch_size)
-                t_sample += time.perf_counter() - ts
-                ts = time.perf_counter()
-                texts = ro.texts(tok)
-                rows_ex = [pool[mine[int(j)]] for j in ro.prompt_index]
-                correct = [verify(t, e) for t, e in zip(texts, rows_ex)]   # once: ledger and reward
-                rewards = compute_rewards([_verified(correct) if f is verifier_reward else f for f in funcs],
-                                          r.reward_weights or None, [e.prompt for e in rows_ex], texts, rows_ex)
-                t_reward += time.perf_counter() - ts
-                counts = tally([e.id for e in rows_ex], correct)
-                varied = group_has_variance(rewards, G)
+                exs = [pool[i] for i in mine]
+                comps, lps, correct, rewards, ts = roll(raw, tok, [prompt_ids[i] for i in mine], exs, funcs, r,
+                                                         seed_of(cfg.run.seed, step, rounds, rank))
+                counts = tally([e.id for e in exs for _ in range(G)], correct)
                 zero_std.append(reward_zero_std_share(rewards, G))
-                sampled += len(mine)
+                hinted = [False] * len(mine)
+                stuck = [j for j in all_fail(correct, G).nonzero().flatten().tolist()
+                         if hint_ids is not None and mine[j] in hint_ids]
+                if stuck:   # guide: the hinted group replaces the failed one
+                    h_comps, h_lps, h_correct, h_rewards, h_ts = roll(
+                        raw, tok, [hint_ids[mine[j]] for j in stuck], [exs[j] for j in stuck], funcs, r,
+                        seed_of(cfg.run.seed, step, rounds, rank, 1))
+                    hint_counts = tally([exs[j].id for j in stuck for _ in range(G)], h_correct)
+                    rewards = rewards.clone()
+                    for k, j in enumerate(stuck):
+                        a, b = slice(j * G, (j + 1) * G), slice(k * G, (k + 1) * G)
+                        comps[a], lps[a], correct[a], rewards[a] = h_comps[b], h_lps[b], h_correct[b], h_rewards[b]
+                        hinted[j] = True
+                        guided_solved += any(h_correct[b])
+                    ts = [ts[0] + h_ts[0], ts[1] + h_ts[1]]
+                t_sample, t_reward = t_sample + ts[0], t_reward + ts[1]
+                varied = group_has_variance(rewards, G)
+                sampled, guided, rollouts = sampled + len(mine), guided + len(stuck), rollouts + G * (len(mine) + len(stuck))
                 for j, i in enumerate(mine):
                     if r.dynamic_sampling and not varied[j]:
                         continue
                     rows = slice(j * G, (j + 1) * G)
-                    n_tok = ro.completion_mask[rows].sum(-1).tolist()
                     groups.append({"prompt": prompt_ids[i], "rewards": rewards[rows], "correct": correct[rows],
-                                   "completions": [c[:n] for c, n in zip(ro.completion_ids[rows].tolist(), n_tok)],
-                                   "sample_logp": [lp[:n] for lp, n in zip(ro.sample_logp[rows], n_tok)]})
+                                   "completions": comps[rows], "sample_logp": lps[rows], "hinted": hinted[j]})
             # every process records every process's rollouts: the ledgers (and p̂ weights) agree
-            ledger.record(gather_counts(counts, world), model=tag, stage=cfg.ledger.stage, step=step + 1)
+            counts = gather_counts(counts, world)
+            ledger.record(counts, model=tag, stage=cfg.ledger.stage, step=step + 1)
+            if r.guide:
+                ledger.record(gather_counts(hint_counts, world), model=tag, stage=f"{cfg.ledger.stage}:hinted",
+                              step=step + 1)
+            for pid, (c, _) in counts.items():
+                if c == 0 or pid in once_failed:
+                    once_failed[pid] = c > 0
             short = torch.tensor(float(len(groups) < local_prompts), device=dev)
             if not r.dynamic_sampling or rounds >= r.max_sampling_rounds or \
                     float(accelerator.reduce(short, "sum")) == 0:
@@ -248,11 +237,13 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
         old_logp = torch.zeros(N, L)
         for i, lp in enumerate(lp for g in groups for lp in g["sample_logp"]):
             old_logp[i, : len(lp)] = lp
+        hinted = torch.tensor([g["hinted"] for g in groups for _ in range(G)], dtype=torch.bool)  # (N,)
+        rollouts_total += int(accelerator.reduce(torch.tensor(rollouts, device=dev), "sum"))
         micro = [list(range(s, min(s + r.per_device_train_batch_size, N)))
                  for s in range(0, N, r.per_device_train_batch_size)]
-        batches = [_pack_rows(prompts, completions, rows, tok.pad_token_id, dev) for rows in micro]
+        batches = [pack_rows(prompts, completions, rows, tok.pad_token_id, dev) for rows in micro]
         if r.advantage == "ppo":
-            values, cmask = _critic_values(critic, batches, N, L, dev)
+            values, cmask = critic_values(critic, batches, N, L, dev)
             adv, returns = gae(terminal_rewards(rewards, cmask), values, cmask, r.gamma, r.lam)  # (N, L) x 2
             if r.whiten_advantages:
                 adv = whiten(adv, cmask)
@@ -261,7 +252,7 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
             adv, keep = ADVANTAGES[r.advantage](rewards, G, **adv_kw) if N else \
                 (torch.zeros(0), torch.zeros(0, dtype=torch.bool))
             values = returns = None
-        ref_logp = _ref_logprobs(ref, batches, N, L, r.temperature) if ref is not None else None
+        ref_logp = ref_logprobs(ref, batches, N, L, r.temperature) if ref is not None else None
         # normalisers over the whole (global) batch: kept sequences and their tokens
         lengths = torch.tensor([len(c) for c in completions], dtype=torch.float)
         totals = accelerator.reduce(torch.tensor([float(keep.sum()), float((lengths * keep).sum()),
@@ -271,14 +262,14 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
 
         # ---- optimisation: num_iterations passes, gradient accumulation over micro-batches
         t1 = time.perf_counter()
-        stats = {"loss": 0.0, "clip_ratio": [], "kl": [], "entropy": [], "value_loss": 0.0}
+        stats = {"loss": 0.0, "value_loss": 0.0}
         grad_norm, lr = torch.tensor(float("nan")), scheduler.get_last_lr()[0]
         for it in range(r.num_iterations if N else 0):
             for m, (rows, b) in enumerate(zip(micro, batches)):
                 sync = m == len(micro) - 1
                 with accelerator.no_sync(policy) if not sync else contextlib.nullcontext():
-                    loss, st = micro_loss(policy, critic, b, rows, adv, keep, old_logp, ref_logp, values,
-                                          returns, r, norm, first_pass=(it == 0))
+                    loss, st = micro_loss(policy, critic, b, rows, adv, keep, old_logp, hinted, ref_logp,
+                                          values, returns, r, norm, first_pass=(it == 0))
                     loss = loss * world  # DDP averages gradients over processes; the normalisers are global
                     if ewc is not None and sync:  # λ Σ F (θ − θ*)², once per optimizer step
                         penalty = ewc.penalty(raw)
@@ -292,7 +283,7 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
                 stats["loss"] += loss.item() / world
                 stats["value_loss"] += st.pop("value_loss", 0.0)
                 for key, v in st.items():
-                    stats[key].append(v)
+                    stats.setdefault(key, []).append(v)
             grad_norm, lr = update(accelerator, trainable, optimizer, scheduler, cfg.optim.max_grad_norm)
         t_update = time.perf_counter() - t1
         step += 1
@@ -301,14 +292,19 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
                "accuracy": float(np.mean([c for g in groups for c in g["correct"]])) if N else float("nan"),
                "frac_reward_zero_std": float(np.mean(zero_std)) if zero_std else float("nan"),
                "groups": len(groups), "prompts_sampled": sampled, "sampling_rounds": rounds,
+               "rollouts": rollouts, "rollouts_total": rollouts_total,
+               "all_fail_prompts": len(once_failed), "all_fail_now_solved": sum(once_failed.values()),
                "kept_rows": int(keep.sum()), "completion_length": float(lengths.mean()) if N else 0.0,
                "loss": stats["loss"] / max(r.num_iterations, 1), "grad_norm": float(grad_norm), "lr": lr,
                "advantage_mean": float(adv.float().mean()) if N else 0.0,
                "time_rollout": t_rollout, "time_sampling": t_sample, "time_reward": t_reward,
                "time_update": t_update, "step_time": time.perf_counter() - t0}
-        for key in ("clip_ratio", "kl", "entropy"):
-            if stats[key]:
+        for key in ("clip_ratio", "kl", "entropy", "guide/gamma", "guide/log_ratio", "guide/shaped_ratio"):
+            if stats.get(key):
                 row[key] = float(np.mean(stats[key]))
+        if r.guide:
+            row.update({"guide/guided_groups": guided, "guide/solved_with_hint": guided_solved / guided if guided
+                        else float("nan"), "guide/hinted_groups_kept": sum(g["hinted"] for g in groups)})
         if "ewc_penalty" in stats:
             row["ewc_penalty"] = stats["ewc_penalty"]
         if critic is not None:
@@ -335,10 +331,11 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
     return summary
 
 
-def micro_loss(policy, critic, b, rows, adv, keep, old_logp, ref_logp, values, returns, r, norm,
+def micro_loss(policy, critic, b, rows, adv, keep, old_logp, hinted, ref_logp, values, returns, r, norm,
                first_pass: bool):
     """The loss of one micro-batch (a share of the batch loss: summed over micro-batches it is
-    the loss of the whole batch) and its statistics."""
+    the loss of the whole batch) and its statistics. ``hinted`` (N,) marks Guide's hinted rows:
+    their old log-probs are always the sampler's (under the hinted prompt)."""
     ids, mask, pos, P, R = b
     cmask = mask[:, P:].float()                                              # (b, R)
     kept = cmask * keep[rows].to(cmask)[:, None]                             # (b, R) dropped rows: 0
@@ -346,8 +343,19 @@ def micro_loss(policy, critic, b, rows, adv, keep, old_logp, ref_logp, values, r
     logp, ent = completion_logprobs(policy, ids, mask, pos, P, R, r.temperature, entropy)
     old = logp.detach() if r.num_iterations == 1 else old_logp[rows, :R].to(logp)
     a = adv[rows][:, :R] if adv.dim() == 2 else adv[rows][:, None]           # (b, R) or (b, 1)
-    per_token, clipped = clipped_surrogate(logp, old, a.to(logp), r.epsilon, r.epsilon_high)   # (b, R)
-    st = {"clip_ratio": float((clipped.float() * kept).sum() / kept.sum().clamp(min=1))}
+    st = {}
+    if r.guide:
+        h = hinted[rows].to(logp.device)                                     # (b,)
+        old = torch.where(h[:, None], old_logp[rows, :R].to(logp), old)
+        per_token, clipped, g = guided_surrogate(logp, old, a.to(logp), h, kept, r.guide_shaping, r.guide_quantile,
+                                                 r.guide_gamma, r.guide_power, r.epsilon, r.epsilon_high)
+        if g["hinted_tokens"]:
+            st.update({f"guide/{k}": g[k] for k in ("log_ratio", "shaped_ratio")})
+            if math.isfinite(g["gamma"]):
+                st["guide/gamma"] = g["gamma"]
+    else:
+        per_token, clipped = clipped_surrogate(logp, old, a.to(logp), r.epsilon, r.epsilon_high)   # (b, R)
+    st["clip_ratio"] = float((clipped.float() * kept).sum() / kept.sum().clamp(min=1))
     if ref_logp is not None:
         kl = kl_k3(logp, ref_logp[rows, :R].to(logp))                       # (b, R)
         per_token = per_token + r.beta * kl
@@ -364,40 +372,6 @@ def micro_loss(policy, critic, b, rows, adv, keep, old_logp, ref_logp, values, r
         st["value_loss"] = vloss.item()
         loss = loss + r.vf_coef * vloss
     return loss, st
-
-
-def _pack_rows(prompts, completions, rows, pad, dev):
-    ids, mask, pos, P = pack([prompts[i] for i in rows], [completions[i] for i in rows], pad)
-    return ids.to(dev), mask.to(dev), pos.to(dev), P, ids.shape[1] - P
-
-
-@torch.no_grad()
-def _critic_values(critic, batches, N, L, dev):
-    """V_t for every completion token of the batch (N, L) and the completion mask (N, L)."""
-    values, cmask, at = torch.zeros(N, L), torch.zeros(N, L), 0
-    for ids, mask, pos, P, R in batches:
-        v = critic(ids, mask, pos, P, R).cpu()                               # (b, R)
-        b = ids.shape[0]
-        values[at:at + b, :R], cmask[at:at + b, :R] = v, mask[:, P:].float().cpu()
-        at += b
-    return values * cmask, cmask
-
-
-@torch.no_grad()
-def _ref_logprobs(ref, batches, N, L, temperature):
-    out, at = torch.zeros(N, L), 0
-    for ids, mask, pos, P, R in batches:
-        lp, _ = completion_logprobs(ref, ids, mask, pos, P, R, temperature)
-        out[at:at + ids.shape[0], :R] = lp.cpu()
-        at += ids.shape[0]
-    return out
-
-
-def _verified(correct: list[bool]):
-    """The verifier reward of this round's completions, already computed for the ledger."""
-    def verifier(prompts, completions, **kwargs) -> list[float]:
-        return [float(c) for c in correct]
-    return verifier
 
 
 class _Params:

@@ -43,13 +43,16 @@ def sft_prompts(examples, train_cfg, seed: int) -> list[tuple[int, str]]:
     """(example index, prompt) pairs to train on. A seeded ``privileged_share`` of the examples
     also show the answer (``privileged_template``), so that the model learns to use it when it
     is there: in place of their plain prompt, or — ``privileged_extra`` — as extra copies next to
-    it (the plain task keeps all its examples)."""
+    it (the plain task keeps all its examples). A template with ``{hint}`` shows the example's
+    hint instead (a hint-literate student for Guide); examples without a hint keep their plain
+    prompt."""
     plain = [(i, e.prompt) for i, e in enumerate(examples)]
     if train_cfg.privileged_share == 0:
         return plain
     shown = np.random.default_rng([seed, 17]).random(len(examples)) < train_cfg.privileged_share
-    privileged = {i: train_cfg.privileged_template.format(prompt=e.prompt, answer=e.answer)
-                  for i, e in enumerate(examples) if shown[i]}
+    uses_hint = "{hint}" in train_cfg.privileged_template   # hint-literacy (Guide): no hint, no copy
+    privileged = {i: train_cfg.privileged_template.format(prompt=e.prompt, answer=e.answer, hint=e.hint)
+                  for i, e in enumerate(examples) if shown[i] and (e.hint or not uses_hint)}
     if train_cfg.privileged_extra:
         return plain + sorted(privileged.items())
     return [(i, privileged.get(i, p)) for i, p in plain]

@@ -1,0 +1,122 @@
+"""The RL loop's parts other than the loss: which prompts, their rollouts and rewards, the
+log-probs of completions, and the PPO critic (paced/train/rl.py calls them in order).
+
+Shapes: B rows of one packed micro-batch, P prompt positions (left-padded), R completion
+positions, N rows of the whole batch, L its longest completion, H hidden size, V vocabulary.
+"""
+from __future__ import annotations
+
+import copy
+import time
+
+import numpy as np
+import torch
+
+from ..rewards import compute_rewards, verifier_reward
+from ..rl_losses import entropy_from_logits
+from ..rollout import SAMPLERS, SamplingParams
+from ..tasks import verify
+from ..teacher import _backbone, response_hidden
+from .distill import pack
+from .sft import batch_indices
+
+
+def pick_prompts(n_pool: int, count: int, seed: int, start: int, weights=None, key=()) -> list[int]:
+    """Indices of ``count`` training prompts: the seeded per-epoch permutation from sample
+    ``start`` on (a pure function: resume is exact), or ∝ ``weights`` (seeded by ``key``)."""
+    if weights is None:
+        return batch_indices(n_pool, seed, start, count)
+    live = np.flatnonzero(weights > 0)
+    if live.size == 0:
+        raise ValueError("rl.prompt_weighting: every prompt has weight 0 (p̂ all 0 or 1)")
+    rng = np.random.default_rng([seed, *key])
+    return rng.choice(live, count, replace=count > live.size, p=weights[live] / weights[live].sum()).tolist()
+
+
+def seed_of(*key: int) -> int:
+    return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1)[0])
+
+
+def roll(model, tok, prompts, examples, funcs, r, seed: int):
+    """num_generations completions per prompt, verified against ``examples`` (the plain problem,
+    hinted prompt or not): (completions, sample log-probs, verdicts, rewards (N,), [s sampling,
+    s scoring]) with rows grouped per prompt."""
+    t0 = time.perf_counter()
+    ro = SAMPLERS["hf"](model, prompts, SamplingParams(n=r.num_generations, temperature=r.temperature,
+                                                       top_p=r.top_p, top_k=r.top_k,
+                                                       max_tokens=r.max_completion_length, seed=seed),
+                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
+                        batch_size=r.sampling_batch_size)
+    t1 = time.perf_counter()
+    texts = ro.texts(tok)
+    rows_ex = [examples[int(j)] for j in ro.prompt_index]
+    correct = [verify(t, e) for t, e in zip(texts, rows_ex)]   # once: ledger and reward
+    rewards = compute_rewards([_verified(correct) if f is verifier_reward else f for f in funcs],
+                              r.reward_weights or None, [e.prompt for e in rows_ex], texts, rows_ex)
+    n_tok = ro.completion_mask.sum(-1).tolist()
+    comps = [c[:n] for c, n in zip(ro.completion_ids.tolist(), n_tok)]
+    lps = [lp[:n] for lp, n in zip(ro.sample_logp, n_tok)]
+    return comps, lps, correct, rewards, [t1 - t0, time.perf_counter() - t1]
+
+
+def completion_logprobs(model, ids, mask, pos, P: int, R: int, temperature: float,
+                        entropy: str = "none"):
+    """log π(o_t | q, o_<t) at ``temperature`` for the R completion tokens: (B, R), and the
+    per-token entropy (B, R) with ``entropy`` "grad" (differentiable, for a bonus) or "value"
+    (detached, for logging); else None. ``model`` may be DDP-wrapped (the forward goes through it)."""
+    h = response_hidden(model, ids, mask, pos, P, R)                         # (B, R, H)
+    head = (model.module if hasattr(model, "module") else model).get_output_embeddings()
+    logits = head(h).float() / temperature                                   # (B, R, V)
+    logp = logits.log_softmax(-1).gather(-1, ids[:, P:P + R, None]).squeeze(-1)   # (B, R)
+    if entropy == "none":
+        return logp, None
+    return logp, entropy_from_logits(logits if entropy == "grad" else logits.detach())
+
+
+def pack_rows(prompts, completions, rows, pad, dev):
+    ids, mask, pos, P = pack([prompts[i] for i in rows], [completions[i] for i in rows], pad)
+    return ids.to(dev), mask.to(dev), pos.to(dev), P, ids.shape[1] - P
+
+
+@torch.no_grad()
+def critic_values(critic, batches, N, L, dev):
+    """V_t for every completion token of the batch (N, L) and the completion mask (N, L)."""
+    values, cmask, at = torch.zeros(N, L), torch.zeros(N, L), 0
+    for ids, mask, pos, P, R in batches:
+        v = critic(ids, mask, pos, P, R).cpu()                               # (b, R)
+        b = ids.shape[0]
+        values[at:at + b, :R], cmask[at:at + b, :R] = v, mask[:, P:].float().cpu()
+        at += b
+    return values * cmask, cmask
+
+
+@torch.no_grad()
+def ref_logprobs(ref, batches, N, L, temperature):
+    out, at = torch.zeros(N, L), 0
+    for ids, mask, pos, P, R in batches:
+        lp, _ = completion_logprobs(ref, ids, mask, pos, P, R, temperature)
+        out[at:at + ids.shape[0], :R] = lp.cpu()
+        at += ids.shape[0]
+    return out
+
+
+def _verified(correct: list[bool]):
+    """The verifier reward of this round's completions, already computed for the ledger."""
+    def verifier(prompts, completions, **kwargs) -> list[float]:
+        return [float(c) for c in correct]
+    return verifier
+
+
+class ValueModel(torch.nn.Module):
+    """PPO critic: a copy of the policy's backbone and a scalar head, V(q, o_<t) per position."""
+
+    def __init__(self, policy):
+        super().__init__()
+        self.body = copy.deepcopy(_backbone(policy))
+        self.head = torch.nn.Linear(policy.config.hidden_size, 1)
+        torch.nn.init.zeros_(self.head.weight)
+        torch.nn.init.zeros_(self.head.bias)
+
+    def forward(self, ids, mask, pos, P: int, R: int) -> torch.Tensor:
+        h = self.body(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
+        return self.head(h[:, P - 1: P + R - 1]).squeeze(-1).float()          # (B, R)

@@ -200,14 +200,15 @@ def test_distill_under_torchrun_with_fewer_live_problems_than_processes(tmp_path
 def test_rl_under_torchrun(tmp_path, advantage, dynamic):
     """RL as DDP over two CPU processes: each samples its own groups, dynamic sampling's rounds
     are agreed across processes, the batch normalisers are global, and the shared ledger gets
-    both processes' rollouts."""
+    both processes' rollouts. The PPO case runs Guide too (a model from scratch fails every
+    group, so every group is rolled out again with its hint)."""
     run = tmp_path / "ddp"
     torchrun = Path(sys.executable).with_name("torchrun")
     if not torchrun.exists():
         pytest.skip("torchrun not found next to the interpreter")
     proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "paced.cli", "rl", "--config",
                            str(SMOKE / "rl.yaml"), f"rl.advantage={advantage}", f"rl.dynamic_sampling={dynamic}",
-                           "rl.max_sampling_rounds=2", "--run-dir", str(run)],
+                           "rl.max_sampling_rounds=2", f"rl.guide={advantage == 'ppo'}", "--run-dir", str(run)],
                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "8 prompts x 8 completions per step" in proc.stderr  # 4 groups per process x 2
@@ -220,6 +221,11 @@ def test_rl_under_torchrun(tmp_path, advantage, dynamic):
         assert trials == [64, 64, 64]  # 8 prompts x 8 completions, from both processes
     else:
         assert all(t >= 64 and t % 32 == 0 for t in trials)
+        led = Ledger(run / "ledger.sqlite")
+        hinted = [sum(k for _, k in led.counts(stage="rl:hinted", step=s).values()) for s in (1, 2, 3)]
+        plain_failed = [sum(k for c, k in led.counts(stage="rl", step=s).values() if c == 0) for s in (1, 2, 3)]
+        assert hinted == plain_failed and sum(hinted) > 0   # every all-fail group, both processes
+        assert rows[-1]["rollouts_total"] == sum(trials) + sum(hinted)
 
 
 def test_rl_reward_function_errors_name_the_function(tmp_path):

@@ -263,3 +263,29 @@ def test_data_without_hints_is_refused(tmp_path, policy):
     data.write_text('{"prompt": "1+1=", "answer": "2"}\n{"prompt": "2+2=", "answer": "4"}\n')
     with pytest.raises(ValueError, match="no training prompt has a hint"):
         RL.train(rl_cfg(tmp_path, policy, f"data.train=[{{source: {data}, verifier: exact}}]"))
+
+
+def test_hints_from_a_data_file_go_through_the_template(tmp_path, policy, monkeypatch):
+    import json
+
+    from paced.tasks.synthetic import generate
+    rows = [{"prompt": e.prompt, "answer": e.answer, "hint": e.hint, "id": f"q{i}"}
+            for i, e in enumerate(generate("add", 16, 5, 2, hint_level=2))]
+    data = tmp_path / "hinted.jsonl"
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    real, prompts = SAMPLERS["hf"], []
+
+    def recording(model, prompt_ids, params, **kw):
+        from transformers import AutoTokenizer
+        tok = AutoTokenizer.from_pretrained(policy)
+        prompts.extend(tok.decode(p, skip_special_tokens=True) for p in prompt_ids)
+        return real(model, prompt_ids, params, **kw)
+
+    monkeypatch.setitem(SAMPLERS, "hf", recording)
+    RL.train(rl_cfg(tmp_path / "run", policy, f"data.train=[{{source: {data}, verifier: exact}}]",
+                    "rl.hint_template='{hint}|{prompt}'", "rl.max_steps=2"))
+    hinted = [p for p in prompts if "|" in p]
+    assert hinted, "a half-learned model fails whole groups of 2-digit sums: some must be guided"
+    assert set(hinted) <= {f"{r['hint']}|{r['prompt']}" for r in rows}
+    guided = sum(r["guide/guided_groups"] for r in read_jsonl(tmp_path / "run" / "metrics.jsonl"))
+    assert len(hinted) == guided

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import string
 import time
 
 import numpy as np
@@ -50,7 +51,8 @@ def sft_prompts(examples, train_cfg, seed: int) -> list[tuple[int, str]]:
     if train_cfg.privileged_share == 0:
         return plain
     shown = np.random.default_rng([seed, 17]).random(len(examples)) < train_cfg.privileged_share
-    uses_hint = "{hint}" in train_cfg.privileged_template   # hint-literacy (Guide): no hint, no copy
+    fields = {f for _, f, _, _ in string.Formatter().parse(train_cfg.privileged_template)}
+    uses_hint = "hint" in fields   # hint-literacy (Guide): an example without a hint gets no copy
     privileged = {i: train_cfg.privileged_template.format(prompt=e.prompt, answer=e.answer, hint=e.hint)
                   for i, e in enumerate(examples) if shown[i] and (e.hint or not uses_hint)}
     if train_cfg.privileged_extra:

@@ -97,6 +97,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--quick", action="store_true", help="1 seed, budget 20k rollouts, 64 held-out problems")
     ap.add_argument("--student", default="runs/guide/student/model")
+    ap.add_argument("--student-steps", type=int, default=500,
+                    help="SFT steps of guide_student.py's recipe when --student must be built (fewer: weaker)")
     ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--arms", nargs="+", choices=list(ARMS), help="default: all; quick: grpo guide")
     ap.add_argument("--budget", type=int, help="sampled completions per run (default 150000; quick 20000)")
@@ -127,7 +129,7 @@ def main() -> None:
     torch.set_num_threads(a.threads)
     t0 = time.time()
     if not (Path(a.student) / "config.json").is_file():
-        ensure_hint_student(Path(a.student).parent, threads=a.threads)
+        ensure_hint_student(Path(a.student).parent, steps=a.student_steps, threads=a.threads)
     from paced.train.rl import train
 
     pool = load_sources([C.DataSource(**pool_source(a, 0, a.pool))])
@@ -179,8 +181,9 @@ def main() -> None:
 
 
 def settings(a) -> dict:
-    return {k: getattr(a, k) for k in ("student", "budget", "pool", "difficulty", "hint_level", "rounds",
-                                        "heldout", "n", "u_samples", "lr")} | {"template": TEMPLATE}
+    keys = ("student", "student_steps", "budget", "pool", "difficulty", "hint_level", "rounds", "heldout", "n",
+            "u_samples", "lr")
+    return {k: getattr(a, k) for k in keys} | {"template": TEMPLATE}
 
 
 def _ms(xs):
@@ -258,8 +261,11 @@ def markdown(res: dict) -> str:
                         + f" | {pm(r['train_solved@equal_step'])} (step {r['equal_step']}) | "
                         f"{r['collapsed']} of {len(res['runs'][arm])} |")
     hc = b["hint_check"]
-    rows.append(f"\nPool: {s['pool']} add problems, difficulty {s['difficulty']}, hint level {s['hint_level']} "
-                f"(template `{s['template']}`); U = {b['U_share']:.0%} of the pool at pass@8 = 0 before; on U the "
+    rows.append(f"\nStudent: {s['student']} ({s.get('student_steps', 500)} SFT steps of guide_student.py's "
+                f"recipe). "
+                f"Pool: {s['pool']} add problems, difficulty {s['difficulty']}, hint level {s['hint_level']} "
+                f"(template `{s['template']}`); U = {b['U_share']:.0%} of the pool with all "
+                f"{s.get('u_samples', 32)} samples wrong before; on U the "
                 f"base student's hinted samples: mean@8 {hc['U_hinted_mean@8']:.3f}, mixed groups "
                 f"{hc['U_hinted_mixed']:.0%}, any success {hc['U_hinted_any']:.0%}. Budget {s['budget']} sampled "
                 f"completions per run, lr {s['lr']}, up to {s['rounds']} rounds a step; held-out: {s['heldout']} "

@@ -68,6 +68,10 @@ def passk_curves(curves: dict[str, dict[int, float]], path, title: str = "",
     ax.set_title(title or "pass@k")
     if curves:
         ax.legend(fontsize=8)
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -110,9 +114,4 @@ def gain_split(points: list[tuple[float, float, str]], contributions: dict[str, 
     bx.grid(alpha=0.3, axis="x")
     bx.set_xlabel(f"contribution to Δpass@1 (total {sum(contributions.values()):+.3f})")
     fig.suptitle(title or "capability gain vs compression")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)

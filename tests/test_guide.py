@@ -152,7 +152,8 @@ class Scripted:
             ids[i, :len(r)], mask[i, :len(r)] = torch.tensor(r), 1
         return Rollouts(prompt_ids=prompt_ids, prompt_index=torch.arange(len(texts)).repeat_interleave(params.n),
                         completion_ids=ids, completion_mask=mask,
-                        sample_logp=torch.tensor(logps)[:, None] * mask, finished=torch.ones(len(rows), dtype=torch.bool))
+                        sample_logp=torch.tensor(logps)[:, None] * mask,
+                        finished=torch.ones(len(rows), dtype=torch.bool))
 
 
 def test_trigger_replacement_and_scoring_without_the_hint(tmp_path, policy, monkeypatch):

@@ -206,7 +206,8 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
                     ts = [ts[0] + h_ts[0], ts[1] + h_ts[1]]
                 t_sample, t_reward = t_sample + ts[0], t_reward + ts[1]
                 varied = group_has_variance(rewards, G)
-                sampled, guided, rollouts = sampled + len(mine), guided + len(stuck), rollouts + G * (len(mine) + len(stuck))
+                sampled, guided = sampled + len(mine), guided + len(stuck)
+                rollouts += G * (len(mine) + len(stuck))
                 for j, i in enumerate(mine):
                     if r.dynamic_sampling and not varied[j]:
                         continue

@@ -233,7 +233,7 @@ def write(a, base: dict, runs: dict, t0: float, done: bool) -> dict:
                     "minutes": round((time.time() - t0) / 60, 1)},
            "table": summarise(base, runs, a.n, a.budget), "base": base, "runs": runs}
     tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, indent=1))
+    tmp.write_text(json.dumps(res, separators=(",", ":")))   # ~15 runs of per-step curves: compact
     tmp.replace(out)
     return res
 

@@ -238,7 +238,7 @@ def run(before: str | Path, after: str | Path, k: int | None = None,
     console.print(f"wrote {out_dir / 'analyze.json'}")
     rows = result["per_problem"]
     contributions = {c: v["delta_pass@1"] for c, v in result["overall"]["classes"].items()}
-    if gain_split([(r["pass@k_before"], r["delta_pass@1"], r["class"]) for r in rows], contributions,
+    if gain_split([(r["pass@1_before"], r["delta_pass@1"], r["class"]) for r in rows], contributions,
                   out_dir / "analyze.png", result["k"], f"{pb.parent.name} -> {pa.parent.name}"):
         console.print(f"wrote {out_dir / 'analyze.png'}")
     return result

@@ -86,10 +86,11 @@ CLASS_COLORS = {"compression": "tab:blue", "capability_gain": "tab:green",
 
 def gain_split(points: list[tuple[float, float, str]], contributions: dict[str, float], path,
                k: int, title: str = "") -> Path | None:
-    """``paced analyze``'s picture: left, each problem's pass@k before (x) against its Δpass@1
-    (y), coloured by class; right, each class's contribution to Δpass@1 as a bar.
+    """``paced analyze``'s picture: left, each problem's pass@1 before (x) against its Δpass@1
+    (y), coloured by class (the class says whether pass@k before was 0); right, each class's
+    contribution to Δpass@1 as a bar.
 
-    ``points`` are (pass@k before, Δpass@1, class); ``contributions`` is {class: Δpass@1 part}.
+    ``points`` are (pass@1 before, Δpass@1, class); ``contributions`` is {class: Δpass@1 part}.
     Saves a PNG at ``path`` and returns it, or None when matplotlib is missing.
     """
     plt = _pyplot()
@@ -104,7 +105,7 @@ def gain_split(points: list[tuple[float, float, str]], contributions: dict[str, 
     ax.set_xlim(-0.03, 1.03)
     ax.set_ylim(-1.03, 1.03)
     ax.grid(alpha=0.3)
-    ax.set_xlabel(f"pass@{k} before")
+    ax.set_xlabel(f"pass@1 before (classes by pass@{k} before)")
     ax.set_ylabel("Δpass@1 (after - before)")
     ax.legend(fontsize=8)
     names = list(contributions)

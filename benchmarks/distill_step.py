@@ -129,6 +129,7 @@ from common import have_trl, machine  # noqa: E402
 from paced.config import StageCfg  # noqa: E402
 from paced.models import char_tokenizer, encode_prompts, tiny_model  # noqa: E402
 from paced.rollout import SamplingParams, sample  # noqa: E402
+from paced.runlog import write_json  # noqa: E402
 from paced.tasks.synthetic import generate  # noqa: E402
 from paced.teacher import TeacherHiddenCache, TeacherPromptCache, teacher_hidden  # noqa: E402
 from paced.train.distill import distill_step, loss_kwargs, pack  # noqa: E402
@@ -647,8 +648,7 @@ def main() -> None:
               "by_threads": timings, "memory": mem, "zero_weight": zw,
               "notes": "shared, busy machine: absolute times are noisy (see the load averages); ratios come "
                        "from interleaved runs; with busy cores the 1-thread timings are the stable ones"}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
+    write_json(a.out, result)
     print(f"\nwrote {a.out}")
 
 

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import math
 import sys
 import time
@@ -44,6 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from paced import config as C  # noqa: E402
+from paced.runlog import write_json  # noqa: E402
 
 TEMPLATE = "{hint:_<16}|{prompt}"   # = the benchmark's rl.hint_template: the hinted prompt
 RECIPE = dict(share=0.5, levels=(1, 2, 3), steps=500, schedule="constant")
@@ -167,7 +167,7 @@ def main() -> None:
             res[f"{who}/{mode}"] = rows = hint_use_table(path, exs, n=a.n, mode=mode)
             print(format_table(rows, f"\n{who} ({path}), hints: {mode}"))
     out = Path(__file__).resolve().parent / "results" / "guide_student.json"
-    out.write_text(json.dumps(res, indent=1))
+    write_json(out, res)
     print(f"wrote {out}")
 
 

@@ -45,7 +45,7 @@ from paced.analyze import analyze  # noqa: E402
 from paced.evaluate import evaluate  # noqa: E402
 from paced.guide import hint_prompt  # noqa: E402
 from paced.models import load_model_and_tokenizer  # noqa: E402
-from paced.runlog import read_jsonl  # noqa: E402
+from paced.runlog import read_jsonl, write_json  # noqa: E402
 from paced.tasks import load_sources  # noqa: E402
 
 ARMS = {"grpo": [], "guide": ["rl.guide=true"],
@@ -226,15 +226,11 @@ def summarise(base: dict, runs: dict, n: int, budget: int) -> dict:
 
 def write(a, base: dict, runs: dict, t0: float, done: bool) -> dict:
     from common import machine
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     res = {"meta": {"date": time.strftime("%Y-%m-%d"), "quick": a.quick, "complete": done, "seeds": a.seeds,
                     "arms": a.arms, "settings": settings(a), "threads": a.threads, "machine": machine(),
                     "minutes": round((time.time() - t0) / 60, 1)},
            "table": summarise(base, runs, a.n, a.budget), "base": base, "runs": runs}
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, separators=(",", ":")))   # ~15 runs of per-step curves: compact
-    tmp.replace(out)
+    write_json(a.out, res, indent=None)   # ~15 runs of per-step curves: one line
     return res
 
 

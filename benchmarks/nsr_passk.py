@@ -32,7 +32,7 @@ from paced import config as C  # noqa: E402
 from paced.demo import ensure_models  # noqa: E402
 from paced.evaluate import evaluate  # noqa: E402
 from paced.models import load_model_and_tokenizer  # noqa: E402
-from paced.runlog import read_jsonl  # noqa: E402
+from paced.runlog import read_jsonl, write_json  # noqa: E402
 from paced.tasks import load_sources  # noqa: E402
 
 ARMS = ["grpo", "ppo", "psr", "nsr", "w_reinforce"]
@@ -144,15 +144,11 @@ def _ms(xs):
 
 
 def write(a, results: dict, t0: float, done: bool) -> dict:
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     res = {"meta": {"date": time.strftime("%Y-%m-%d"), "quick": a.quick, "complete": done, "seeds": a.seeds,
                     "arms": a.arms, "settings": settings(a), "threads": a.threads,
                     "minutes": round((time.time() - t0) / 60, 1)},
            "table": summarise(results), "runs": results}
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(res, indent=2))
-    tmp.replace(out)
+    write_json(a.out, res)
     return res
 
 

@@ -100,6 +100,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import have_trl, machine  # noqa: E402
 from paced.models import build_tiny, encode_prompts, load_model_and_tokenizer, quiet_hf  # noqa: E402
+from paced.runlog import write_json  # noqa: E402
 from paced.tasks import verify  # noqa: E402
 from paced.tasks.synthetic import generate  # noqa: E402
 
@@ -533,8 +534,7 @@ def main() -> None:
               "notes": "shared, busy machine: absolute times are noisy (see the load averages); ratios come "
                        "from interleaved blocks. ours: step_time from metrics.jsonl; trl: on_step_end intervals "
                        "of GRPOTrainer.train(); hand: wall time of the step written in this file."}
-    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.out).write_text(json.dumps(result, indent=1) + "\n")
+    write_json(a.out, result)
     print(f"\nwrote {a.out}")
 
 

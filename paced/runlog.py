@@ -33,8 +33,9 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     os.replace(tmp, path)
 
 
-def write_json(path: str | Path, obj) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, default=_jsonable) + "\n")
+def write_json(path: str | Path, obj, indent: int | None = 2) -> None:
+    """``obj`` as JSON, atomically (``indent=None``: one line, for large result files)."""
+    atomic_write_text(path, json.dumps(obj, indent=indent, default=_jsonable) + "\n")
 
 
 def _jsonable(x):

@@ -43,6 +43,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from paced import config as C  # noqa: E402
+from paced.guide import hint_prompt  # noqa: E402
 from paced.runlog import write_json  # noqa: E402
 
 TEMPLATE = "{hint:_<16}|{prompt}"   # = the benchmark's rl.hint_template: the hinted prompt
@@ -92,7 +93,7 @@ def with_hint(e, level: int, mode: str = "template"):
         digits = h.split(" ", 1)[1]
         rest = e.answer[len(digits):]
         return dataclasses.replace(e, prompt=e.prompt + digits, answer=rest, solution=rest, hint=h)
-    return dataclasses.replace(e, prompt=TEMPLATE.format(prompt=e.prompt, hint=h), hint=h)
+    return dataclasses.replace(e, prompt=hint_prompt(TEMPLATE, e.prompt, h), hint=h)
 
 
 def hint_use_table(model_dir, examples, levels=(1, 2, 3), n: int = 8, seed: int = 0,

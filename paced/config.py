@@ -530,7 +530,7 @@ def _check_rl(cfg: RLConfig) -> None:
             check_hint_template(r.hint_template)
         except ValueError as e:
             raise ConfigError(f"rl.hint_template: {e}") from None
-        if all(s.source in ("add", "sub", "mul1", "modular", "countdown") and s.hint_level == 0
-               for s in cfg.data.train):
+        from .tasks.synthetic import FAMILIES
+        if all(s.source in FAMILIES and s.hint_level == 0 for s in cfg.data.train):
             raise ConfigError("data.train: every source has hint_level 0 (no hints); rl.guide needs "
                               "hints: hint_level 1..3, or a file with a hint field")

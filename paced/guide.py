@@ -42,12 +42,17 @@ def hint_prompt(template: str, prompt: str, hint: str) -> str:
     return template.format(prompt=prompt, hint=hint)
 
 
-def check_hint_template(template: str) -> None:
-    """ValueError unless ``template`` uses {hint} and no field other than {prompt} and {hint}."""
+def template_fields(template: str) -> set[str]:
+    """The field names a format string fills in ("{hint:_<16}|{prompt}" -> {"hint", "prompt"})."""
     try:
-        fields = {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        return {f for _, f, _, _ in string.Formatter().parse(template) if f is not None}
     except ValueError as e:
         raise ValueError(f"{template!r} is not a format string: {e}") from None
+
+
+def check_hint_template(template: str) -> None:
+    """ValueError unless ``template`` uses {hint} and no field other than {prompt} and {hint}."""
+    fields = template_fields(template)
     if "hint" not in fields:
         raise ValueError(f"{template!r} does not use {{hint}}")
     if fields - {"prompt", "hint"}:

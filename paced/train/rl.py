@@ -114,6 +114,7 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
     ledger = Ledger(cfg.ledger.path or run_dir / "ledger.sqlite") if main else \
         Ledger(run_dir / f".ledger-rank{rank}.sqlite")
     tag = cfg.ledger.model or f"{run_dir.resolve()}:policy"
+    hint_stage = f"{cfg.ledger.stage}:hinted"   # guide's hinted rollouts: p̂ (the stage) stays plain
     step, prompts_seen, rollouts_total = 0, 0, 0
     once_failed: dict[str, bool] = {}   # prompts whose rollouts once all failed -> solved by the latest
     ckpt = latest_checkpoint(run_dir) if resume else None
@@ -125,10 +126,10 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
             from safetensors.torch import load_file
             accelerator.unwrap_model(critic).load_state_dict(load_file(ckpt / "critic.safetensors"))
         dropped = ledger.forget_from(tag, cfg.ledger.stage, step + 1)
-        ledger.forget_from(tag, f"{cfg.ledger.stage}:hinted", step + 1)
+        ledger.forget_from(tag, hint_stage, step + 1)
         console.print(f"resumed from {ckpt} at step {step} ({dropped} ledger rows past it dropped)")
     elif (dropped := ledger.forget_from(tag, cfg.ledger.stage, 0)) + \
-            ledger.forget_from(tag, f"{cfg.ledger.stage}:hinted", 0):
+            ledger.forget_from(tag, hint_stage, 0):
         # a fresh run in this directory replaces the last one, its ledger rows included
         console.print(f"[yellow]{dropped} ledger rows of an earlier run ({tag}, {cfg.ledger.stage}) dropped[/]")
     log = RunLog(run_dir, cfg.run.report_to, r.logging_steps, resume_step=step if ckpt else None,
@@ -218,8 +219,7 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
             counts = gather_counts(counts, world)
             ledger.record(counts, model=tag, stage=cfg.ledger.stage, step=step + 1)
             if r.guide:
-                ledger.record(gather_counts(hint_counts, world), model=tag, stage=f"{cfg.ledger.stage}:hinted",
-                              step=step + 1)
+                ledger.record(gather_counts(hint_counts, world), model=tag, stage=hint_stage, step=step + 1)
             for pid, (c, _) in counts.items():
                 if c == 0 or pid in once_failed:
                     once_failed[pid] = c > 0

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import string
 import time
 
 import numpy as np
@@ -32,6 +31,7 @@ import torch
 
 from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ..config import SFTConfig
+from ..guide import template_fields
 from ..models import render_prompt, save_pretrained
 from ..run import load_model, start_run
 from ..runlog import Progress, RunLog, console
@@ -51,8 +51,7 @@ def sft_prompts(examples, train_cfg, seed: int) -> list[tuple[int, str]]:
     if train_cfg.privileged_share == 0:
         return plain
     shown = np.random.default_rng([seed, 17]).random(len(examples)) < train_cfg.privileged_share
-    fields = {f for _, f, _, _ in string.Formatter().parse(train_cfg.privileged_template)}
-    uses_hint = "hint" in fields   # hint-literacy (Guide): an example without a hint gets no copy
+    uses_hint = "hint" in template_fields(train_cfg.privileged_template)   # no hint, no copy
     privileged = {i: train_cfg.privileged_template.format(prompt=e.prompt, answer=e.answer, hint=e.hint)
                   for i, e in enumerate(examples) if shown[i] and (e.hint or not uses_hint)}
     if train_cfg.privileged_extra:

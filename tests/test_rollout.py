@@ -1,4 +1,6 @@
 """The shared sampler: shapes, masks, log-probs, EOS handling, seeding, filtering."""
+import copy
+
 import pytest
 import torch
 
@@ -96,3 +98,36 @@ def test_filter_logits_top_k_top_p():
     assert torch.isfinite(p[0, :2]).all() and torch.isinf(p[0, 2:]).all()
     p1 = filter_logits(logits, top_k=0, top_p=0.4)  # the top token alone crosses 0.4
     assert torch.isfinite(p1[0, 0]) and torch.isinf(p1[0, 1:]).all()
+
+
+@pytest.mark.parametrize("pad_is_eos", [False, True])
+def test_rows_ending_at_different_steps(model_tok, pad_is_eos):
+    """A head with a bias towards EOS makes rows end at many different steps, so the batch is
+    compacted mid-decode; each row still stops at its first EOS (pad may even equal EOS),
+    nothing after it leaks out, and the log-probs are a clean forward pass's."""
+    model, tok = model_tok
+    model = copy.deepcopy(model)
+    W = model.get_output_embeddings().weight                                  # (V, H)
+    head = torch.nn.Linear(W.shape[1], W.shape[0], bias=True)
+    with torch.no_grad():
+        head.weight.copy_(W)
+        head.bias.zero_()
+        head.bias[tok.eos_token_id] = 3.0                                     # P(EOS) ~ 1/6 a step
+    model.lm_head = head
+    eos = tok.eos_token_id
+    pad = eos if pad_is_eos else tok.pad_token_id
+    ro = sample(model, encode_prompts(tok, PROMPTS), SamplingParams(n=8, max_tokens=12, seed=2),
+                eos_token_id=eos, pad_token_id=pad)
+    lengths = ro.lengths.tolist()
+    assert len(set(lengths)) >= 6 and 12 <= sum(ro.finished.tolist()) < len(lengths)  # spread out
+    for i, n in enumerate(lengths):
+        row = ro.completion_ids[i].tolist()
+        assert ro.completion_mask[i, :n].all() and not ro.completion_mask[i, n:].any()
+        assert eos not in row[:n - 1] and all(t == pad for t in row[n:])
+        assert bool(ro.finished[i]) == (row[n - 1] == eos) and (ro.finished[i] or n == 12)
+        assert (ro.sample_logp[i, n:] == 0).all()
+        p = ro.prompt_ids[int(ro.prompt_index[i])]
+        with torch.no_grad():
+            logits = model(torch.tensor([p + row[:n]])).logits[0, len(p) - 1: len(p) + n - 1]
+        ref = logits.log_softmax(-1).gather(-1, torch.tensor(row[:n])[:, None]).squeeze(-1)
+        torch.testing.assert_close(ro.sample_logp[i, :n], ref, atol=2e-5, rtol=1e-4)

@@ -1,0 +1,101 @@
+"""Cross-field config rules: what one field's type and range cannot say (``load_config`` runs
+them after building the dataclasses of paced/config.py, before any model loads)."""
+from __future__ import annotations
+
+from .config import ContinualCfg, ContinualConfig, EvalCfg, RLConfig
+from .configtools import ConfigError, check_choice
+
+
+def check(cfg) -> None:
+    """Cross-field rules that a single field's range cannot express."""
+    for section, splits in (("data", ("train", "eval", "forgetting")), ("regularizer", ("fisher_data",))):
+        data = getattr(cfg, section, None)
+        for split in splits if data else ():
+            for i, src in enumerate(getattr(data, split)):
+                key = f"{section}.{split}[{i}]"
+                if len(src.difficulty) not in (1, 2) or min(src.difficulty) < 0:
+                    raise ConfigError(f"{key}.difficulty: expected [lo, hi] or one int >= 0")
+                if len(src.difficulty) == 2 and src.difficulty[0] > src.difficulty[1]:
+                    raise ConfigError(f"{key}.difficulty: lo {src.difficulty[0]} > hi {src.difficulty[1]}")
+    for name in ("model", "student", "policy"):
+        model = getattr(cfg, name, None)
+        if model is not None and model.path is None and model.preset is None:
+            raise ConfigError(f"{name}.path: set a model directory (or {name}.preset for a tiny model)")
+    teacher = getattr(cfg, "teacher", None)
+    if teacher is not None and not teacher.path:
+        raise ConfigError("teacher.path: set a teacher model directory, or 'self' for self-distillation")
+    for i, st in enumerate(getattr(getattr(cfg, "distill", None), "stages", [])):
+        if st.weight_estimator == "unbiased" and (st.weighting != "beta" or st.weight_alpha % 1
+                                                   or st.weight_beta % 1):
+            raise ConfigError(f"distill.stages[{i}].weight_estimator: 'unbiased' needs weighting "
+                              f"'beta' with integer weight_alpha and weight_beta")
+        responses = st.responses if st.responses != "auto" else \
+            ("teacher" if st.loss_type in ("forward_kl", "akl") else "student")
+        if st.online_passrate and responses != "student":
+            raise ConfigError(f"distill.stages[{i}].online_passrate: needs a stage on student responses "
+                              f"(reverse_kl / jsd, or responses: student), not {st.loss_type} on {responses}'s")
+    reg = getattr(cfg, "regularizer", None)
+    if reg is not None and reg.name == "ewc" and not reg.fisher_data:
+        raise ConfigError("regularizer.fisher_data: regularizer.name 'ewc' needs the data whose Fisher "
+                          "anchors the weights, e.g. regularizer.fisher_data=[{source: add, n: 512}]")
+    ev = getattr(cfg, "eval", None)
+    if isinstance(ev, EvalCfg) and any(k < 1 or k > ev.n for k in ev.ks):
+        raise ConfigError(f"eval.ks: every k must lie in [1, eval.n={ev.n}], got {ev.ks}")
+    if isinstance(cfg, RLConfig):
+        _check_rl(cfg)
+    if isinstance(cfg, ContinualConfig):
+        _check_continual(cfg.continual)
+    for tracker in getattr(getattr(cfg, "run", None), "report_to", []):
+        if tracker not in ("tensorboard", "wandb", "trackio"):
+            raise ConfigError(f"run.report_to: unknown tracker {tracker!r}; "
+                              "choose tensorboard, wandb or trackio")
+
+
+def _check_continual(c: ContinualCfg) -> None:
+    """``paced continual``: methods are keys of paced.continual.METHODS; split tasks share 10 classes."""
+    from .continual import METHODS  # the one list of methods, next to their builders
+    if not c.methods:
+        raise ConfigError("continual.methods: name at least one method")
+    for i, m in enumerate(c.methods):
+        check_choice(f"continual.methods[{i}]", m, list(METHODS))
+    if len(set(c.methods)) != len(c.methods):
+        raise ConfigError(f"continual.methods: a method is listed twice in {c.methods}")
+    if len(set(c.seeds)) != len(c.seeds) or any(s < 0 for s in c.seeds):
+        raise ConfigError(f"continual.seeds: expected distinct seeds >= 0, got {c.seeds}")
+    if c.benchmark == "split" and c.num_tasks not in (2, 5):
+        raise ConfigError(f"continual.num_tasks: split-digits shares 10 classes equally among 2 or 5 "
+                          f"tasks, got {c.num_tasks}")
+    if c.ewc_mode == "separate" and c.ewc_decay != 1.0:
+        raise ConfigError("continual.ewc_decay: used only with ewc_mode 'online' (leave it 1.0)")
+
+
+def _check_rl(cfg: RLConfig) -> None:
+    """``paced rl``: whole groups per micro-batch, a reward weight per function, PPO's needs."""
+    r = cfg.rl
+    if r.per_device_train_batch_size % r.num_generations:
+        raise ConfigError(f"rl.per_device_train_batch_size: {r.per_device_train_batch_size} completions "
+                          f"is not a multiple of rl.num_generations={r.num_generations} (whole groups "
+                          f"per micro-batch)")
+    if r.advantage == "grpo" and r.num_generations < 2:
+        raise ConfigError("rl.num_generations: grpo compares completions within a group; use >= 2")
+    if not r.reward_funcs:
+        raise ConfigError("rl.reward_funcs: name at least one reward function, e.g. ['verifier']")
+    for i, spec in enumerate(r.reward_funcs):
+        if spec != "verifier" and ":" not in spec:
+            raise ConfigError(f"rl.reward_funcs[{i}]: {spec!r} is neither 'verifier' nor "
+                              f"'module:function' / 'path/file.py:function'")
+    if r.reward_weights and len(r.reward_weights) != len(r.reward_funcs):
+        raise ConfigError(f"rl.reward_weights: {len(r.reward_weights)} weights for "
+                          f"{len(r.reward_funcs)} reward functions")
+    if not cfg.data.train:
+        raise ConfigError("data.train: paced rl needs training prompts")
+    if r.guide:
+        from .guide import check_hint_template
+        try:
+            check_hint_template(r.hint_template)
+        except ValueError as e:
+            raise ConfigError(f"rl.hint_template: {e}") from None
+        from .tasks.synthetic import FAMILIES
+        if all(s.source in FAMILIES and s.hint_level == 0 for s in cfg.data.train):
+            raise ConfigError("data.train: every source has hint_level 0 (no hints); rl.guide needs "
+                              "hints: hint_level 1..3, or a file with a hint field")

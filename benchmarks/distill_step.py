@@ -127,7 +127,7 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import have_trl, machine  # noqa: E402
 from paced.config import StageCfg  # noqa: E402
-from paced.models import char_tokenizer, encode_prompts, tiny_model  # noqa: E402
+from paced.models import char_tokenizer, encode_prompts, logits_head, tiny_model  # noqa: E402
 from paced.rollout import SamplingParams, sample  # noqa: E402
 from paced.runlog import write_json  # noqa: E402
 from paced.tasks.synthetic import generate  # noqa: E402
@@ -234,7 +234,7 @@ def ours(setup: Setup, loss_type: str, cache: bool = True):
             h_t = teacher_cache(teacher, [str(i) for i in idx], prompts, resp, (t_ids, t_mask, t_pos, Pt), R)
         else:
             h_t = teacher_hidden(teacher, t_ids, t_mask, t_pos, Pt, R)
-        loss, _, _ = distill_step(student, h_t, teacher.get_output_embeddings(), (s_ids, s_mask, s_pos, Ps),
+        loss, _, _ = distill_step(student, h_t, logits_head(teacher), (s_ids, s_mask, s_pos, Ps),
                                   resp_mask, factors, loss_type, kw, CHUNK)
         s_clock.on = t_clock.on = False
         if not np.isfinite(loss.item()):

@@ -134,3 +134,78 @@ def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
 
 def count_parameters(model) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# ---------------------------------------------------------------------------------------------
+# From final hidden states to logits
+# ---------------------------------------------------------------------------------------------
+def _logit_ops(config) -> tuple[tuple[str, float], ...]:
+    """What an architecture does to ``lm_head(h)`` before returning its logits, read from its
+    config: ("mul" | "div", s) and then ("softcap", c) for c · tanh(x / c)."""
+    cfg = config.get_text_config() if hasattr(config, "get_text_config") else config
+    ops = []
+    scale = getattr(cfg, "logit_scale", None)                      # Cohere, Cohere2: x * s
+    if isinstance(scale, (int, float)) and scale != 1:
+        ops.append(("mul", float(scale)))
+    scaling = getattr(cfg, "logits_scaling", None)                 # Granite family, MiniCPM3: x / s
+    if isinstance(scaling, (int, float)) and scaling != 1:         # HyperCLOVAX: x * s (muP)
+        ops.append(("mul" if "hyperclovax" in str(getattr(cfg, "model_type", "")) else "div", float(scaling)))
+    mult = getattr(cfg, "lm_head_multiplier", None)                # Falcon-H1: x * m
+    if isinstance(mult, (int, float)) and mult != 1:
+        ops.append(("mul", float(mult)))
+    cap = getattr(cfg, "final_logit_softcapping", None)            # Gemma 2/3/3n/4
+    if cap:
+        ops.append(("softcap", float(cap)))
+    return tuple(ops)
+
+
+class _TransformedHead:
+    """lm_head followed by the architecture's logit ops; ``out_features`` as on nn.Linear."""
+
+    def __init__(self, head, ops):
+        self.head, self.ops = head, ops
+        self.out_features = head.weight.shape[0]
+
+    def __call__(self, h: torch.Tensor) -> torch.Tensor:
+        x = self.head(h)                                           # (..., V)
+        for op, v in self.ops:
+            x = x * v if op == "mul" else x / v if op == "div" else torch.tanh(x / v) * v
+        return x
+
+
+def logits_head(model):
+    """The map from a model's final hidden states to exactly its logits, (B, T, H) -> (B, T, V).
+
+    paced applies the head to hidden states itself (chunked distillation losses, RL log-probs),
+    so it must also apply what some architectures do after their ``lm_head``: Gemma's final-logit
+    soft-capping, Cohere's ``logit_scale``, Granite's ``logits_scaling``, Falcon-H1's
+    ``lm_head_multiplier``. For a plain-head model (Llama, Qwen, Mistral, GPT-2, ...) this is the
+    output-embedding module itself. ``check_logits_head`` verifies the result on a probe.
+    """
+    m = model.module if hasattr(model, "module") else model
+    head, ops = m.get_output_embeddings(), _logit_ops(m.config)
+    return _TransformedHead(head, ops) if ops else head
+
+
+@torch.no_grad()
+def check_logits_head(model, what: str) -> None:
+    """Refuse a model whose logits are not ``logits_head(model)`` of its last hidden state (an
+    architecture with a post-head step paced does not know), naming ``what`` (e.g. "student")."""
+    m = model.module if hasattr(model, "module") else model
+    device = next(m.parameters()).device
+    ids = torch.arange(1, 9, device=device)[None] % m.get_output_embeddings().weight.shape[0]  # (1, 8)
+    was_training = m.training
+    m.eval()
+    out = m(input_ids=ids, output_hidden_states=True)
+    m.train(was_training)
+    want = out.logits.float()                                      # (1, 8, V)
+    got = logits_head(m)(out.hidden_states[-1]).float()            # (1, 8, V)
+    rel = 1e-3 if m.get_output_embeddings().weight.dtype == torch.float32 else 2e-2
+    diff = float((want - got).abs().max())
+    if diff > rel * (1.0 + float(want.abs().max())):
+        raise ValueError(
+            f"{what}: {type(m).__name__} does not compute its logits as its output embedding of its "
+            f"last hidden state (max |difference| {diff:.3g} on a probe), and paced applies the head "
+            f"itself (chunked distillation losses, RL log-probs). Known post-head steps: "
+            f"final_logit_softcapping, logit_scale, logits_scaling, lm_head_multiplier; this "
+            f"architecture does something else and is not supported")

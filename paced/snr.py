@@ -40,7 +40,7 @@ from torch import nn
 from .config import SNRConfig, StageCfg
 from .ledger import Ledger, histogram
 from .losses import DISTILL_LOSSES, chunked_token_loss, masked_mean
-from .models import encode_prompts, load_model_and_tokenizer
+from .models import check_logits_head, encode_prompts, load_model_and_tokenizer, logits_head
 from .passrate import estimate, histogram_text
 from .rollout import SamplingParams, sample
 from .runlog import console, write_json
@@ -172,7 +172,7 @@ def per_problem_grads(student, teacher, s_prompts: list[list[int]], t_prompts: l
     """
     if not responses or any(len(r) == 0 for r in responses):
         raise ValueError("per_problem_grads: every problem needs a non-empty response")
-    head_s, head_t = student.get_output_embeddings(), teacher.get_output_embeddings()
+    head_s, head_t = logits_head(student), logits_head(teacher)
     dev_s, dev_t = params[0].device, next(teacher.parameters()).device
     rows = []
     for sp, tp, r in zip(s_prompts, t_prompts, responses, strict=True):
@@ -209,6 +209,8 @@ def run(cfg: SNRConfig) -> dict:
     else:
         teacher, t_tok = load_model_and_tokenizer(cfg.teacher.path, cfg.teacher.dtype)
     check_vocab(tok, t_tok, student, teacher)
+    check_logits_head(student, "student")
+    check_logits_head(teacher, "teacher")
     student.to(device).eval()  # eval: no dropout; gradients still flow
     teacher.to(device).eval().requires_grad_(False)
 

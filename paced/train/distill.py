@@ -40,7 +40,7 @@ from ..config import DistillConfig, StageCfg
 from ..evaluate import evaluate
 from ..ledger import Ledger, gather_counts, histogram, tally
 from ..losses import DISTILL_LOSSES, chunked_token_loss, masked_mean
-from ..models import encode_prompts, load_model_and_tokenizer, save_pretrained
+from ..models import check_logits_head, encode_prompts, load_model_and_tokenizer, logits_head, save_pretrained
 from ..passrate import estimate
 from ..rollout import SamplingParams, sample
 from ..run import load_model, start_run
@@ -74,7 +74,7 @@ def distill_step(student, h_t, head_t, s_batch, resp_mask, weights, loss_type: s
     Returns (loss, per-problem losses (B,), token agreement)."""
     R = resp_mask.shape[1]
     h_s = response_hidden(student, *s_batch, R)                              # (B, R, H)
-    head_s = (student.module if hasattr(student, "module") else student).get_output_embeddings()
+    head_s = logits_head(student)
     per_token, agree = chunked_token_loss(h_s, h_t, head_s, head_t, DISTILL_LOSSES[loss_type],
                                           chunk_size=chunk_size, with_agreement=True, **loss_kw)  # (B, R) x 2
     per_problem = masked_mean(per_token, resp_mask)                          # (B,)
@@ -107,6 +107,8 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
     else:
         teacher, t_tok = load_model_and_tokenizer(cfg.teacher.path, cfg.teacher.dtype)
     check_vocab(tok, t_tok, student, teacher)
+    check_logits_head(student, "student")
+    check_logits_head(teacher, "teacher")
     teacher.eval().requires_grad_(False).to(accelerator.device)
 
     pool = load_sources(cfg.data.train, "data.train")
@@ -269,7 +271,7 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
                 h_t = teacher_hidden(teacher, *t_batch, R)                                  # (B, R, H)
             student.train()
             loss, per_problem, agreement = distill_step(
-                student, h_t, teacher.get_output_embeddings(), s_batch, resp_mask.to(dev), factors,
+                student, h_t, logits_head(teacher), s_batch, resp_mask.to(dev), factors,
                 stage.loss_type, kw, d.chunk_size)
             penalty = ewc.penalty(raw) if ewc is not None else None           # λ Σ F (θ − θ*)², 0-dim
             total = loss if penalty is None else loss + penalty

@@ -51,7 +51,7 @@ from ..config import RLConfig
 from ..evaluate import evaluate
 from ..guide import all_fail, guided_surrogate, hint_prompt
 from ..ledger import Ledger, gather_counts, tally
-from ..models import encode_prompts, save_pretrained
+from ..models import check_logits_head, encode_prompts, save_pretrained
 from ..rewards import REWARDS, load_reward_function
 from ..rl_losses import (ADVANTAGES, LOSS_TYPES, clipped_surrogate, gae,
                          group_has_variance, kl_k3, reward_zero_std_share, terminal_rewards, value_loss,
@@ -80,6 +80,7 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
     with accelerator.main_process_first():
         policy, tok, policy_path = load_model(cfg.policy.path, cfg.policy.preset, cfg.policy.init_seed,
                                               cfg.policy.dtype, run_dir)
+    check_logits_head(policy, "policy")
     prompt_ids = encode_prompts(tok, [e.prompt for e in pool])
     hint_ids = None
     if r.guide:

@@ -12,6 +12,7 @@ import time
 import numpy as np
 import torch
 
+from ..models import logits_head
 from ..rewards import compute_rewards, verifier_reward
 from ..rl_losses import entropy_from_logits
 from ..rollout import SAMPLERS, SamplingParams
@@ -65,8 +66,7 @@ def completion_logprobs(model, ids, mask, pos, P: int, R: int, temperature: floa
     per-token entropy (B, R) with ``entropy`` "grad" (differentiable, for a bonus) or "value"
     (detached, for logging); else None. ``model`` may be DDP-wrapped (the forward goes through it)."""
     h = response_hidden(model, ids, mask, pos, P, R)                         # (B, R, H)
-    head = (model.module if hasattr(model, "module") else model).get_output_embeddings()
-    logits = head(h).float() / temperature                                   # (B, R, V)
+    logits = logits_head(model)(h).float() / temperature                     # (B, R, V)
     logp = logits.log_softmax(-1).gather(-1, ids[:, P:P + R, None]).squeeze(-1)   # (B, R)
     if entropy == "none":
         return logp, None

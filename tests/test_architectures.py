@@ -1,0 +1,114 @@
+"""paced on real Hugging Face architectures (tiny random configs, built in code): the sampler,
+the teacher's prompt cache and the logits head must agree with the model's own forward pass —
+left padding, GQA, learned or rotary positions, sliding windows, non-Llama cache layouts, and
+the post-head logit steps of Gemma (soft-capping), Cohere (logit_scale), Granite (logits_scaling)."""
+import pytest
+import torch
+import transformers as T
+
+from paced.models import check_logits_head, logits_head, tiny_model
+from paced.rollout import SamplingParams, sample
+from paced.teacher import TeacherPromptCache, response_hidden, teacher_hidden
+from paced.train.distill import pack
+from paced.train.rl_parts import completion_logprobs
+
+ARCHS = {  # name -> (config class, model class, config fields); vocab 50 for all
+    "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=32, n_layer=2, n_head=2, n_positions=64)),
+    "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                      num_attention_heads=2, num_key_value_heads=1)),
+    "qwen3": ("Qwen3Config", "Qwen3ForCausalLM", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                      num_attention_heads=2, num_key_value_heads=1, head_dim=16)),
+    "phi3": ("Phi3Config", "Phi3ForCausalLM", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                   num_attention_heads=2, num_key_value_heads=2, pad_token_id=0)),
+    "gpt_neox": ("GPTNeoXConfig", "GPTNeoXForCausalLM", dict(hidden_size=32, intermediate_size=64,
+                                                             num_hidden_layers=2, num_attention_heads=2)),
+    "opt": ("OPTConfig", "OPTForCausalLM", dict(hidden_size=32, ffn_dim=64, num_hidden_layers=2,
+                                                num_attention_heads=2, word_embed_proj_dim=32)),
+    "gemma3": ("Gemma3TextConfig", "Gemma3ForCausalLM", dict(hidden_size=32, intermediate_size=64,
+                                                            num_hidden_layers=2, num_attention_heads=2,
+                                                            num_key_value_heads=1, head_dim=16, sliding_window=4)),
+    "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                      num_attention_heads=2)),
+    # post-head logit steps, made large enough to matter on a random model
+    "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                         num_attention_heads=2, num_key_value_heads=1, head_dim=16,
+                                                         final_logit_softcapping=0.5, attn_implementation="eager")),
+    "cohere": ("CohereConfig", "CohereForCausalLM", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                         num_attention_heads=2, num_key_value_heads=1, logit_scale=4.0)),
+    "granite": ("GraniteConfig", "GraniteForCausalLM", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                            num_attention_heads=2, logits_scaling=0.25)),
+}
+PROMPTS = [[3, 4, 5, 6, 7, 8, 9, 10], [11, 12, 13]]                         # different lengths
+
+
+def _model(name):
+    cfg_name, model_name, kw = ARCHS[name]
+    if not hasattr(T, cfg_name) or not hasattr(T, model_name):
+        pytest.skip(f"this transformers has no {model_name}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return getattr(T, model_name)(getattr(T, cfg_name)(vocab_size=50, **kw)).eval()
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_sampler_and_teacher_prompt_cache(name):
+    model = _model(name)
+    ro = sample(model, PROMPTS, SamplingParams(n=2, max_tokens=10, seed=1), eos_token_id=1, pad_token_id=0)
+    for i in range(ro.completion_ids.shape[0]):
+        p, n = PROMPTS[int(ro.prompt_index[i])], int(ro.lengths[i])
+        c = ro.completion_ids[i, :n].tolist()
+        with torch.no_grad():
+            logits = model(torch.tensor([p + c])).logits[0, len(p) - 1: len(p) + n - 1]
+        ref = logits.float().log_softmax(-1).gather(-1, torch.tensor(c)[:, None]).squeeze(-1)
+        torch.testing.assert_close(ro.sample_logp[i, :n], ref, atol=2e-5, rtol=1e-4)
+    # The on-policy teacher path: prompt KV cache + response-only forward = one full forward.
+    resp = [ro.completion_ids[i, :int(ro.lengths[i])].tolist() or [1] for i in (0, 2)]
+    batch = pack(PROMPTS, resp, 0)
+    R = max(map(len, resp))
+    want = teacher_hidden(model, *batch, R)                                   # (B, R, H)
+    got = TeacherPromptCache(2 ** 20)(model, ["a", "b"], PROMPTS, resp, batch, R)
+    for b, r in enumerate(resp):
+        torch.testing.assert_close(got[b, :len(r)], want[b, :len(r)], atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("name", list(ARCHS))
+def test_logits_head_gives_the_models_logits(name):
+    """The head paced applies to hidden states (distillation losses, RL log-probs) reproduces the
+    model's logits, post-head steps included, and the RL log-probs equal the sampler's."""
+    model = _model(name)
+    check_logits_head(model, "policy")
+    ids = torch.tensor([[5, 6, 7, 8, 9, 10, 11, 12]])
+    with torch.no_grad():
+        out = model(input_ids=ids, output_hidden_states=True)
+        torch.testing.assert_close(logits_head(model)(out.hidden_states[-1]), out.logits, atol=1e-5, rtol=1e-4)
+    ro = sample(model, PROMPTS, SamplingParams(n=2, max_tokens=6, seed=3), eos_token_id=1, pad_token_id=0)
+    resp = [ro.completion_ids[i, :int(ro.lengths[i])].tolist() for i in range(4)]
+    ids, mask, pos, P = pack([PROMPTS[int(i)] for i in ro.prompt_index], resp, 0)
+    R = ids.shape[1] - P
+    with torch.no_grad():
+        logp, _ = completion_logprobs(model, ids, mask, pos, P, R, 1.0)     # (4, R)
+    torch.testing.assert_close(logp * mask[:, P:], ro.sample_logp[:, :R], atol=2e-5, rtol=1e-4)
+
+
+def test_plain_head_is_the_module_itself():
+    model = tiny_model("nano", 50)
+    assert logits_head(model) is model.get_output_embeddings()
+
+
+def test_unknown_post_head_step_is_refused():
+    """An architecture that changes its logits after the head in a way paced does not know
+    (here: a Llama whose forward triples them) is refused with a message naming the role."""
+    from transformers import LlamaForCausalLM
+
+    class Tripled(LlamaForCausalLM):
+        def forward(self, *a, **k):
+            out = super().forward(*a, **k)
+            out.logits = out.logits * 3
+            return out
+
+    model = tiny_model("nano", 50)
+    bad = Tripled(model.config)
+    bad.load_state_dict(model.state_dict())
+    with pytest.raises(ValueError, match=r"teacher: Tripled does not compute its logits"):
+        check_logits_head(bad, "teacher")
+    check_logits_head(model, "teacher")                                      # the plain one passes

@@ -29,6 +29,9 @@ ARCHS = {  # name -> (config class, model class, config fields); vocab 50 for al
                                                             num_key_value_heads=1, head_dim=16, sliding_window=4)),
     "olmo2": ("Olmo2Config", "Olmo2ForCausalLM", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                                       num_attention_heads=2)),
+    "mistral": ("MistralConfig", "MistralForCausalLM", dict(hidden_size=32, intermediate_size=64,  # window 4:
+                                                            num_hidden_layers=2, num_attention_heads=2,  # sampled
+                                                            num_key_value_heads=2, sliding_window=4)),   # far past it
     # post-head logit steps, made large enough to matter on a random model
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                                          num_attention_heads=2, num_key_value_heads=1, head_dim=16,

@@ -132,25 +132,3 @@ def test_rows_ending_at_different_steps(model_tok, pad_is_eos):
         ref = logits.log_softmax(-1).gather(-1, torch.tensor(row[:n])[:, None]).squeeze(-1)
         torch.testing.assert_close(ro.sample_logp[i, :n], ref, atol=2e-5, rtol=1e-4)
 
-
-def test_sliding_window_model_past_its_window():
-    """A sliding-window architecture (Mistral, window 6) sampled well past its window: the KV-cached
-    decode attends as the model's own full forward pass does."""
-    from transformers import MistralConfig, MistralForCausalLM
-
-    cfg = MistralConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                        num_attention_heads=2, num_key_value_heads=2, sliding_window=6,
-                        max_position_embeddings=128)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        model = MistralForCausalLM(cfg).eval()
-    prompts = [[3, 4, 5, 6, 7, 8, 9, 10], [11, 12, 13]]                      # left padding too
-    ro = sample(model, prompts, SamplingParams(n=2, max_tokens=12, seed=1), eos_token_id=1, pad_token_id=0)
-    assert int(ro.lengths.max()) + 8 > 2 * cfg.sliding_window
-    for i in range(ro.completion_ids.shape[0]):
-        p, n = prompts[int(ro.prompt_index[i])], int(ro.lengths[i])
-        c = ro.completion_ids[i, :n].tolist()
-        with torch.no_grad():
-            logits = model(torch.tensor([p + c])).logits[0, len(p) - 1: len(p) + n - 1]
-        ref = logits.log_softmax(-1).gather(-1, torch.tensor(c)[:, None]).squeeze(-1)
-        torch.testing.assert_close(ro.sample_logp[i, :n], ref, atol=2e-5, rtol=1e-4)

@@ -8,7 +8,7 @@ import transformers as T
 
 from paced.models import check_logits_head, logits_head, tiny_model
 from paced.rollout import SamplingParams, sample
-from paced.teacher import TeacherPromptCache, response_hidden, teacher_hidden
+from paced.teacher import TeacherPromptCache, teacher_hidden
 from paced.train.distill import pack
 from paced.train.rl_parts import completion_logprobs
 
@@ -84,6 +84,13 @@ def test_logits_head_gives_the_models_logits(name):
     with torch.no_grad():
         out = model(input_ids=ids, output_hidden_states=True)
         torch.testing.assert_close(logits_head(model)(out.hidden_states[-1]), out.logits, atol=1e-5, rtol=1e-4)
+    # the teacher's path: its backbone alone (no logits), then the head, left padding included
+    t_ids, t_mask, t_pos, tP = pack(PROMPTS, [[20, 21, 22], [23, 24]], 0)
+    with torch.no_grad():
+        full = model(input_ids=t_ids, attention_mask=t_mask, position_ids=t_pos).logits[:, tP - 1:tP + 2]
+        h_t = teacher_hidden(model, t_ids, t_mask, t_pos, tP, 3)               # (2, 3, H)
+    torch.testing.assert_close(logits_head(model)(h_t)[0], full[0], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(logits_head(model)(h_t)[1, :2], full[1, :2], atol=1e-5, rtol=1e-4)
     ro = sample(model, PROMPTS, SamplingParams(n=2, max_tokens=6, seed=3), eos_token_id=1, pad_token_id=0)
     resp = [ro.completion_ids[i, :int(ro.lengths[i])].tolist() for i in range(4)]
     ids, mask, pos, P = pack([PROMPTS[int(i)] for i in ro.prompt_index], resp, 0)

@@ -25,6 +25,8 @@ class ModelCfg:
                            choices=("nano", "tiny", "small", "medium", "base15m"))
     init_seed: int = F(0, "initialisation seed for a preset model", min=0)
     dtype: str = F("float32", "weights dtype", choices=("float32", "bfloat16", "float16", "auto"))
+    gradient_checkpointing: bool = F(False, "recompute activations in the backward (less memory, ~1 more "
+                                     "forward of compute, same gradients); the trained model only")
 
 
 @dataclass

@@ -101,7 +101,8 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
     d = cfg.distill
     with accelerator.main_process_first():
         student, tok, student_path = load_model(cfg.student.path, cfg.student.preset,
-                                                cfg.student.init_seed, cfg.student.dtype, run_dir)
+                                                cfg.student.init_seed, cfg.student.dtype, run_dir,
+                                                cfg.student.gradient_checkpointing)
     if cfg.teacher.path == "self":  # self-distillation: a frozen copy of the starting student
         teacher, t_tok = copy.deepcopy(student), tok
     else:

@@ -167,7 +167,7 @@ def train(cfg: SFTConfig, resume: bool = False, optimizer_state: dict | None = N
     run_dir = start_run(cfg, save=main)
     with accelerator.main_process_first():  # a preset model is built once, by the main process
         model, tok, model_path = load_model(cfg.model.path, cfg.model.preset, cfg.model.init_seed,
-                                            cfg.model.dtype, run_dir)
+                                            cfg.model.dtype, run_dir, cfg.model.gradient_checkpointing)
     examples = [e for e in load_sources(cfg.data.train, "data.train") if e.solution]
     if not examples:
         raise ValueError("data.train: no example has a reference solution to train on")

@@ -89,10 +89,6 @@ def _check_rl(cfg: RLConfig) -> None:
                           f"{len(r.reward_funcs)} reward functions")
     if not cfg.data.train:
         raise ConfigError("data.train: paced rl needs training prompts")
-    if cfg.policy.gradient_checkpointing:
-        raise ConfigError("policy.gradient_checkpointing: not supported by paced rl yet (the policy "
-                          "trains in eval mode, so that its log-probs match the sampler's, and Hugging "
-                          "Face checkpoints only in train mode); sft and distill support it")
     if r.guide:
         from .guide import check_hint_template
         try:

@@ -62,7 +62,7 @@ from ..tasks import load_sources
 from ..weighting import problem_weights
 from .regularizer import regularizer_from
 from .rl_parts import (ValueModel, completion_logprobs, critic_values, pack_rows, pick_prompts,
-                       ref_logprobs, roll, seed_of)
+                       ref_logprobs, roll, seed_of, train_mode_without_dropout)
 from .sft import make_scheduler, optimizer_from, update
 
 
@@ -79,8 +79,10 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
     held_out = load_sources(cfg.data.eval, "data.eval")
     with accelerator.main_process_first():
         policy, tok, policy_path = load_model(cfg.policy.path, cfg.policy.preset, cfg.policy.init_seed,
-                                              cfg.policy.dtype, run_dir)
+                                              cfg.policy.dtype, run_dir, cfg.policy.gradient_checkpointing)
     check_logits_head(policy, "policy")
+    if cfg.policy.gradient_checkpointing:  # HF checkpoints in train mode only; keep eval's numbers
+        train_mode_without_dropout(policy)
     prompt_ids = encode_prompts(tok, [e.prompt for e in pool])
     hint_ids = None
     if r.guide:

@@ -73,6 +73,19 @@ def completion_logprobs(model, ids, mask, pos, P: int, R: int, temperature: floa
     return logp, entropy_from_logits(logits if entropy == "grad" else logits.detach())
 
 
+def train_mode_without_dropout(model) -> None:
+    """``model.train()`` with every dropout off, as TRL's ``disable_dropout``: Hugging Face's
+    activation checkpointing runs in train mode only, while the policy otherwise trains in eval
+    mode (its log-probs then match the sampler's). Sets ``nn.Dropout.p`` and every float module
+    attribute whose name contains "dropout" (e.g. attention_dropout) to 0."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        for k in [k for k, v in vars(m).items() if "dropout" in k and isinstance(v, float)]:
+            setattr(m, k, 0.0)
+
+
 def pack_rows(prompts, completions, rows, pad, dev):
     ids, mask, pos, P = pack([prompts[i] for i in rows], [completions[i] for i in rows], pad)
     return ids.to(dev), mask.to(dev), pos.to(dev), P, ids.shape[1] - P

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import weakref
 from dataclasses import dataclass
 
 import torch
@@ -87,6 +88,26 @@ def _cache_kw(model) -> str:
 @functools.lru_cache(maxsize=None)
 def _cache_kw_of(cls) -> str:
     return "cache" if "cache" in inspect.signature(cls.forward).parameters else "past_key_values"
+
+
+_LAYER_KINDS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def cache_layer_kinds(model) -> set[str]:
+    """The cache-layer classes transformers lays out for ``model`` ("DynamicLayer", "DynamicSliding-
+    WindowLayer" for attention; other names for hybrid models' state-space / linear-attention
+    layers); empty where this transformers cannot say. Remembered per model object."""
+    if model not in _LAYER_KINDS:
+        from transformers import DynamicCache
+        try:
+            kinds = {type(layer).__name__ for layer in DynamicCache(config=model.config).layers}
+        except Exception:  # older transformers: no config argument
+            kinds = set()
+        _LAYER_KINDS[model] = kinds
+    return _LAYER_KINDS[model]
+
+
+ATTENTION_CACHE_LAYERS = {"DynamicLayer", "DynamicSlidingWindowLayer"}
 
 
 def _select_cache(cache, idx: torch.Tensor) -> None:
@@ -178,6 +199,12 @@ def sample(model, prompt_ids: list[list[int]], params: SamplingParams, *, eos_to
     """Draw ``params.n`` completions for every prompt (see the module docstring)."""
     if not prompt_ids:
         raise ValueError("sample(): no prompts")
+    if cache_layer_kinds(model) - ATTENTION_CACHE_LAYERS:
+        raise ValueError(
+            f"sampler: {type(model).__name__} keeps state-space / linear-attention states "
+            f"({sorted(cache_layer_kinds(model) - ATTENTION_CACHE_LAYERS)}): a hybrid model. paced's "
+            f"sampler shares, expands and compacts attention KV caches only, so hybrid models are not "
+            f"supported yet")
     n = params.n
     gen = torch.Generator().manual_seed(params.seed)
     was_training = model.training

@@ -1,7 +1,8 @@
 """paced on real Hugging Face architectures (tiny random configs, built in code): the sampler,
 the teacher's prompt cache and the logits head must agree with the model's own forward pass —
-left padding, GQA, learned or rotary positions, sliding windows, non-Llama cache layouts, and
-the post-head logit steps of Gemma (soft-capping), Cohere (logit_scale), Granite (logits_scaling)."""
+left padding, GQA and multi-query, learned / rotary / ALiBi / no positions, sliding windows, MoE,
+non-Llama cache layouts, and the post-head logit steps of Gemma (soft-capping), Cohere
+(logit_scale) and Granite (logits_scaling)."""
 import pytest
 import torch
 import transformers as T
@@ -32,6 +33,31 @@ ARCHS = {  # name -> (config class, model class, config fields); vocab 50 for al
     "mistral": ("MistralConfig", "MistralForCausalLM", dict(hidden_size=32, intermediate_size=64,  # window 4:
                                                             num_hidden_layers=2, num_attention_heads=2,  # sampled
                                                             num_key_value_heads=2, sliding_window=4)),   # far past it
+    "phi": ("PhiConfig", "PhiForCausalLM", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                num_attention_heads=2)),                      # partial rotary
+    "falcon": ("FalconConfig", "FalconForCausalLM", dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2)),
+    "stablelm": ("StableLmConfig", "StableLmForCausalLM", dict(hidden_size=32, intermediate_size=64,
+                                                               num_hidden_layers=2, num_attention_heads=2,
+                                                               num_key_value_heads=2)),
+    "starcoder2": ("Starcoder2Config", "Starcoder2ForCausalLM", dict(hidden_size=32, intermediate_size=64,
+                                                                     num_hidden_layers=2, num_attention_heads=2,
+                                                                     num_key_value_heads=1)),
+    "gpt_bigcode": ("GPTBigCodeConfig", "GPTBigCodeForCausalLM", dict(n_embd=32, n_layer=2, n_head=2,
+                                                                      n_positions=64)),       # multi-query
+    "bloom": ("BloomConfig", "BloomForCausalLM", dict(hidden_size=32, n_layer=2, n_head=2)),  # ALiBi
+    "mixtral": ("MixtralConfig", "MixtralForCausalLM", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                            num_attention_heads=2, num_key_value_heads=1,
+                                                            num_local_experts=4, num_experts_per_tok=2)),
+    "qwen2_moe": ("Qwen2MoeConfig", "Qwen2MoeForCausalLM", dict(hidden_size=32, intermediate_size=64,
+                                                                moe_intermediate_size=32, num_hidden_layers=2,
+                                                                shared_expert_intermediate_size=32,
+                                                                num_attention_heads=2, num_key_value_heads=1,
+                                                                num_experts=4, num_experts_per_tok=2)),
+    "gemma": ("GemmaConfig", "GemmaForCausalLM", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                                                      num_attention_heads=2, num_key_value_heads=1, head_dim=16)),
+    "smollm3": ("SmolLM3Config", "SmolLM3ForCausalLM", dict(hidden_size=32, intermediate_size=64, pad_token_id=0,
+                                                            num_hidden_layers=2, num_attention_heads=2,
+                                                            num_key_value_heads=1)),          # NoPE layers
     # post-head logit steps, made large enough to matter on a random model
     "gemma2": ("Gemma2Config", "Gemma2ForCausalLM", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,
                                                          num_attention_heads=2, num_key_value_heads=1, head_dim=16,
@@ -168,3 +194,25 @@ def test_distill_and_rl_end_to_end_on_other_architectures(tmp_path):
     rows = [json.loads(x) for x in (tmp_path / "rl" / "metrics.jsonl").read_text().splitlines()]
     trained = [r for r in rows if "clip_ratio" in r]
     assert len(trained) == 2 and all(r["clip_ratio"] == 0.0 and abs(r["loss"] - 1.0) < 1e-4 for r in trained)
+
+
+def test_hybrid_state_space_model_is_refused_clearly():
+    """A hybrid attention + Mamba model (Falcon-H1) keeps states the sampler cannot share, expand
+    or compact: sampling it is refused with a message that says so (not an IndexError deep in
+    transformers); its teacher forward falls back from the prompt cache to the full pass."""
+    if not hasattr(T, "FalconH1ForCausalLM"):
+        pytest.skip("this transformers has no FalconH1ForCausalLM")
+    cfg = T.FalconH1Config(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                           num_attention_heads=2, num_key_value_heads=1, head_dim=16, mamba_d_ssm=32,
+                           mamba_n_heads=4, mamba_d_head=8, mamba_d_state=8, mamba_n_groups=1,
+                           mamba_chunk_size=4, lm_head_multiplier=3.0)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        model = T.FalconH1ForCausalLM(cfg).eval()
+    check_logits_head(model, "teacher")                          # lm_head_multiplier is applied
+    with pytest.raises(ValueError, match="sampler: FalconH1ForCausalLM keeps state-space"):
+        sample(model, PROMPTS, SamplingParams(n=2, max_tokens=4), eos_token_id=1, pad_token_id=0)
+    resp = [[20, 21], [22]]
+    batch = pack(PROMPTS, resp, 0)
+    got = TeacherPromptCache(2 ** 20)(model, ["a", "b"], PROMPTS, resp, batch, 2)
+    torch.testing.assert_close(got, teacher_hidden(model, *batch, 2))

@@ -209,6 +209,7 @@ def ours(setup: Setup, loss_type: str, cache: bool = True):
     on_policy = loss_type == "reverse_kl"
     # the loop's caches at its default teacher_cache_mib (1 GiB each)
     teacher_cache = (TeacherPromptCache if on_policy else TeacherHiddenCache)(1024 * 2 ** 20)
+    head_t = logits_head(teacher)
 
     def step(r: int) -> dict:
         ph, t0 = {}, time.perf_counter()
@@ -234,7 +235,7 @@ def ours(setup: Setup, loss_type: str, cache: bool = True):
             h_t = teacher_cache(teacher, [str(i) for i in idx], prompts, resp, (t_ids, t_mask, t_pos, Pt), R)
         else:
             h_t = teacher_hidden(teacher, t_ids, t_mask, t_pos, Pt, R)
-        loss, _, _ = distill_step(student, h_t, logits_head(teacher), (s_ids, s_mask, s_pos, Ps),
+        loss, _, _ = distill_step(student, h_t, head_t, (s_ids, s_mask, s_pos, Ps),
                                   resp_mask, factors, loss_type, kw, CHUNK)
         s_clock.on = t_clock.on = False
         if not np.isfinite(loss.item()):

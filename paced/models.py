@@ -192,15 +192,15 @@ def check_logits_head(model, what: str) -> None:
     """Refuse a model whose logits are not ``logits_head(model)`` of its last hidden state (an
     architecture with a post-head step paced does not know), naming ``what`` (e.g. "student")."""
     m = model.module if hasattr(model, "module") else model
-    device = next(m.parameters()).device
-    ids = torch.arange(1, 9, device=device)[None] % m.get_output_embeddings().weight.shape[0]  # (1, 8)
+    weight = m.get_output_embeddings().weight                      # (V, H)
+    ids = torch.arange(1, 9, device=weight.device)[None] % weight.shape[0]  # (1, 8)
     was_training = m.training
     m.eval()
     out = m(input_ids=ids, output_hidden_states=True)
     m.train(was_training)
     want = out.logits.float()                                      # (1, 8, V)
     got = logits_head(m)(out.hidden_states[-1]).float()            # (1, 8, V)
-    rel = 1e-3 if m.get_output_embeddings().weight.dtype == torch.float32 else 2e-2
+    rel = 1e-3 if weight.dtype == torch.float32 else 2e-2
     diff = float((want - got).abs().max())
     if diff > rel * (1.0 + float(want.abs().max())):
         raise ValueError(

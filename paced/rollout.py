@@ -107,7 +107,11 @@ def cache_layer_kinds(model) -> set[str]:
     return _LAYER_KINDS[model]
 
 
-ATTENTION_CACHE_LAYERS = {"DynamicLayer", "DynamicSlidingWindowLayer"}
+def hybrid_cache_layers(model) -> list[str]:
+    """The cache-layer kinds of ``model`` that are not attention KV caches (a hybrid model's
+    state-space / linear-attention layers): what neither the sampler nor the teacher's prompt
+    cache can share, expand or compact. Empty for attention-only models."""
+    return sorted(cache_layer_kinds(model) - {"DynamicLayer", "DynamicSlidingWindowLayer"})
 
 
 def _select_cache(cache, idx: torch.Tensor) -> None:
@@ -199,10 +203,10 @@ def sample(model, prompt_ids: list[list[int]], params: SamplingParams, *, eos_to
     """Draw ``params.n`` completions for every prompt (see the module docstring)."""
     if not prompt_ids:
         raise ValueError("sample(): no prompts")
-    if cache_layer_kinds(model) - ATTENTION_CACHE_LAYERS:
+    if hybrid := hybrid_cache_layers(model):
         raise ValueError(
             f"sampler: {type(model).__name__} keeps state-space / linear-attention states "
-            f"({sorted(cache_layer_kinds(model) - ATTENTION_CACHE_LAYERS)}): a hybrid model. paced's "
+            f"({hybrid}): a hybrid model. paced's "
             f"sampler shares, expands and compacts attention KV caches only, so hybrid models are not "
             f"supported yet")
     n = params.n

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from .rollout import ATTENTION_CACHE_LAYERS, _cache_kw, cache_layer_kinds
+from .rollout import _cache_kw, hybrid_cache_layers
 
 
 def check_vocab(student_tok, teacher_tok, student_model, teacher_model) -> None:
@@ -141,7 +141,7 @@ class TeacherPromptCache:
         body = _backbone(teacher)
         device = t_batch[0].device
         if (body is None or not hasattr(DynamicCache(), "layers")             # unsupported model,
-                or cache_layer_kinds(teacher) - ATTENTION_CACHE_LAYERS):      # or a hybrid one
+                or hybrid_cache_layers(teacher)):                             # or a hybrid one
             return teacher_hidden(teacher, *t_batch, R)
         prompt_of = dict(zip(ids, prompts))
         if not _fill(self, ids, lambda i: self._prefill(body, prompt_of[i], device)):

@@ -214,6 +214,7 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
     # greedy teacher responses (off-policy), prompt KV caches (otherwise).
     hidden_cache = TeacherHiddenCache(d.teacher_cache_mib * 2 ** 20)
     prompt_cache = TeacherPromptCache(d.teacher_cache_mib * 2 ** 20)
+    head_t = logits_head(teacher)                             # the frozen teacher's logits head
 
     bar = Progress(total_steps, "distill", cfg.run.progress and main, initial=step)
     stage_start = 0
@@ -272,7 +273,7 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
                 h_t = teacher_hidden(teacher, *t_batch, R)                                  # (B, R, H)
             student.train()
             loss, per_problem, agreement = distill_step(
-                student, h_t, logits_head(teacher), s_batch, resp_mask.to(dev), factors,
+                student, h_t, head_t, s_batch, resp_mask.to(dev), factors,
                 stage.loss_type, kw, d.chunk_size)
             penalty = ewc.penalty(raw) if ewc is not None else None           # λ Σ F (θ − θ*)², 0-dim
             total = loss if penalty is None else loss + penalty

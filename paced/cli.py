@@ -2,6 +2,7 @@
 
     paced <command> --config FILE.yaml [key=value ...] [--run-dir DIR] [--resume]
     paced analyze BEFORE/eval.json AFTER/eval.json [--k K] [--out DIR]
+    paced import-gguf FILE.gguf OUT_DIR [--stop-token TOKEN ...]
 
 Every option of a command is listed by ``paced <command> --help``.
 """
@@ -24,8 +25,9 @@ COMMANDS = {
     "ledger": (C.LedgerConfig, "inspect the pass-rate ledger: runs and the p-hat histogram"),
     "demo": (C.DemoConfig, "end-to-end demo on CPU: teacher + student SFT, pass rates, evaluation"),
 }
-# takes two eval.json paths instead of a config
+# take paths instead of a config
 ANALYZE = "split a pass@1 gain into compression and capability gain (two 'paced eval' results)"
+IMPORT_GGUF = "convert a GGUF model file into a Hugging Face model directory (dequantised to fp32)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +53,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("after", help="eval.json of the model after training (or its run directory)")
     p.add_argument("--k", type=int, help="k of pass@k (default: the largest, n of BEFORE)")
     p.add_argument("--out", help="where analyze.json and analyze.png go (default: AFTER's directory)")
+    p = sub.add_parser("import-gguf", help=IMPORT_GGUF, description=IMPORT_GGUF)
+    p.add_argument("gguf", help="the .gguf file")
+    p.add_argument("out", help="the new model directory (must not exist or be empty)")
+    p.add_argument("--stop-token", action="append", default=[], metavar="TOKEN",
+                   help="a token that also ends generation (repeatable), e.g. '<|endoftext|>'")
     return parser
 
 
@@ -69,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     try:
         _dispatch(args, cfg)
-    except (ValueError, FileNotFoundError, FloatingPointError, RuntimeError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, ImportError, FloatingPointError,
+            RuntimeError) as e:
         from .tasks.files import DataError
         kind = "data error" if isinstance(e, DataError) else "error"
         print(f"paced {args.command}: {kind}: {e}", file=sys.stderr)
@@ -108,6 +116,11 @@ def _dispatch(args, cfg) -> None:
     elif args.command == "analyze":
         from .analyze import run
         run(args.before, args.after, args.k, args.out)
+    elif args.command == "import-gguf":
+        from .hub import import_gguf
+        from .runlog import console
+        out = import_gguf(args.gguf, args.out, stop_tokens=tuple(args.stop_token))
+        console.print(f"wrote {out}: use it as model.path={out}")
 
 
 if __name__ == "__main__":

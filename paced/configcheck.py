@@ -17,6 +17,7 @@ def check(cfg) -> None:
                     raise ConfigError(f"{key}.difficulty: expected [lo, hi] or one int >= 0")
                 if len(src.difficulty) == 2 and src.difficulty[0] > src.difficulty[1]:
                     raise ConfigError(f"{key}.difficulty: lo {src.difficulty[0]} > hi {src.difficulty[1]}")
+                _check_answer_format(key, src)
     for name in ("model", "student", "policy"):
         model = getattr(cfg, name, None)
         if model is not None and model.path is None and model.preset is None:
@@ -31,6 +32,12 @@ def check(cfg) -> None:
                               f"'beta' with integer weight_alpha and weight_beta")
         responses = st.responses if st.responses != "auto" else \
             ("teacher" if st.loss_type in ("forward_kl", "akl") else "student")
+        if st.weighting == "uniform" and (st.online_passrate or st.reestimate_every):
+            raise ConfigError(f"distill.stages[{i}].weighting: 'uniform' uses no p̂, so online_passrate and "
+                              f"reestimate_every would only spend rollouts; drop them or choose beta / hard_filter")
+        if st.online_passrate and not st.reestimate_every:
+            raise ConfigError(f"distill.stages[{i}].online_passrate: the online rows change the weights only "
+                              f"when p̂ is re-estimated; set reestimate_every > 0")
         if st.online_passrate and responses != "student":
             raise ConfigError(f"distill.stages[{i}].online_passrate: needs a stage on student responses "
                               f"(reverse_kl / jsd, or responses: student), not {st.loss_type} on {responses}'s")
@@ -49,6 +56,39 @@ def check(cfg) -> None:
         if tracker not in ("tensorboard", "wandb", "trackio"):
             raise ConfigError(f"run.report_to: unknown tracker {tracker!r}; "
                               "choose tensorboard, wandb or trackio")
+
+
+def _check_answer_format(key: str, src) -> None:
+    """A data source's answer_format / answer_regex / prompt_template / style agree."""
+    import re
+
+    from .guide import template_fields
+    from .tasks.formats import compile_regex
+    from .tasks.synthetic import FAMILIES
+    if src.answer_format == "regex" and not src.answer_regex:
+        raise ConfigError(f"{key}.answer_regex: answer_format 'regex' needs a pattern, e.g. "
+                          f"answer_regex='answer: (-?[0-9]+)'")
+    if src.answer_regex is not None and src.answer_format != "regex":
+        raise ConfigError(f"{key}.answer_regex: used only with answer_format 'regex' "
+                          f"(answer_format is {src.answer_format!r})")
+    if src.answer_regex is not None:
+        try:
+            compile_regex(src.answer_regex)
+        except re.error as e:
+            raise ConfigError(f"{key}.answer_regex: {src.answer_regex!r} does not compile: {e}") from None
+    try:
+        fields = template_fields(src.prompt_template)
+    except ValueError as e:
+        raise ConfigError(f"{key}.prompt_template: {e}") from None
+    if fields - {"prompt", "instruction"}:
+        raise ConfigError(f"{key}.prompt_template: {src.prompt_template!r} uses "
+                          f"{sorted(fields - {'prompt', 'instruction'})}: only {{prompt}} and "
+                          f"{{instruction}} are filled in")
+    if "prompt" not in fields:
+        raise ConfigError(f"{key}.prompt_template: {src.prompt_template!r} does not use {{prompt}}")
+    if src.style == "natural" and src.source not in FAMILIES:
+        raise ConfigError(f"{key}.style: 'natural' applies to synthetic families only "
+                          f"({', '.join(FAMILIES)}), not {src.source!r}")
 
 
 def _check_continual(c: ContinualCfg) -> None:

@@ -8,23 +8,25 @@ mean@n accuracy and greedy accuracy, overall and per source.
 """
 from __future__ import annotations
 
+import time
 from collections import defaultdict
 
 import numpy as np
 import torch
 
 from .ledger import default_ks, pass_at_k
-from .models import encode_prompts
+from .models import encode_prompts, stop_token_ids
 from .rollout import SAMPLERS, Rollouts, SamplingParams
 from .tasks import Example, verify
 
 
 def rollout_and_verify(model, tokenizer, examples: list[Example], params: SamplingParams,
-                       batch_size: int = 256, progress: bool = False, backend: str = "hf"
-                       ) -> tuple[Rollouts, list[str], torch.Tensor]:
-    """Sample ``params.n`` completions per example; returns (rollouts, texts, rewards (N,))."""
-    prompt_ids = encode_prompts(tokenizer, [e.prompt for e in examples])
-    ro = SAMPLERS[backend](model, prompt_ids, params, eos_token_id=tokenizer.eos_token_id,
+                       batch_size: int = 256, progress: bool = False, backend: str = "hf",
+                       system_prompt: str = "default") -> tuple[Rollouts, list[str], torch.Tensor]:
+    """Sample ``params.n`` completions per example; returns (rollouts, texts, rewards (N,)).
+    Completions end at any of the model's stop tokens (``stop_token_ids``)."""
+    prompt_ids = encode_prompts(tokenizer, [e.prompt for e in examples], system_prompt)
+    ro = SAMPLERS[backend](model, prompt_ids, params, eos_token_id=stop_token_ids(model, tokenizer),
                            pad_token_id=tokenizer.pad_token_id, batch_size=batch_size,
                            progress=progress)
     texts = ro.texts(tokenizer)
@@ -40,31 +42,56 @@ def success_counts(rewards: torch.Tensor, n_prompts: int, n: int) -> list[int]:
 def evaluate(model, tokenizer, examples: list[Example], n: int, ks: list[int] | None = None,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, max_tokens: int = 32,
              greedy: bool = True, batch_size: int = 256, seed: int = 0, progress: bool = False,
-             keep_samples: int = 2) -> dict:
-    """pass@k (k in ``ks``, default 1, 2, 4, ... <= n), mean@n and greedy accuracy."""
+             keep_samples: int = 2, backend: str = "hf", system_prompt: str = "default") -> dict:
+    """pass@k (k in ``ks``, default 1, 2, 4, ... <= n), mean@n and greedy accuracy.
+
+    Per problem the result keeps ``keep_samples`` sampled completions (-1 = all n) with their
+    verdicts and token counts, the greedy completion, and how many rows ran out of tokens
+    (``truncated``); ``timing`` holds the seconds and tokens of each pass."""
     ks = sorted(set(ks or default_ks(n)))
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k,
                             max_tokens=max_tokens, seed=seed)
-    _, texts, rewards = rollout_and_verify(model, tokenizer, examples, params, batch_size, progress)
+    kw = dict(backend=backend, system_prompt=system_prompt)
+    t0 = time.perf_counter()
+    ro, texts, rewards = rollout_and_verify(model, tokenizer, examples, params, batch_size, progress, **kw)
+    timing = {"sampled": _timing(ro, time.perf_counter() - t0)}
     counts = success_counts(rewards, len(examples), n)
-    greedy_ok = [None] * len(examples)
+    lengths, done, ok = ro.lengths.tolist(), ro.finished.tolist(), rewards.bool().tolist()
+    greedy_ok, greedy_text, greedy_len = [None] * len(examples), [None] * len(examples), [None] * len(examples)
     if greedy:
         gp = SamplingParams(n=1, temperature=0.0, max_tokens=max_tokens, seed=seed)
-        _, _, g = rollout_and_verify(model, tokenizer, examples, gp, batch_size, progress)
-        greedy_ok = [bool(x) for x in g.tolist()]
-    problems = [{"id": e.id, "source": e.source, "difficulty": e.difficulty, "n": n, "c": c,
-                 "greedy": gok, "samples": texts[i * n: i * n + keep_samples]}
-                for i, (e, c, gok) in enumerate(zip(examples, counts, greedy_ok))]
+        t0 = time.perf_counter()
+        g_ro, greedy_text, g = rollout_and_verify(model, tokenizer, examples, gp, batch_size, progress, **kw)
+        timing["greedy"] = _timing(g_ro, time.perf_counter() - t0)
+        greedy_ok, greedy_len = [bool(x) for x in g.tolist()], g_ro.lengths.tolist()
+    keep = n if keep_samples < 0 else min(keep_samples, n)
+    problems = []
+    for i, (e, c) in enumerate(zip(examples, counts)):
+        rows = range(i * n, (i + 1) * n)
+        problems.append({
+            "id": e.id, "source": e.source, "difficulty": e.difficulty, "n": n, "c": c,
+            "greedy": greedy_ok[i], "greedy_text": greedy_text[i], "greedy_tokens": greedy_len[i],
+            "mean_tokens": float(np.mean([lengths[r] for r in rows])),
+            "truncated": sum(not done[r] for r in rows),
+            "samples": [{"text": texts[r], "correct": ok[r], "tokens": lengths[r]} for r in rows[:keep]]})
     groups, levels = defaultdict(list), defaultdict(list)
     for p in problems:
         groups[p["source"]].append(p)
         if p["difficulty"] is not None:
             levels[f"{p['source']}/d{p['difficulty']}"].append(p)
     return {"n": n, "ks": ks, "temperature": temperature, "top_p": top_p, "top_k": top_k,
+            "max_completion_length": max_tokens, "timing": timing,
             "overall": aggregate(problems, ks),
             "by_source": {s: aggregate(ps, ks) for s, ps in groups.items()},
             "by_difficulty": {s: aggregate(levels[s], ks) for s in sorted(levels, key=_level_key)},
             "problems": problems}
+
+
+def _timing(ro: Rollouts, seconds: float) -> dict:
+    """Seconds, completions, generated tokens and tokens/s of one sampling pass."""
+    tokens = int(ro.lengths.sum())
+    return {"seconds": round(seconds, 3), "completions": int(ro.lengths.numel()), "tokens": tokens,
+            "tokens_per_s": tokens / max(seconds, 1e-9)}
 
 
 def _level_key(name: str) -> tuple[str, int]:
@@ -78,6 +105,9 @@ def aggregate(problems: list[dict], ks: list[int]) -> dict:
     for k in ks:
         out[f"pass@{k}"] = float(np.mean([pass_at_k(p["n"], p["c"], k) for p in problems]))
     out["mean@n"] = float(np.mean([p["c"] / p["n"] for p in problems]))
+    if problems and "mean_tokens" in problems[0]:
+        out["mean_tokens"] = float(np.mean([p["mean_tokens"] for p in problems]))
+        out["truncated_share"] = sum(p["truncated"] for p in problems) / sum(p["n"] for p in problems)
     g = [p["greedy"] for p in problems if p["greedy"] is not None]
     out["greedy"] = float(np.mean(g)) if g else None
     return out
@@ -116,7 +146,8 @@ def run(cfg) -> dict:
     e = cfg.eval
     result = evaluate(model, tok, examples, e.n, e.ks or None, e.temperature, e.top_p, e.top_k,
                       e.max_completion_length, e.greedy, e.batch_size, cfg.run.seed,
-                      cfg.run.progress)
+                      cfg.run.progress, keep_samples=e.save_samples, backend=cfg.engine.backend,
+                      system_prompt=cfg.model.system_prompt)
     result["model"] = path
     write_json(run_dir / "eval.json", result)
     rows = {"all": result["overall"], **result["by_source"]}

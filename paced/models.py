@@ -3,8 +3,9 @@
 Tiny models are Llama-style (``LlamaForCausalLM``) with a character-level tokenizer built from
 the ``tokenizers`` library (a BPE model with no merges, so every printable ASCII character is
 one token). Both are written with ``save_pretrained`` and loaded back through
-``load_model_and_tokenizer`` — exactly the path a user's real model takes. Nothing is
-downloaded: ``local_files_only=True`` everywhere.
+``load_model_and_tokenizer`` — exactly the path a user's real model takes, and the path a
+built-in real model takes after its one-time conversion (paced/hub.py). Nothing is downloaded:
+``local_files_only=True`` everywhere.
 """
 from __future__ import annotations
 
@@ -99,34 +100,91 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def load_model_and_tokenizer(path: str | os.PathLike, dtype: str = "float32"):
-    """Load a local causal LM directory and its tokenizer (left padding, pad token ensured)."""
+    """Load a local causal LM directory (or a built-in name, paced/hub.py) and its tokenizer.
+
+    Left padding. The pad token: the tokenizer's own; where it has none, its unk token when that
+    is not a stop token, else the eos token (as TRL). paced masks padding explicitly everywhere
+    (attention masks, label masks, completion masks), so pad == eos is safe in every trainer.
+    """
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from .hub import resolve
+
     quiet_hf()
-    path = Path(path)
+    path = Path(resolve(str(path)))
     if not (path / "config.json").is_file():
         raise FileNotFoundError(f"model.path {str(path)!r} is not a model directory (no config.json)")
     tok = AutoTokenizer.from_pretrained(path, local_files_only=True)
     tok.padding_side = "left"
-    if tok.pad_token is None:  # common for base models: reuse eos, as TRL does
-        tok.pad_token = tok.eos_token
     torch_dtype = DTYPES[dtype] if dtype != "auto" else "auto"
     model = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype, local_files_only=True)
+    if tok.pad_token is None:
+        unk = tok.unk_token_id
+        tok.pad_token = tok.unk_token if unk is not None and unk not in stop_token_ids(model, tok) \
+            else tok.eos_token
     return model, tok
 
 
-def render_prompt(tokenizer, prompt: str) -> str:
-    """The text the policy is conditioned on: the chat template's user turn when there is one."""
-    if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True
-        )
-    return prompt
+def stop_token_ids(model, tokenizer) -> list[int]:
+    """Every token id that ends a completion: the generation config's ``eos_token_id`` (an id or
+    a list: chat models list the end of a turn, e.g. ``<|im_end|>``, and the end of text) and the
+    tokenizer's eos, in that order, without repeats."""
+    m = model.module if hasattr(model, "module") else model
+    gen = getattr(getattr(m, "generation_config", None), "eos_token_id", None)
+    ids = [gen] if isinstance(gen, int) else list(gen or [])
+    if tokenizer.eos_token_id is not None:
+        ids.append(tokenizer.eos_token_id)
+    if not ids:
+        raise ValueError("the model has no stop token: neither generation_config.eos_token_id nor "
+                         "the tokenizer's eos_token is set")
+    return list(dict.fromkeys(int(i) for i in ids))
 
 
-def encode_prompts(tokenizer, prompts: list[str]) -> list[list[int]]:
+SYSTEM_PROMPTS = ("default", "none")  # or any other string: the system turn's text
+_PROBE = "\x00paced-system\x00"
+
+
+def render_prompt(tokenizer, prompt: str, system_prompt: str = "default") -> str:
+    """The text the policy is conditioned on: the chat template's user turn (and generation
+    prompt) when the tokenizer has a template, else the prompt itself."""
+    if not getattr(tokenizer, "chat_template", None):
+        return prompt
+    return render_chat(tokenizer, [{"role": "user", "content": prompt}], system_prompt, True)
+
+
+def render_chat(tokenizer, turns: list[dict], system_prompt: str = "default",
+                add_generation_prompt: bool = False) -> str:
+    """``turns`` (user / assistant messages) through the chat template, with the system turn
+    ``system_prompt`` names: "default" passes no system message (the template's own default
+    system turn, if it has one, stays: SmolLM2's adds "You are a helpful AI assistant named
+    SmolLM..."); "none" renders no system turn at all (for a template that inserts a default one,
+    the rendering of a probe system turn alone is cut off the front, a BOS in front of it kept);
+    any other string is the system message."""
+    apply = lambda msgs: tokenizer.apply_chat_template(  # noqa: E731
+        msgs, tokenize=False, add_generation_prompt=add_generation_prompt)
+    if system_prompt == "default":
+        return apply(turns)
+    if system_prompt != "none":
+        return apply([{"role": "system", "content": system_prompt}] + turns)
+    probe = [{"role": "system", "content": _PROBE}]
+    try:
+        head = tokenizer.apply_chat_template(probe, tokenize=False)
+        full = apply(probe + turns)
+    except Exception:               # a template without a system role never adds one by itself
+        return apply(turns)
+    if _PROBE not in head:          # the template drops system messages: nothing to remove
+        return apply(turns)
+    if not full.startswith(head):
+        raise ValueError("model.system_prompt 'none': the chat template renders the system turn "
+                         "differently before a user turn; give the system prompt as text instead")
+    rest, bos = full[len(head):], getattr(tokenizer, "bos_token", None) or ""
+    # a BOS in front of the system turn stays (Llama 3, Gemma); ChatML's "BOS" is the turn opener
+    return bos + rest if bos and head.startswith(bos) and not rest.startswith(bos) else rest
+
+
+def encode_prompts(tokenizer, prompts: list[str], system_prompt: str = "default") -> list[list[int]]:
     """Token ids of each rendered prompt (no padding; the sampler pads)."""
-    texts = [render_prompt(tokenizer, p) for p in prompts]
+    texts = [render_prompt(tokenizer, p, system_prompt) for p in prompts]
     # The template already holds bos/special tokens; do not let the tokenizer add them twice.
     add_special = not getattr(tokenizer, "chat_template", None)
     return [tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in texts]

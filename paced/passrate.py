@@ -19,7 +19,8 @@ from .runlog import Progress, console, write_json
 
 def estimate(model, tokenizer, examples, ledger: Ledger, k: int, params: SamplingParams,
              model_name: str, stage: str, step: int = 0, batch_size: int = 256,
-             progress: bool = False, backend: str = "hf") -> dict[str, tuple[int, int]]:
+             progress: bool = False, backend: str = "hf",
+             system_prompt: str = "default") -> dict[str, tuple[int, int]]:
     """Draw K rollouts per example, verify, record; returns {id: (successes, K)}."""
     per_call = max(1, batch_size // k)           # prompts per sampler call
     out: dict[str, tuple[int, int]] = {}
@@ -29,7 +30,8 @@ def estimate(model, tokenizer, examples, ledger: Ledger, k: int, params: Samplin
         batch = examples[s: s + per_call]
         p = SamplingParams(n=k, temperature=params.temperature, top_p=params.top_p,
                            top_k=params.top_k, max_tokens=params.max_tokens, seed=params.seed + s)
-        _, _, rewards = rollout_and_verify(model, tokenizer, batch, p, batch_size, backend=backend)
+        _, _, rewards = rollout_and_verify(model, tokenizer, batch, p, batch_size, backend=backend,
+                                           system_prompt=system_prompt)
         got = {e.id: (c, k) for e, c in zip(batch, success_counts(rewards, len(batch), k))}
         ledger.record(got, model=model_name, stage=stage, step=step)
         out.update(got)
@@ -66,7 +68,7 @@ def run(cfg) -> dict:
                             max_tokens=s.max_completion_length, seed=cfg.run.seed)
     counts = estimate(model, tok, examples, ledger, cfg.passrate.num_generations, params, name,
                       cfg.ledger.stage, batch_size=s.batch_size, progress=cfg.run.progress,
-                      backend=s.backend)
+                      backend=cfg.engine.backend, system_prompt=cfg.model.system_prompt)
     p_hat = [c / k for c, k in counts.values()]
     hist = histogram(p_hat)
     summary = {"command": "passrate", "model": name, "stage": cfg.ledger.stage,

@@ -2,21 +2,26 @@
 
 Pure functions over tensors and numbers. Shapes: N rows = G groups (prompts) x n generations,
 grouped contiguously (row i belongs to group i // n); T completion positions; ``mask`` (N, T) is
-1 on completion tokens (bool, 0/1 or float), completion tokens are left-aligned in each row.
+1 on completion tokens (bool, 0/1 or float), completion tokens are left-aligned in each row;
+H hidden size, V vocabulary, M = N·T flattened token positions, c tokens of one chunk.
 
 - Advantage rules ``fn(rewards (N,), n, **kw) -> (advantages (N,), keep (N,) bool)``; a row with
   keep False is dropped from the update and from the loss normaliser (callers multiply the mask
   by keep). ``ADVANTAGES`` maps the config names to them.
-- Per-token terms (N, T): the clipped surrogate, k3 KL, entropy; PPO's GAE and value loss.
+- Per-token terms (N, T): log-probs and entropy from hidden states in chunks (the policy's
+  full (N, T, V) logits never exist), the clipped surrogate, k3 KL; PPO's GAE and value loss.
 - Reductions ``LOSS_TYPES`` (TRL's loss_type): one micro-batch's share of the optimizer-batch
   loss, so that the micro-batch losses sum to the full-batch loss.
 Advantages and old log-probs are constants of the update: they are detached here.
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.utils.checkpoint import checkpoint
 
 from .losses import _upcast  # x in at least fp32 (bf16/fp16/int/bool -> fp32; fp64 stays fp64)
 
@@ -171,6 +176,68 @@ def entropy_from_logits(logits: Tensor) -> Tensor:
     logp = F.log_softmax(_upcast(logits), dim=-1)                # (N, T, V)
     p = logp.exp()                                               # (N, T, V)
     return -(p * logp.masked_fill(p == 0, 0.0)).sum(-1)          # (N, T)
+
+
+def chunked_logprobs(hidden: Tensor, head, targets: Tensor, temperature: float = 1.0,
+                     entropy: str = "none", chunk_size: int = 512,
+                     checkpoint_above_bytes: int = 32 * 2 ** 20) -> tuple[Tensor, Tensor | None]:
+    """Per-token log-prob of ``targets`` and optionally the entropy, from final hidden states,
+    with O(chunk_size · V) logits memory:
+
+        z = head(h) / temperature (fp32),   log π(y) = z_y − logsumexp(z),
+        H(π) = −Σ_v π_v (z_v − logsumexp(z))        (0 · (−inf) := 0)
+
+    hidden (N, T, H); ``head`` maps (1, c, H) -> (1, c, V) (``paced.models.logits_head(model)``);
+    targets (N, T) token ids. Returns (logp (N, T), entropy (N, T) or None), both in at least
+    fp32. ``entropy``: "grad" (differentiable), "value" (detached, for logging) or "none" (None).
+    The M = N·T positions are flattened and processed ``chunk_size`` tokens at a time, so one
+    chunk's logits are (c, V) whatever N is; with grad enabled each chunk runs inside
+    ``torch.utils.checkpoint`` (non-reentrant): no chunk's logits survive the forward, and the
+    backward recomputes them one chunk at a time. The entropy comes from the same chunk's logits
+    (no second head pass). Under no_grad nothing is checkpointed (nothing is saved anyway). When
+    the whole (M, V) fp32 logits are at most ``checkpoint_above_bytes`` (32 MiB) nothing is
+    checkpointed either: the recomputation would cost more than the memory it saves.
+    Deviations: the head matmul runs in the head's own dtype and only its output is upcast (as
+    ``chunked_token_loss``); the value equals ``log_softmax(head(h).float() / T).gather(targets)``
+    and ``entropy_from_logits`` up to float rounding, gradients too.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunked_logprobs: chunk_size must be >= 1, got {chunk_size}")
+    if entropy not in ("none", "grad", "value"):
+        raise ValueError(f"chunked_logprobs: entropy must be none, grad or value, got {entropy!r}")
+    N, T, H = hidden.shape
+    x, y = hidden.reshape(1, N * T, H), targets.reshape(N * T)   # (1, M, H), (M,)
+
+    def piece(xc: Tensor, yc: Tensor) -> tuple[Tensor, Tensor | None]:
+        z = _upcast(head(xc))[0]                                 # (c, V)
+        if temperature != 1.0:
+            z = z / temperature
+        lse = torch.logsumexp(z, dim=-1)                         # (c,)
+        logp = z.gather(-1, yc[:, None]).squeeze(-1) - lse       # (c,)
+        if entropy == "none":
+            return logp, None
+        with contextlib.nullcontext() if entropy == "grad" else torch.no_grad():
+            logq = z - lse[:, None]                              # (c, V)
+            p = logq.exp()                                       # (c, V)
+            ent = -(p * logq.masked_fill(p == 0, 0.0)).sum(-1)   # (c,)
+        return logp, ent
+
+    vocab = getattr(head, "out_features", None)
+    if vocab is None:                                            # a plain callable: probe it
+        with torch.no_grad():
+            vocab = head(x[:, :1]).shape[-1]
+    ckpt = torch.is_grad_enabled() and N * T * vocab * 4 > checkpoint_above_bytes
+    logps, ents = [], []
+    for start in range(0, N * T, chunk_size):
+        xc, yc = x[:, start:start + chunk_size], y[start:start + chunk_size]  # (1, c, H), (c,)
+        lp, ent = checkpoint(piece, xc, yc, use_reentrant=False) if ckpt else piece(xc, yc)
+        logps.append(lp)
+        ents.append(ent)
+    if not logps:                                                # N·T = 0
+        out = _upcast(hidden.new_zeros(N, T))
+        return out, (out.clone() if entropy != "none" else None)
+    logp = torch.cat(logps).view(N, T)                           # (N, T)
+    return logp, (torch.cat(ents).view(N, T) if entropy != "none" else None)
 
 
 # ---------------------------------------------------------------------------------------------

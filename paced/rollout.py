@@ -1,7 +1,7 @@
 """One sampling function for every trainer: batched, KV-cached, left-padded, n per prompt.
 
     rollouts = sample(model, prompt_ids, SamplingParams(n=8, temperature=1.0, max_tokens=32),
-                      eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+                      eos_token_id=stop_token_ids(model, tok), pad_token_id=tok.pad_token_id)
 
 The signature mirrors vLLM's ``LLM.generate(prompts=TokensPrompt..., SamplingParams(n, temperature,
 top_p, top_k, max_tokens, seed))`` so that a vLLM backend can sit behind ``SAMPLERS`` without any
@@ -15,7 +15,9 @@ distribution *before* top-k / top-p truncation, i.e. exactly what a trainer's fo
 temperature T recomputes (with top_p = 1 and top_k = 0 it is the sampling distribution itself).
 At T = 0 (greedy) it is the plain log softmax.
 
-Rows that end (EOS) are dropped from the batch and from the KV cache as they finish, so a chunk
+A row ends at the first of the stop tokens ``eos_token_id`` names (one id or a list: a chat model
+ends its turn with e.g. ``<|im_end|>`` and may also emit ``<|endoftext|>``; the stop token is part
+of the completion and its mask). Rows that end are dropped from the batch and from the KV cache as they finish, so a chunk
 costs what its unfinished rows cost; Hugging Face ``generate`` keeps decoding finished rows.
 At toy sizes a decode step costs framework overhead more than arithmetic, so the loop is kept
 lean: it runs under ``torch.inference_mode`` (no autograd bookkeeping on any tensor), a prompt
@@ -35,6 +37,14 @@ import torch
 from .runlog import Progress
 
 
+def as_stop_list(eos_token_id) -> list[int]:
+    """One stop id or a list of them -> a non-empty list of distinct ints, in order."""
+    ids = [eos_token_id] if isinstance(eos_token_id, int) else list(eos_token_id or [])
+    if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise ValueError(f"sampler: eos_token_id must be a token id or a list of ids, got {eos_token_id!r}")
+    return list(dict.fromkeys(ids))
+
+
 @dataclass(frozen=True)
 class SamplingParams:
     n: int = 1
@@ -52,7 +62,7 @@ class Rollouts:
     completion_ids: torch.Tensor   # (N, L) right-padded with pad_token_id
     completion_mask: torch.Tensor  # (N, L) 1 on generated tokens, EOS included
     sample_logp: torch.Tensor      # (N, L) log-prob of each sampled token (0 on padding)
-    finished: torch.Tensor         # (N,) True if the row ended with EOS, False if cut at max_tokens
+    finished: torch.Tensor         # (N,) True if the row ended with a stop token, False if cut at max_tokens
 
     @property
     def lengths(self) -> torch.Tensor:  # (N,)
@@ -124,7 +134,7 @@ def _select_cache(cache, idx: torch.Tensor) -> None:
 
 @torch.inference_mode()
 def _sample_chunk(model, prompts: list[list[int]], repeats: list[int], params: SamplingParams,
-                  eos: int, pad: int, gen: torch.Generator):
+                  eos: list[int], pad: int, gen: torch.Generator):
     """Decode ``repeats[i]`` samples of each distinct prompt ``prompts[i]``.
 
     Each prompt is prefilled once and its KV cache copied to its samples (U distinct prompts,
@@ -140,6 +150,7 @@ def _sample_chunk(model, prompts: list[list[int]], repeats: list[int], params: S
                         device=device)                                    # (U, P + T), grows by views
     position_ids = (attn[:, :P].cumsum(-1) - 1).clamp(min=0)              # (U, P)
     filtering = params.top_k > 0 or params.top_p < 1.0
+    stops = torch.tensor(eos, device=device)                              # (S,) stop-token ids
 
     # Without padding no mask is needed at all, which lets attention take its unmasked fast path.
     padded = any(len(p) < P for p in prompts)
@@ -170,7 +181,7 @@ def _sample_chunk(model, prompts: list[list[int]], repeats: list[int], params: S
             tok = torch.multinomial(probs.cpu(), 1, generator=gen).squeeze(-1).to(device)
         toks.append(tok)
         logps.append(logp_all.gather(-1, tok[:, None]).squeeze(-1))
-        alive = alive & (tok != eos)
+        alive = alive & ~torch.isin(tok, stops)
         n_alive = int(alive.sum())
         last = t == T - 1 or n_alive == 0
         # Ended rows are dropped from the batch and the KV cache once they are a quarter of it:
@@ -187,9 +198,9 @@ def _sample_chunk(model, prompts: list[list[int]], repeats: list[int], params: S
             rows, tok, attn, pos, alive = rows[keep], tok[keep], attn[keep], pos[keep], alive[keep]
         logits = model(input_ids=tok[:, None], attention_mask=attn[:, : P + t + 1] if padded else None,
                        position_ids=pos + t, use_cache=True, **kv).logits[:, -1]
-    # A row ends at its first EOS (steps decoded after it, while the row waited for compaction,
-    # are blanked); a row without one ran to T.
-    is_eos = out_ids == eos                                               # (B, T)
+    # A row ends at its first stop token (steps decoded after it, while the row waited for
+    # compaction, are blanked); a row without one ran to T.
+    is_eos = torch.isin(out_ids, stops)                                   # (B, T)
     finished = is_eos.any(-1)                                             # (B,)
     ends = torch.where(finished, is_eos.long().argmax(-1), T)             # (B,) first EOS, or T
     out_mask = (torch.arange(T, device=device) <= ends[:, None]).long()   # (B, T)
@@ -198,11 +209,13 @@ def _sample_chunk(model, prompts: list[list[int]], repeats: list[int], params: S
     return out_ids, out_logp, out_mask, finished
 
 
-def sample(model, prompt_ids: list[list[int]], params: SamplingParams, *, eos_token_id: int,
+def sample(model, prompt_ids: list[list[int]], params: SamplingParams, *, eos_token_id: int | list[int],
            pad_token_id: int, batch_size: int = 256, progress: bool = False) -> Rollouts:
-    """Draw ``params.n`` completions for every prompt (see the module docstring)."""
+    """Draw ``params.n`` completions for every prompt (see the module docstring); a row ends at
+    any of the stop tokens ``eos_token_id`` (an id or a list of ids)."""
     if not prompt_ids:
         raise ValueError("sample(): no prompts")
+    stops = as_stop_list(eos_token_id)
     if hybrid := hybrid_cache_layers(model):
         raise ValueError(
             f"sampler: {type(model).__name__} keeps state-space / linear-attention states "
@@ -233,7 +246,7 @@ def sample(model, prompt_ids: list[list[int]], params: SamplingParams, *, eos_to
     with Progress(len(chunks), "sampling", progress and len(chunks) > 1) as bar:
         for chunk in chunks:
             i_, l_, m_, f_ = _sample_chunk(model, [prompt_ids[i] for i, _, _ in chunk],
-                                           [c for _, _, c in chunk], params, eos_token_id,
+                                           [c for _, _, c in chunk], params, stops,
                                            pad_token_id, gen)
             where = torch.tensor([i * n + j + k for i, j, c in chunk for k in range(c)])
             ids[where], logp[where], cmask[where], finished[where] = i_.cpu(), l_.cpu(), m_.cpu(), f_.cpu()
@@ -248,6 +261,6 @@ def sample(model, prompt_ids: list[list[int]], params: SamplingParams, *, eos_to
     )
 
 
-# The rollout engines a trainer may name in ``sampling.backend``. A vLLM engine plugs in here
-# with the same signature (token-id prompts in, ``Rollouts`` out).
+# The rollout engines a command may name in ``engine.backend``; each takes token-id prompts and
+# returns ``Rollouts`` with the signature of ``sample``.
 SAMPLERS = {"hf": sample}

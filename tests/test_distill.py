@@ -44,6 +44,9 @@ def test_every_loss_and_weighting(tmp_path, student, loss_type, weighting):
     assert rows[0]["loss"] > 0  # privileged teacher: the KL is not trivially zero
     if weighting != "uniform":
         assert rows[0]["zero_weight_share"] > 0  # p̂ = 0 problems exist and got weight 0
+    else:  # uniform uses no p̂: no rollouts are spent estimating it
+        assert Ledger(tmp_path / "ledger.sqlite").summary() == []
+    assert all(r["step_time"] > 0 and r["tokens_per_s"] > 0 for r in rows)
 
 
 def test_zero_weight_problems_are_never_forwarded(tmp_path, student, monkeypatch):
@@ -87,7 +90,9 @@ def test_vocabulary_mismatch_is_a_clear_error(tmp_path, student):
 
 
 def test_two_stage_schedule_reestimates(tmp_path, student):
-    cfg = distill_cfg(tmp_path, student)  # the smoke schedule: fkl 3 steps, rkl 3 steps, E = 2
+    cfg = distill_cfg(tmp_path, student, "distill.stages=[{name: fkl, loss_type: forward_kl, max_steps: 3, "
+                      "weighting: hard_filter}, {name: rkl, loss_type: reverse_kl, max_steps: 3, "
+                      "weighting: beta, reestimate_every: 2}]")
     summary = D.train(cfg)
     steps = Ledger(tmp_path / "ledger.sqlite").summary()
     assert {r["stage"] for r in steps} == {"0:fkl", "1:rkl"}

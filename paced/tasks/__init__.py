@@ -2,15 +2,16 @@
 
 ``load_sources(sources)`` turns the config's list of data sources (synthetic families, JSONL /
 parquet files, CHAMP) into one list of ``Example``; ``verify(completion, example)`` checks a
-completion with the verifier the example names (``VERIFIERS``). Files and CHAMP go through the
-same ``files.rows_to_examples`` path.
+completion with the verifier the example names (``VERIFIERS``), reading the answer with the
+example's ``answer_format`` (``formats.ANSWER_FORMATS``). Files and CHAMP go through the same
+``files.rows_to_examples`` path.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import answers, files, synthetic
+from . import answers, files, formats, synthetic
 from .base import Example, Task
 
 VERIFIERS = {
@@ -42,16 +43,44 @@ class TaskSet:
         return verify(completion, example)
 
 
+def _with_format(exs: list[Example], src) -> list[Example]:
+    """The source's answer_format / answer_regex on examples still at "auto" (a row's own format
+    wins, as its own verifier does), then its prompt_template on every prompt, with
+    ``{instruction}`` = INSTRUCTIONS[the example's format]. Ids are never recomputed."""
+    fmt = getattr(src, "answer_format", "auto")
+    rx = getattr(src, "answer_regex", None)
+    template = getattr(src, "prompt_template", "{prompt}")
+    out = []
+    for e in exs:
+        if fmt != "auto" and e.answer_format == "auto":
+            e = replace(e, answer_format=fmt)
+        if e.answer_format == "regex" and e.answer_regex is None:
+            if not rx:
+                raise ValueError(f"data source {src.source!r}: problem {e.id!r} has answer_format "
+                                 f"'regex' but no answer_regex; set answer_regex on the source")
+            e = replace(e, answer_regex=rx)
+        if template != "{prompt}":
+            e = replace(e, prompt=formats.apply_template(e.prompt, template, e.answer_format))
+        out.append(e)
+    return out
+
+
 def load_source(src) -> tuple[list[Example], int]:
-    """One ``DataSource`` (config section) -> (examples, rows skipped)."""
+    """One ``DataSource`` (config section) -> (examples, rows skipped); its answer_format,
+    answer_regex and prompt_template applied (``_with_format``) after ids are fixed."""
+    style = getattr(src, "style", "compact")
     if src.source in synthetic.FAMILIES:
         if src.n < 1:
             raise ValueError(f"data source {src.source!r}: set n >= 1 (number of examples to generate)")
         lo, hi = (src.difficulty * 2)[:2] if len(src.difficulty) == 1 else src.difficulty
-        exs = synthetic.generate(src.source, src.n, src.seed, (lo, hi), src.hint_level)
+        exs = synthetic.generate(src.source, src.n, src.seed, (lo, hi), src.hint_level, style,
+                                 getattr(src, "answer_format", "auto"))
         if src.verifier != "auto":
             exs = [replace(e, verifier=src.verifier) for e in exs]
-        return exs, 0
+        return _with_format(exs, src), 0
+    if style != "compact":
+        raise ValueError(f"data source {src.source!r}: style {style!r} applies to synthetic families "
+                         f"only ({', '.join(synthetic.FAMILIES)})")
     fields = files.Fields(**{
         name: (value,) for name, value in (
             ("prompt", src.prompt_field), ("answer", src.answer_field), ("hint", src.hint_field),
@@ -66,7 +95,7 @@ def load_source(src) -> tuple[list[Example], int]:
     else:
         raise ValueError(f"data source {src.source!r} is neither a synthetic family "
                          f"({', '.join(synthetic.FAMILIES)}), 'champ', nor a .jsonl/.parquet file")
-    return (exs[: src.n] if src.n else exs), skipped
+    return _with_format(exs[: src.n] if src.n else exs, src), skipped
 
 
 def load_sources(sources, what: str = "data") -> list[Example]:

@@ -334,15 +334,27 @@ def math_equal(pred: str, gold: str, timeout: float = 2.0) -> bool:
         return False
 
 
+def _extract(completion: str, example: Example) -> str | None:
+    """The answer read with the example's ``answer_format``; ``auto`` is ``extract_answer``."""
+    fmt = getattr(example, "answer_format", "auto")
+    if fmt == "auto":
+        return extract_answer(completion)
+    from paced.tasks.formats import extract  # lazy: the worker loads this file without the package
+    return extract(completion, fmt, getattr(example, "answer_regex", None))
+
+
 def verify_exact(completion: str, example: Example) -> bool:
-    """Text after the last ``=`` (or the whole completion), stripped, equals the answer."""
+    """Text after the last ``=`` (or the whole completion), stripped, equals the answer; with an
+    ``answer_format`` other than auto, the answer that format reads, stripped, equals it."""
     if not isinstance(completion, str):
         return False
+    if getattr(example, "answer_format", "auto") != "auto":
+        return (_extract(completion, example) or "") == str(example.answer).strip() != ""
     return completion[completion.rfind("=") + 1:].strip() == str(example.answer).strip()
 
 
 def _verify(completion: str, example: Example, symbolic: bool) -> bool:
-    pred = extract_answer(completion) if isinstance(completion, str) else None
+    pred = _extract(completion, example) if isinstance(completion, str) else None
     gold = str(example.answer).strip()
     if pred is None or not gold:
         return False
@@ -355,10 +367,12 @@ def _verify(completion: str, example: Example, symbolic: bool) -> bool:
 
 
 def verify_numeric(completion: str, example: Example) -> bool:
-    """extract_answer, then normalized string equality or numeric_equal."""
+    """The example's answer format's extractor (auto: extract_answer), then normalized string
+    equality or numeric_equal."""
     return _verify(completion, example, symbolic=False)
 
 
 def verify_math(completion: str, example: Example) -> bool:
-    """extract_answer; normalized equality; numeric_equal if both are numbers; else math_equal."""
+    """The format's extractor (auto: extract_answer); normalized equality; numeric_equal if both
+    are numbers; else math_equal."""
     return _verify(completion, example, symbolic=True)

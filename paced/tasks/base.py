@@ -2,7 +2,8 @@
 
 An ``Example`` is one verifiable problem: a stable ``id``, the ``prompt`` the policy sees, the
 reference ``answer``, and optionally a ``hint`` (free text, used by Guide) and a worked
-``solution`` (used by SFT and as the teacher's response format).
+``solution`` (used by SFT and as the teacher's response format). ``answer_format`` (and
+``answer_regex``) say where the final answer is read from a completion (``paced.tasks.formats``).
 
 A ``Task`` is anything with ``name``, ``examples`` and ``verify(completion, example) -> bool``.
 Synthetic families, data files and CHAMP all produce ``Example`` objects; which verifier checks a
@@ -26,11 +27,15 @@ class Example:
     source: str = ""             # family or file it came from (for per-source tables)
     difficulty: int | None = None
     meta: dict = field(default_factory=dict, compare=False, hash=False)
+    answer_format: str = "auto"  # key of paced.tasks.formats.ANSWER_FORMATS: how the answer is read
+    answer_regex: str | None = None  # answer_format "regex": the pattern
 
     def to_row(self) -> dict:
-        """A JSON-serialisable row that ``paced.tasks.files`` reads back unchanged."""
+        """A JSON-serialisable row that ``paced.tasks.files`` reads back unchanged (the default
+        ``answer_format`` "auto" is left out, like empty fields)."""
         row = asdict(self)
-        return {k: v for k, v in row.items() if v not in (None, {}, "")}
+        return {k: v for k, v in row.items()
+                if v not in (None, {}, "") and not (k == "answer_format" and v == "auto")}
 
 
 class Task(Protocol):

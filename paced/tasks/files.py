@@ -15,12 +15,14 @@ import importlib.util
 import json
 import logging
 import os
+import re
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
 
 from .base import Example
+from .formats import ANSWER_FORMATS, compile_regex
 
 __all__ = ["DataError", "Fields", "VERIFIER_NAMES", "iter_jsonl", "iter_parquet", "iter_champ",
            "rows_to_examples", "load_file", "load_champ", "write_jsonl"]
@@ -189,6 +191,7 @@ def _row_to_example(row, fields: Fields, verifier: str, stem: str, source: str, 
     ver = row.get("verifier") or verifier
     if ver not in VERIFIER_NAMES:
         raise DataError(f"{loc}: field 'verifier' is {ver!r}, not one of {', '.join(VERIFIER_NAMES)}")
+    fmt, rx = _row_format(row, loc)
     diff = row.get("difficulty")
     if isinstance(diff, float) and diff.is_integer():
         diff = int(diff)
@@ -200,7 +203,24 @@ def _row_to_example(row, fields: Fields, verifier: str, stem: str, source: str, 
     src = row.get("source")
     src = src if isinstance(src, str) and src else source
     return Example(id=id_, prompt=prompt, answer=answer, hint=hint or None, solution=solution or None,
-                   verifier=ver, source=src, difficulty=diff, meta=dict(meta))
+                   verifier=ver, source=src, difficulty=diff, meta=dict(meta), answer_format=fmt,
+                   answer_regex=rx)
+
+
+def _row_format(row: dict, loc: str) -> tuple[str, str | None]:
+    """A row's own ``answer_format`` (default "auto") and ``answer_regex``, checked."""
+    fmt = row.get("answer_format") or "auto"
+    if fmt not in ANSWER_FORMATS:
+        raise DataError(f"{loc}: field 'answer_format' is {fmt!r}, not one of {', '.join(ANSWER_FORMATS)}")
+    rx = row.get("answer_regex")
+    if rx is not None:
+        if not isinstance(rx, str) or not rx:
+            raise DataError(f"{loc}: field 'answer_regex' must be a non-empty string")
+        try:
+            compile_regex(rx)
+        except re.error as e:
+            raise DataError(f"{loc}: field 'answer_regex' {rx!r} does not compile: {e}") from None
+    return fmt, rx
 
 
 def rows_to_examples(rows: Iterable[tuple[int, dict]], origin: str, fields: Fields = Fields(),
@@ -209,7 +229,8 @@ def rows_to_examples(rows: Iterable[tuple[int, dict]], origin: str, fields: Fiel
     """Rows -> (examples, number of rows skipped). ``origin`` names the file in messages and its
     stem becomes ``source`` (unless a row carries its own); ``unit`` is "line" (messages read
     ``file.jsonl:3: ...``) or "row" (``file.parquet[row 3]: ...``). A row may carry its own
-    ``verifier``, ``difficulty``, ``source`` and ``meta`` (what ``Example.to_row`` writes)."""
+    ``verifier``, ``difficulty``, ``source``, ``meta``, ``answer_format`` and ``answer_regex``
+    (what ``Example.to_row`` writes)."""
     if on_error not in ("raise", "skip"):
         raise ValueError(f"on_error must be 'raise' or 'skip', not {on_error!r}")
     if verifier not in VERIFIER_NAMES:

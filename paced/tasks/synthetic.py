@@ -44,7 +44,7 @@ import math
 import random
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable
 
 from paced.tasks.base import Example
@@ -217,25 +217,32 @@ def _check_difficulty(family: str, difficulty: int) -> None:
 
 
 def make_example(family: str, seed: int, index: int, difficulty: int,
-                 hint_level: int = 1) -> Example:
-    """One example of ``family``; deterministic in all arguments.
+                 hint_level: int = 1, style: str = "compact", answer_format: str = "auto") -> Example:
+    """One example of ``family`` in ``style`` (compact | natural); deterministic in all arguments.
+    ``answer_format`` is stored on the example (and picks a natural solution's last line).
 
-    Raises ``ValueError`` for an unknown family, a difficulty outside the family's range, or a
-    ``hint_level`` outside 0..3.
+    Raises ``ValueError`` for an unknown family or style, a difficulty outside the family's
+    range, or a ``hint_level`` outside 0..3.
     """
     fam = _family(family)
     _check_difficulty(family, difficulty)
     if not 0 <= hint_level <= MAX_HINT_LEVEL:
         raise ValueError(f"hint_level must be in [0, {MAX_HINT_LEVEL}], got {hint_level!r}")
-    return fam.make(seed, index, difficulty, hint_level)
+    if style == "natural":
+        from paced.tasks.natural import NATURAL  # natural imports this module's helpers
+        return NATURAL[family](seed, index, difficulty, hint_level, answer_format)
+    if style != "compact":
+        raise ValueError(f"unknown style {style!r}; valid styles: compact, natural")
+    ex = fam.make(seed, index, difficulty, hint_level)
+    return ex if answer_format == "auto" else replace(ex, answer_format=answer_format)
 
 
 def generate(family: str, n: int, seed: int, difficulty: int | tuple[int, int],
-             hint_level: int = 1) -> list[Example]:
-    """``n`` examples with indices ``0..n-1``.
+             hint_level: int = 1, style: str = "compact", answer_format: str = "auto") -> list[Example]:
+    """``n`` examples with indices ``0..n-1`` (``style``, ``answer_format``: as ``make_example``).
 
-    A ``(lo, hi)`` difficulty is drawn per index from ``(family, seed, index)`` alone, so example
-    ``i`` is the same whatever ``n`` is.
+    A ``(lo, hi)`` difficulty is drawn per index from ``(family, seed, index)`` alone (natural:
+    ``(family + "/natural", seed, index)``), so example ``i`` is the same whatever ``n`` is.
     """
     _family(family)
     if n < 0:
@@ -246,17 +253,36 @@ def generate(family: str, n: int, seed: int, difficulty: int | tuple[int, int],
         _check_difficulty(family, hi)
         if lo > hi:
             raise ValueError(f"difficulty range ({lo}, {hi}) has lo > hi")
-        draw = lambda i: random.Random(f"{family}:{seed}:{i}:difficulty").randint(lo, hi)  # noqa: E731
+        key = family if style == "compact" else f"{family}/{style}"
+        draw = lambda i: random.Random(f"{key}:{seed}:{i}:difficulty").randint(lo, hi)  # noqa: E731
     else:
         draw = lambda i: difficulty  # noqa: E731
-    return [make_example(family, seed, i, draw(i), hint_level) for i in range(n)]
+    return [make_example(family, seed, i, draw(i), hint_level, style, answer_format) for i in range(n)]
+
+
+def _countdown_sources(example: Example) -> tuple[list[int], int] | None:
+    """(source numbers, target): the prompt's compact header; else ``meta`` (``numbers`` and
+    ``target``, as natural examples carry); else the header inside a templated prompt."""
+    header = _COUNTDOWN_PROMPT_RE.fullmatch(example.prompt.strip())
+    nums, target = example.meta.get("numbers"), example.meta.get("target")
+    if header is None and isinstance(target, int) and not isinstance(target, bool):
+        ok = isinstance(nums, list) and 0 < len(nums) <= _MAX_STEPS + 1 and all(
+            isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 10**12 for x in nums)
+        return (list(nums), target) if ok else None
+    header = header or _COUNTDOWN_PROMPT_RE.search(example.prompt[:_MAX_COMPLETION_CHARS])
+    if header is None:
+        return None
+    return [int(t) for t in header.group(1).split(" ")], int(header.group(2))
 
 
 def verify_countdown(completion: str, example: Example) -> bool:
     """Whether ``completion`` reaches the target of a countdown ``example``.
 
     Sources and target are parsed from ``example.prompt`` (``"n1 n2 ...:target="``), so exported
-    rows verify too; the target must also agree with ``example.answer``. The completion is a
+    rows verify too; a prompt that is not that header takes them from ``example.meta`` when it
+    holds ``numbers`` and ``target`` (natural-style examples), else from the header inside the
+    prompt (a compact prompt under a prompt_template). The target must also agree with
+    ``example.answer``. The completion is a
     comma-separated list of steps ``"x op y=z"`` (whitespace allowed, op in ``+-*``, all
     non-negative integers of at most 12 digits for operands). Each ``x`` and ``y`` is taken from a
     multiset pool (initially the sources; each step consumes ``x`` and ``y`` and adds ``z``);
@@ -266,16 +292,16 @@ def verify_countdown(completion: str, example: Example) -> bool:
     """
     if not isinstance(completion, str) or len(completion) > _MAX_COMPLETION_CHARS:
         return False
-    header = _COUNTDOWN_PROMPT_RE.fullmatch(example.prompt.strip())
-    if header is None:
+    sources = _countdown_sources(example)
+    if sources is None:
         return False
-    target = int(header.group(2))
+    numbers, target = sources
     if example.answer.strip() != str(target):
         return False
     raw_steps = completion.strip().split(",")
     if len(raw_steps) > _MAX_STEPS:
         return False
-    pool = Counter(int(t) for t in header.group(1).split(" "))
+    pool = Counter(numbers)
     z = None
     for raw in raw_steps:
         step = _STEP_RE.fullmatch(raw)

@@ -31,6 +31,7 @@ from __future__ import annotations
 import copy
 import json
 import math
+import time
 
 import numpy as np
 import torch
@@ -40,7 +41,8 @@ from ..config import DistillConfig, StageCfg
 from ..evaluate import evaluate
 from ..ledger import Ledger, gather_counts, histogram, tally
 from ..losses import DISTILL_LOSSES, chunked_token_loss, masked_mean
-from ..models import check_logits_head, encode_prompts, load_model_and_tokenizer, logits_head, save_pretrained
+from ..models import (check_logits_head, encode_prompts, load_model_and_tokenizer, logits_head, save_pretrained,
+                      stop_token_ids)
 from ..passrate import estimate
 from ..rollout import SamplingParams, sample
 from ..run import load_model, start_run
@@ -116,9 +118,11 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
     by_id = {e.id: e for e in pool}
     held_out = {"target": load_sources(cfg.data.eval, "data.eval"),
                 "forgetting": load_sources(cfg.data.forgetting, "data.forgetting")}
-    s_prompts = dict(zip(by_id, encode_prompts(tok, [e.prompt for e in pool])))
+    system = cfg.student.system_prompt
+    s_prompts = dict(zip(by_id, encode_prompts(tok, [e.prompt for e in pool], system)))
     t_prompts = s_prompts if not cfg.teacher.privileged else dict(zip(by_id, encode_prompts(tok, [
-        cfg.teacher.privileged_template.format(prompt=e.prompt, answer=e.answer) for e in pool])))
+        cfg.teacher.privileged_template.format(prompt=e.prompt, answer=e.answer) for e in pool], system)))
+    stops = stop_token_ids(student, tok)
     total_steps = sum(s.max_steps for s in d.stages)
 
     optimizer = optimizer_from(student.parameters(), cfg.optim)
@@ -147,7 +151,8 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
         for name, exs in held_out.items():
             if exs:
                 r = evaluate(raw, tok, exs, d.eval_n, [1], temperature=d.passrate_temperature,
-                             max_tokens=d.max_completion_length, greedy=True, seed=cfg.run.seed)
+                             max_tokens=d.max_completion_length, greedy=True, seed=cfg.run.seed,
+                             system_prompt=system)
                 out[name] = {"mean@n": r["overall"]["mean@n"], "greedy": r["overall"]["greedy"]}
         console.print(f"{when}: " + ", ".join(f"{k} mean@{d.eval_n} {v['mean@n']:.3f} greedy "
                                               f"{v['greedy']:.3f}" for k, v in out.items()))
@@ -162,7 +167,10 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
 
     def weights_at(stage_i: int, stage: StageCfg, at: int, start: int):
         """p̂ and w for every pool problem, estimated at global step ``at`` (reused if recorded);
-        online_passrate: the stage-start estimate plus the verified responses of steps ≤ at."""
+        online_passrate: the stage-start estimate plus the verified responses of steps ≤ at.
+        weighting uniform uses no p̂: nothing is sampled, p̂ is NaN."""
+        if stage.weighting == "uniform":
+            return np.full(len(pool), np.nan), np.ones(len(pool))
         name = f"{stage_i}:{stage.name}"
         base = start if stage.online_passrate else at
         counts = ledger.counts(model=tag, stage=name, step=base)
@@ -171,7 +179,7 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
                                     max_tokens=d.max_completion_length, seed=cfg.run.seed * 7919 + base)
             todo = [e for e in pool if e.id not in counts]
             counts.update(estimate(raw, tok, todo, ledger, d.num_generations, params, tag, name,
-                                   step=base, batch_size=d.sampling_batch_size))
+                                   step=base, batch_size=d.sampling_batch_size, system_prompt=system))
         online = ledger.counts(model=tag, stage=f"{name}:online", before_step=at + 1) \
             if stage.online_passrate else {}
         c = np.array([counts[e.id][0] + online.get(e.id, (0, 0))[0] for e in pool])
@@ -183,7 +191,7 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
     teacher_cache: dict[str, list[int]] = {}
 
     def responses_for(ids: list[str], who: str, at: int) -> list[list[int]]:
-        eos, pad = tok.eos_token_id, tok.pad_token_id
+        eos, pad = stops, tok.pad_token_id
         if who == "teacher" and d.teacher_temperature == 0:  # greedy: deterministic, cached
             todo = [i for i in ids if i not in teacher_cache]
             if todo:
@@ -232,6 +240,7 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
                       f"weighting {stage.weighting}; {int((w > 0).sum())}/{len(pool)} problems "
                       f"with w > 0 (p̂ = 0: {int((p_hat == 0).sum())}, p̂ = 1: {int((p_hat == 1).sum())})")
         while step < stage_end:
+            t_step = time.perf_counter()
             if step > est_at and (step - stage_start) % every == 0:
                 est_at = step
                 p_hat, w = weights_at(stage_i, stage, est_at, stage_start)
@@ -286,10 +295,12 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
             row = {"stage": stage.name, "loss": loss.item(), "kl": float(per_problem.mean()),
                    "lr": lr, "grad_norm": float(grad_norm), "mean_weight": float(raw_w.mean()),
                    "zero_weight_share": float((w == 0).mean()), "zero_weight_forwards": int((raw_w == 0).sum()),
-                   "agreement": agreement, "response_tokens": int(resp_mask.sum())}
+                   "agreement": agreement, "response_tokens": int(resp_mask.sum()),
+                   "step_time": time.perf_counter() - t_step}
+            row["tokens_per_s"] = row["response_tokens"] * world / max(row["step_time"], 1e-9)
             if penalty is not None:
                 row["ewc_penalty"] = penalty.item()
-            if step - 1 == est_at:
+            if step - 1 == est_at and stage.weighting != "uniform":
                 row["p_hat_histogram"] = histogram(p_hat)["counts"]
                 row["mean_p_hat"] = float(p_hat.mean())
             log.log(step, row, console_keys=("loss", "kl", "mean_weight", "zero_weight_share", "agreement"))

@@ -51,7 +51,7 @@ from ..config import RLConfig
 from ..evaluate import evaluate
 from ..guide import all_fail, guided_surrogate, hint_prompt
 from ..ledger import Ledger, gather_counts, tally
-from ..models import check_logits_head, encode_prompts, save_pretrained
+from ..models import check_logits_head, encode_prompts, save_pretrained, stop_token_ids
 from ..rewards import REWARDS, load_reward_function
 from ..rl_losses import (ADVANTAGES, LOSS_TYPES, clipped_surrogate, gae,
                          group_has_variance, kl_k3, reward_zero_std_share, terminal_rewards, value_loss,
@@ -83,7 +83,9 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
     check_logits_head(policy, "policy")
     if cfg.policy.gradient_checkpointing:  # HF checkpoints in train mode only; keep eval's numbers
         train_mode_without_dropout(policy)
-    prompt_ids = encode_prompts(tok, [e.prompt for e in pool])
+    system = cfg.policy.system_prompt
+    prompt_ids = encode_prompts(tok, [e.prompt for e in pool], system)
+    stops = stop_token_ids(policy, tok)
     hint_ids = None
     if r.guide:
         hinted_pool = [i for i, e in enumerate(pool) if e.hint]
@@ -91,7 +93,8 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
             raise ValueError("rl.guide: no training prompt has a hint (synthetic hint_level 0, or the "
                              "data file has no hint field: see data.train[*].hint_field)")
         hint_ids = dict(zip(hinted_pool, encode_prompts(tok, [hint_prompt(r.hint_template, pool[i].prompt,
-                                                                          pool[i].hint) for i in hinted_pool])))
+                                                                          pool[i].hint) for i in hinted_pool],
+                                                        system)))
         if main:
             console.print(f"guide: {len(hinted_pool)} of {len(pool)} training prompts have a hint")
     ref = copy.deepcopy(policy).eval().requires_grad_(False) if r.beta > 0 else None
@@ -152,7 +155,8 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
         if not held_out:
             return {}
         res = evaluate(raw, tok, held_out, r.eval_n, [1, r.eval_n], temperature=r.temperature,
-                       max_tokens=r.max_completion_length, greedy=True, seed=cfg.run.seed)["overall"]
+                       max_tokens=r.max_completion_length, greedy=True, seed=cfg.run.seed,
+                       backend=cfg.engine.backend, system_prompt=system)["overall"]
         return {f"eval/{k}": v for k, v in res.items() if k != "problems"}
 
     def checkpoint(at: int) -> None:
@@ -190,7 +194,8 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
             if mine:
                 exs = [pool[i] for i in mine]
                 comps, lps, correct, rewards, ts = roll(raw, tok, [prompt_ids[i] for i in mine], exs, funcs, r,
-                                                         seed_of(cfg.run.seed, step, rounds, rank))
+                                                         seed_of(cfg.run.seed, step, rounds, rank),
+                                                         stops, cfg.engine.backend)
                 counts = tally([e.id for e in exs for _ in range(G)], correct)
                 zero_std.append(reward_zero_std_share(rewards, G))
                 hinted = [False] * len(mine)
@@ -199,7 +204,7 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
                 if stuck:   # guide: the hinted group replaces the failed one
                     h_comps, h_lps, h_correct, h_rewards, h_ts = roll(
                         raw, tok, [hint_ids[mine[j]] for j in stuck], [exs[j] for j in stuck], funcs, r,
-                        seed_of(cfg.run.seed, step, rounds, rank, 1))
+                        seed_of(cfg.run.seed, step, rounds, rank, 1), stops, cfg.engine.backend)
                     hint_counts = tally([exs[j].id for j in stuck for _ in range(G)], h_correct)
                     rewards = rewards.clone()
                     for k, j in enumerate(stuck):
@@ -303,6 +308,8 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
                "advantage_mean": float(adv.float().mean()) if N else 0.0,
                "time_rollout": t_rollout, "time_sampling": t_sample, "time_reward": t_reward,
                "time_update": t_update, "step_time": time.perf_counter() - t0}
+        # generated tokens per second of the whole step (rollouts + update), all processes
+        row["tokens_per_s"] = float(lengths.sum()) * world / max(row["step_time"], 1e-9) if N else 0.0
         for key in ("clip_ratio", "kl", "entropy", "guide/gamma", "guide/log_ratio", "guide/shaped_ratio"):
             if stats.get(key):
                 row[key] = float(np.mean(stats[key]))

@@ -14,7 +14,7 @@ import torch
 
 from ..models import logits_head
 from ..rewards import compute_rewards, verifier_reward
-from ..rl_losses import entropy_from_logits
+from ..rl_losses import chunked_logprobs
 from ..rollout import SAMPLERS, SamplingParams
 from ..tasks import verify
 from ..teacher import _backbone, response_hidden
@@ -38,16 +38,16 @@ def seed_of(*key: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1)[0])
 
 
-def roll(model, tok, prompts, examples, funcs, r, seed: int):
+def roll(model, tok, prompts, examples, funcs, r, seed: int, stops: list[int], backend: str = "hf"):
     """num_generations completions per prompt, verified against ``examples`` (the plain problem,
     hinted prompt or not): (completions, sample log-probs, verdicts, rewards (N,), [s sampling,
-    s scoring]) with rows grouped per prompt."""
+    s scoring]) with rows grouped per prompt; completions end at any of ``stops``."""
     t0 = time.perf_counter()
-    ro = SAMPLERS["hf"](model, prompts, SamplingParams(n=r.num_generations, temperature=r.temperature,
-                                                       top_p=r.top_p, top_k=r.top_k,
-                                                       max_tokens=r.max_completion_length, seed=seed),
-                        eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id,
-                        batch_size=r.sampling_batch_size)
+    ro = SAMPLERS[backend](model, prompts, SamplingParams(n=r.num_generations, temperature=r.temperature,
+                                                          top_p=r.top_p, top_k=r.top_k,
+                                                          max_tokens=r.max_completion_length, seed=seed),
+                           eos_token_id=stops, pad_token_id=tok.pad_token_id,
+                           batch_size=r.sampling_batch_size)
     t1 = time.perf_counter()
     texts = ro.texts(tok)
     rows_ex = [examples[int(j)] for j in ro.prompt_index]
@@ -60,17 +60,40 @@ def roll(model, tok, prompts, examples, funcs, r, seed: int):
     return comps, lps, correct, rewards, [t1 - t0, time.perf_counter() - t1]
 
 
+# Tokens (rows × positions) per chunk of the head: (512, V) fp32 logits, 100 MB at V = 49,152.
+LOGPROB_CHUNK = 512
+
+
+def completion_hidden(model, ids, mask, pos, P: int, R: int) -> torch.Tensor:
+    """Final hidden states at the positions that predict the R completion tokens: (B, R, H).
+
+    The forward goes through ``model`` itself (possibly DDP-wrapped, so that DDP sees it; HF
+    gradient checkpointing inside it works as usual) with ``use_cache=False`` (no KV cache: a
+    copy of every layer's keys and values) and ``logits_to_keep=1``; the backbone's output is
+    taken by a forward hook, so every layer's hidden states (``output_hidden_states``) are never
+    collected. A model without a separate backbone falls back to ``response_hidden``.
+    """
+    body = _backbone(model.module if hasattr(model, "module") else model)
+    if body is None:
+        return response_hidden(model, ids, mask, pos, P, R)
+    seen = []
+    handle = body.register_forward_hook(lambda mod, args, out: seen.append(out[0]))
+    try:
+        model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False, logits_to_keep=1)
+    finally:
+        handle.remove()
+    return seen[-1][:, P - 1: P + R - 1]                                     # (B, R, H)
+
+
 def completion_logprobs(model, ids, mask, pos, P: int, R: int, temperature: float,
-                        entropy: str = "none"):
+                        entropy: str = "none", chunk_size: int = LOGPROB_CHUNK):
     """log π(o_t | q, o_<t) at ``temperature`` for the R completion tokens: (B, R), and the
     per-token entropy (B, R) with ``entropy`` "grad" (differentiable, for a bonus) or "value"
-    (detached, for logging); else None. ``model`` may be DDP-wrapped (the forward goes through it)."""
-    h = response_hidden(model, ids, mask, pos, P, R)                         # (B, R, H)
-    logits = logits_head(model)(h).float() / temperature                     # (B, R, V)
-    logp = logits.log_softmax(-1).gather(-1, ids[:, P:P + R, None]).squeeze(-1)   # (B, R)
-    if entropy == "none":
-        return logp, None
-    return logp, entropy_from_logits(logits if entropy == "grad" else logits.detach())
+    (detached, for logging); else None. ``model`` may be DDP-wrapped (the forward goes through it).
+    The head runs ``chunk_size`` tokens at a time (``chunked_logprobs``): the (B, R, V) logits
+    never exist, with grad or without."""
+    h = completion_hidden(model, ids, mask, pos, P, R)                       # (B, R, H)
+    return chunked_logprobs(h, logits_head(model), ids[:, P:P + R], temperature, entropy, chunk_size)
 
 
 def train_mode_without_dropout(model) -> None:

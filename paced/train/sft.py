@@ -32,7 +32,7 @@ import torch
 from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from ..config import SFTConfig
 from ..guide import template_fields
-from ..models import render_prompt, save_pretrained
+from ..models import render_chat, render_prompt, save_pretrained, stop_token_ids
 from ..run import load_model, start_run
 from ..runlog import Progress, RunLog, console
 from ..tasks import load_sources
@@ -59,19 +59,27 @@ def sft_prompts(examples, train_cfg, seed: int) -> list[tuple[int, str]]:
     return [(i, privileged.get(i, p)) for i, p in plain]
 
 
-def tokenize_sft(tokenizer, prompt: str, response: str, max_length: int) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) for one chat turn; labels are IGNORE on the prompt."""
-    prompt_text = render_prompt(tokenizer, prompt)
+def tokenize_sft(tokenizer, prompt: str, response: str, max_length: int, system_prompt: str = "default",
+                 stops: list[int] | None = None) -> tuple[list[int], list[int]]:
+    """(input_ids, labels) for one chat turn; labels are IGNORE on the prompt.
+
+    With a chat template the response is the template's assistant turn, cut after its first stop
+    token (``stops``, default the tokenizer's eos): ChatML's turn ends ``<|im_end|>\\n`` and the
+    model must learn to emit ``<|im_end|>``, not what the template writes after it. Without a
+    template the response is followed by eos."""
+    prompt_text = render_prompt(tokenizer, prompt, system_prompt)
+    stops = stops or [tokenizer.eos_token_id]
     if getattr(tokenizer, "chat_template", None):
-        full_text = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
-            tokenize=False)
+        full_text = render_chat(tokenizer, [{"role": "user", "content": prompt},
+                                            {"role": "assistant", "content": response}], system_prompt)
         if not full_text.startswith(prompt_text):
             raise ValueError("the chat template renders the user turn differently with and without "
                              "the assistant turn; cannot locate the response tokens")
         response_text = full_text[len(prompt_text):]
         p_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
         r_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"]
+        end = next((i for i, t in enumerate(r_ids) if t in stops), None)
+        r_ids = r_ids[:end + 1] if end is not None else r_ids + [stops[0]]
     else:
         p_ids = tokenizer(prompt_text)["input_ids"]
         r_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
@@ -171,7 +179,8 @@ def train(cfg: SFTConfig, resume: bool = False, optimizer_state: dict | None = N
     examples = [e for e in load_sources(cfg.data.train, "data.train") if e.solution]
     if not examples:
         raise ValueError("data.train: no example has a reference solution to train on")
-    data = [tokenize_sft(tok, p, examples[i].solution, cfg.train.max_length)
+    stops = stop_token_ids(model, tok)
+    data = [tokenize_sft(tok, p, examples[i].solution, cfg.train.max_length, cfg.model.system_prompt, stops)
             for i, p in sft_prompts(examples, cfg.train, cfg.run.seed)]
 
     optimizer = optimizer_from(model.parameters(), cfg.optim)
@@ -242,7 +251,7 @@ def train(cfg: SFTConfig, resume: bool = False, optimizer_state: dict | None = N
         step += 1
         now = time.time()
         log.log(step, {"loss": loss_value, "lr": lr, "grad_norm": float(grad_norm), "tokens": tokens,
-                       "tokens_per_s": tokens * world / max(now - t_last, 1e-9),
+                       "step_time": now - t_last, "tokens_per_s": tokens * world / max(now - t_last, 1e-9),
                        **({"ewc_penalty": penalty.item()} if penalty is not None else {})},
                 console_keys=("loss", "lr", "grad_norm", "tokens_per_s"))
         t_last = now

@@ -1,0 +1,163 @@
+"""Answer formats: where the final answer is read from a completion, one extractor per format.
+
+``ANSWER_FORMATS[name](text, pattern) -> str | None`` (``pattern`` is used by ``regex`` alone);
+``INSTRUCTIONS[name]`` is the sentence a prompt_template's ``{instruction}`` adds. Every extractor
+is a small pure total function: never raises, never ``eval``s, and is linear and fast on hostile
+text (1 MB strings, 100,000 nested braces), as ``paced.tasks.answers`` promises.
+
+``auto``
+    ``answers.extract_answer``, unchanged: last box, else after ``####``, else the rest of the line
+    after the last ``=``, else the last number. Made for the compact families' ``"...=answer"``.
+``boxed``
+    The last top-level ``\\boxed{...}`` / ``\\fbox{...}`` (``answers.extract_boxed``); nothing else.
+``last_number``
+    The last number in the last 4,096 characters (``-12``, ``1,234``, ``0.5``, ``3/4``; a ``-`` counts
+    as a sign only when no letter, digit or ``)`` stands right before it, so ``57-35`` ends in 35).
+``gsm8k``
+    After the last ``####``: the leading number if the rest starts with one (``"#### $1,080 in
+    all"`` -> ``1,080``), else the rest of that line (the next non-empty line if ``####`` ends a line).
+``answer_is``
+    After the last ``answer is`` / ``answer:`` (any case, an optional ``:``), read like ``gsm8k``;
+    a ``\\boxed{}`` there gives its content. ``**``/``$`` wrappers are dropped.
+``regex``
+    The last match of the user's pattern in the last 4,096 characters: its group 1 when the
+    pattern has a group, else the whole match. The pattern is compiled once (cached); a bad one
+    is a config error (paced.configcheck) and None here.
+
+All results are stripped; an empty result is None. Deviations: ``last_number`` and ``regex`` see
+only the last 4,096 characters (a bound on the work a hostile completion can cause; a number
+longer than that window is None), and a pathological user pattern (nested quantifiers) can still
+backtrack within that window: Python's ``re`` has no timeout.
+"""
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from typing import Callable
+
+from paced.tasks.answers import extract_answer, extract_boxed
+
+__all__ = ["ANSWER_FORMATS", "INSTRUCTIONS", "TAIL", "extract", "compile_regex", "apply_template"]
+
+TAIL = 4096  # characters of the completion's end that last_number and regex search
+_MAX_LINE = 2000  # characters after a marker that gsm8k / answer_is look at
+
+_LAST_NUM = re.compile(r"(?:(?<![\w)])-)?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+_LEAD_NUM = re.compile(r"\s*(?:\*\*|\$|\\\$)?\s*(-?\d[\d,]*(?:\.\d+)?(?:/\d+)?)(?![\d.]*[A-Za-z^_(\\{])")
+_ANSWER_IS = re.compile(r"\banswer\b\s{0,8}(?:is\b\s{0,8}:?|:)", re.I)
+_WRAP = " \t*$`"  # stripped around a marked answer: spaces, markdown bold, dollars, backticks
+
+
+def _lead(rest: str) -> str | None:
+    """What follows a marker: a box's content, else a leading number, else the line, unwrapped."""
+    rest = rest[:_MAX_LINE].lstrip()
+    line = rest.split("\n", 1)[0].strip()
+    box = extract_boxed(line)
+    if box is not None and box.strip():
+        return box.strip()
+    m = _LEAD_NUM.match(line)
+    if m:
+        return m.group(1).rstrip(",")
+    line = line.strip(_WRAP).rstrip(".").strip(_WRAP)
+    return line or None
+
+
+def extract_auto(text: str, pattern: str | None = None) -> str | None:
+    """Today's chain (``answers.extract_answer``)."""
+    return extract_answer(text)
+
+
+def extract_boxed_only(text: str, pattern: str | None = None) -> str | None:
+    """The last top-level box's content, stripped; None without a non-empty box."""
+    box = extract_boxed(text) if isinstance(text, str) else None
+    return box.strip() or None if box is not None else None
+
+
+def extract_last_number(text: str, pattern: str | None = None) -> str | None:
+    """The last number in the last ``TAIL`` characters (trailing ``,`` dropped)."""
+    if not isinstance(text, str) or not text:
+        return None
+    tail = text[-TAIL:]
+    last = None
+    for last in _LAST_NUM.finditer(tail):
+        pass
+    if last is None:
+        return None
+    if last.start() == 0 and len(text) > len(tail) and text[-len(tail) - 1] in "0123456789,.":
+        return None  # the number runs past the window: not an answer anyone wrote
+    return last.group().rstrip(",")
+
+
+def extract_gsm8k(text: str, pattern: str | None = None) -> str | None:
+    """After the last ``####``: a leading number, else the rest of the line."""
+    i = text.rfind("####") if isinstance(text, str) else -1
+    return _lead(text[i + 4:]) if i >= 0 else None
+
+
+def extract_answer_is(text: str, pattern: str | None = None) -> str | None:
+    """After the last ``answer is`` / ``answer:``: a box, a leading number, else the line."""
+    if not isinstance(text, str):
+        return None
+    last = None
+    for last in _ANSWER_IS.finditer(text):
+        pass
+    return _lead(text[last.end():]) if last is not None else None
+
+
+@lru_cache(maxsize=256)
+def compile_regex(pattern: str) -> re.Pattern:
+    """``re.compile(pattern)``, cached; raises ``re.error`` on a bad pattern."""
+    return re.compile(pattern)
+
+
+def extract_regex(text: str, pattern: str | None = None) -> str | None:
+    """Group 1 (or the whole match) of the last match of ``pattern`` in the last ``TAIL`` chars."""
+    if not isinstance(text, str) or not isinstance(pattern, str) or not pattern:
+        return None
+    try:
+        rx = compile_regex(pattern)
+        last = None
+        for last in rx.finditer(text[-TAIL:]):
+            pass
+        got = None if last is None else last.group(1) if rx.groups else last.group(0)
+    except (re.error, RecursionError, IndexError):
+        return None
+    return got.strip() or None if got is not None else None
+
+
+# name -> extractor(text, pattern) -> answer | None
+ANSWER_FORMATS: dict[str, Callable[[str, str | None], str | None]] = {
+    "auto": extract_auto,
+    "boxed": extract_boxed_only,
+    "last_number": extract_last_number,
+    "gsm8k": extract_gsm8k,
+    "answer_is": extract_answer_is,
+    "regex": extract_regex,
+}
+
+# name -> the prompt_template's {instruction} ("" where there is none to give)
+INSTRUCTIONS: dict[str, str] = {
+    "auto": "",
+    "boxed": "Put your final answer within \\boxed{}.",
+    "last_number": "Answer with just the number.",
+    "gsm8k": "Write your final answer after '####'.",
+    "answer_is": 'End with "The answer is: <answer>".',
+    "regex": "",
+}
+
+
+def extract(text: str, answer_format: str = "auto", pattern: str | None = None) -> str | None:
+    """The answer ``answer_format`` reads from ``text``; None for none (or an unknown format)."""
+    fn = ANSWER_FORMATS.get(answer_format)
+    try:
+        return fn(text, pattern) if fn is not None else None
+    except Exception:  # defensive: the extractors are total
+        return None
+
+
+def apply_template(prompt: str, template: str, answer_format: str = "auto") -> str:
+    """``template`` filled with ``{prompt}`` and ``{instruction}`` (INSTRUCTIONS[answer_format]),
+    stripped; the default ``"{prompt}"`` returns ``prompt`` itself."""
+    if template == "{prompt}":
+        return prompt
+    return template.format(prompt=prompt, instruction=INSTRUCTIONS.get(answer_format, "")).strip()

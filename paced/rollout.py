@@ -263,4 +263,18 @@ def sample(model, prompt_ids: list[list[int]], params: SamplingParams, *, eos_to
 
 # The rollout engines a command may name in ``engine.backend``; each takes token-id prompts and
 # returns ``Rollouts`` with the signature of ``sample``.
-SAMPLERS = {"hf": sample}
+def _vllm_sample(*args, **kwargs) -> Rollouts:
+    from .vllm_engine import sample as vllm_sample   # lazy: importing paced never imports vllm
+    return vllm_sample(*args, **kwargs)
+
+
+SAMPLERS = {"hf": sample, "vllm": _vllm_sample}
+
+
+def sync_weights(model, backend: str) -> float:
+    """Push ``model``'s changed weights to the rollout engine now (hf samples from the model
+    itself: nothing to push); seconds spent. vllm also syncs by itself before sampling."""
+    if backend == "hf":
+        return 0.0
+    from .vllm_engine import sync_weights as vllm_sync
+    return vllm_sync(model)["seconds"]

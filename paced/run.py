@@ -20,6 +20,12 @@ def start_run(cfg, save: bool = True) -> Path:
         save_config(cfg, run_dir / "config.yaml")
     torch.set_num_threads(cfg.run.threads or auto_threads())
     seed_everything(cfg.run.seed)
+    engine = getattr(cfg, "engine", None)
+    if engine is not None and engine.backend == "vllm":   # one line, before any model loads
+        from . import vllm_engine
+        vllm_engine.require()
+        vllm_engine.configure(engine.vllm_gpu_memory_utilization, engine.vllm_kv_cache_gb,
+                              engine.vllm_max_model_len, engine.vllm_enforce_eager, cfg.run.seed)
     return run_dir
 
 

@@ -8,8 +8,8 @@ the first sampling call from the directory the trainer loaded (``model.name_or_p
 trainer's own process (colocated: ``VLLM_ENABLE_V1_MULTIPROCESSING=0``, so ``generate`` runs in
 this thread and the weights can be replaced in place), with the trainer's weight dtype (fp32 by
 default), ``enforce_eager``, ``generation_config="vllm"`` (the model's generation defaults never
-change the sampling), no tokenizer (``skip_tokenizer_init``: prompts go in as ``TokensPrompt``
-token ids, completions come back as ids) and its memory set by ``configure``: on a GPU
+change the sampling; prompts go in as ``TokensPrompt`` token ids, completions come back as ids,
+never detokenized) and its memory set by ``configure``: on a GPU
 ``gpu_memory_utilization``, on a CPU a KV cache of ``kv_cache_gb`` GiB (``kv_cache_memory_bytes``,
 what ``VLLM_CPU_KVCACHE_SPACE`` sets; that variable, when set, wins). Stops: ``ignore_eos`` plus
 ``stop_token_ids`` = the caller's stop ids, so a row ends at any of them and only at them.
@@ -25,10 +25,12 @@ with what it serves. A parameter's key is (storage pointer, in-place version cou
 step or ``load_state_dict`` bumps it, so no tensor is read to find what changed. The first time a
 model object is seen, its tensors are compared with the files the engine loaded (an eval never
 syncs; a resumed run pushes its checkpoint's weights). Changed parameters are pushed under their
-Hugging Face names (vLLM maps them to its fused layouts; a tied ``lm_head`` is the embedding,
-pushed once) through ``collective_rpc("reload_weights", weights_iterator=...)``, a whole decoder
+Hugging Face names (vLLM maps them to its fused layouts) through ``collective_rpc("reload_weights", weights_iterator=...)``, a whole decoder
 layer at a time (vLLM's fused q/k/v and gate/up must be reloaded together), then
-``reset_prefix_cache()``, so no prompt KV of the old weights is reused.
+``reset_prefix_cache()``, so no prompt KV of the old weights is reused. A tied embedding is sent
+under both names, ``lm_head.weight`` too: vLLM's CPU backend keeps a packed copy of the output
+head that only a load under the head's own name rebuilds (sent under the embedding's name alone,
+the logits stayed those of the old head: log-probs off by 0.5 on the ``small`` preset).
 
 Seeds. The engine is built with ``seed`` (``run.seed``); each call seeds the torch generator that
 vLLM's sampler draws from with ``params.seed``, inside ``torch.random.fork_rng``, so the trainer's
@@ -41,7 +43,8 @@ same draws), across thread counts or machines, or when a request's batch neighbo
 draw uses the batch's shared generator, so a row's tokens depend on the whole call).
 
 Deviations: ``batch_size`` is not used (vLLM's scheduler batches by its own KV-cache budget and
-``max_num_seqs``). With top_k > 0 or top_p < 1 the log-probs are those of the truncated,
+``max_num_seqs``). T = 0 with n > 1: one greedy request per prompt, its row copied n times (vLLM
+refuses n > 1 when greedy; the rows would be equal anyway). With top_k > 0 or top_p < 1 the log-probs are those of the truncated,
 renormalised distribution, log p_T(o) − log Σ_kept p_T, not paced's untruncated log p_T(o)
 (vLLM has no mode for the latter; tests/test_vllm.py checks the relation). Per-request seeds are
 not used: on this CPU build they crashed once long batches were split by chunked prefill. On a CPU
@@ -98,9 +101,9 @@ def model_dir(model) -> str:
 
 
 def _named_params(model) -> dict[str, torch.Tensor]:
-    """Parameters under their Hugging Face names; a tied parameter once (its first name)."""
+    """Parameters under their Hugging Face names, a tied one under each of its names."""
     m = model.module if hasattr(model, "module") else model
-    return {k: p.detach() for k, p in m.named_parameters()}
+    return {k: p.detach() for k, p in m.named_parameters(remove_duplicate=False)}
 
 
 def _key(t: torch.Tensor) -> tuple[int, int]:
@@ -119,7 +122,8 @@ def _disk_differs(path: str, params: dict[str, torch.Tensor]) -> set[str]:
                     p = params[name]
                     if torch.equal(st.get_tensor(name).to(p.device, p.dtype), p):
                         same.add(name)
-    return set(params) - same
+    same_ptrs = {params[n].data_ptr() for n in same}          # a tied alias is not saved twice
+    return {n for n, t in params.items() if n not in same and t.data_ptr() not in same_ptrs}
 
 
 def _groups(names: set[str], every: list[str]) -> list[str]:
@@ -129,11 +133,12 @@ def _groups(names: set[str], every: list[str]) -> list[str]:
 
 
 @contextlib.contextmanager
-def _quiet(partial: bool):
-    """A partial reload makes vLLM warn once per layer it was not given: expected, silenced."""
+def _quiet():
+    """A reload warns once per layer it was not given (rotary caches; other layers when partial):
+    expected, silenced."""
     names = ("vllm.model_executor.model_loader.reload.layerwise",
              "vllm.model_executor.model_loader.reload.inplace")
-    loggers = [logging.getLogger(n) for n in names] if partial else []
+    loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
@@ -166,8 +171,7 @@ class Engine:
             from vllm import LLM
             self.llm = LLM(model=path, dtype=DTYPES.get(dtype, "float32"), seed=_OPTS["seed"],
                            max_model_len=max_len, enforce_eager=_OPTS["enforce_eager"],
-                           logprobs_mode="processed_logprobs", generation_config="vllm",
-                           skip_tokenizer_init=True, **mem)
+                           logprobs_mode="processed_logprobs", generation_config="vllm", **mem)
         torch.set_num_threads = set_threads
         self.path, self.start_seconds = path, time.perf_counter() - t0
         self._model = None                      # weakref to the model object last synced
@@ -187,12 +191,13 @@ class Engine:
         if changed:
             names = _groups(changed, list(params))
             t0 = time.perf_counter()
-            with _quiet(len(names) < len(params)):
+            with _quiet():
                 self.llm.collective_rpc("reload_weights", kwargs={
                     "weights_iterator": iter([(n, params[n]) for n in names]), "is_checkpoint_format": True})
             self.llm.reset_prefix_cache()
-            self.last_sync = {"seconds": time.perf_counter() - t0, "tensors": len(names),
-                              "bytes": sum(params[n].numel() * params[n].element_size() for n in names)}
+            sent = {params[n].data_ptr(): params[n] for n in names}.values()     # tied: counted once
+            self.last_sync = {"seconds": time.perf_counter() - t0, "tensors": len(sent),
+                              "bytes": sum(t.numel() * t.element_size() for t in sent)}
         self._model, self._keys = weakref.ref(model), {n: _key(t) for n, t in params.items()}
         return self.last_sync
 
@@ -204,14 +209,15 @@ class Engine:
 
         from .rollout import Rollouts
 
-        vp = VParams(n=params.n, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
+        copies = params.n if params.temperature == 0 else 1   # vLLM's greedy takes n = 1: copied
+        vp = VParams(n=params.n // copies, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,
                      max_tokens=params.max_tokens, logprobs=0, flat_logprobs=True, ignore_eos=True,
                      stop_token_ids=list(stops), detokenize=False, skip_special_tokens=False)
         with _fenced_rng():
             torch.manual_seed(params.seed)
             outs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompt_ids], vp,
                                      use_tqdm=progress)
-        rows = [c for o in outs for c in sorted(o.outputs, key=lambda c: c.index)]
+        rows = [c for o in outs for c in sorted(o.outputs, key=lambda c: c.index) for _ in range(copies)]
         L = max(max((len(c.token_ids) for c in rows), default=1), 1)
         N = len(rows)
         ids = torch.full((N, L), pad, dtype=torch.long)

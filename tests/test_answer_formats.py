@@ -195,7 +195,8 @@ def _load(src: str):
     ("{source: add, prompt_template: '{prompt} {hint}'}",
      r"data.eval\[0\].prompt_template: '\{prompt\} \{hint\}' uses \['hint'\]: only \{prompt\} and "
      r"\{instruction\} are filled in"),
-    ("{source: add, prompt_template: '{prompt'}", r"data.eval\[0\].prompt_template: '\{prompt' is not a format string"),
+    ("{source: add, prompt_template: '{prompt'}",
+     r"data.eval\[0\].prompt_template: '\{prompt' is not a format string"),
     ("{source: q.jsonl, style: natural}",
      r"data.eval\[0\].style: 'natural' applies to synthetic families only \(add, sub, mul1, modular, "
      r"countdown\), not 'q.jsonl'"),
@@ -212,11 +213,16 @@ def test_config_accepts_formats():
 
 
 # --- real answers: agreement with the human reading ------------------------------------------
-# Measured 2026-12-02 on benchmarks/data/smollm2_answers.jsonl (benchmarks/answer_extractors.py):
-# the instruction's own extractor agreed with the human-read answer on AGREE_MEASURED of the
-# completions; the floor sits a few points under it.
-AGREE_MEASURED = None
-AGREE_FLOOR = None
+# Measured 2026-12-02 (2-core CPU, shared) on benchmarks/data/smollm2_answers.jsonl, 320
+# SmolLM2-135M-Instruct completions labelled by hand (benchmarks/answer_extractors.py): share of
+# completions where the extractor returns the human-read answer. Floors sit a few points under.
+#   the instruction's own format, all rows   145/320 = 0.453  (the model never writes '####' and
+#                                                              only empty boxes: strict formats read
+#                                                              nothing where people read an answer)
+#   auto, all rows                           260/320 = 0.812
+#   last_number, all rows                    255/320 = 0.797
+#   answer_is, rows instructed answer_is       45/64 = 0.703
+AGREE_FLOORS = {"matched": 0.42, "auto": 0.78, "last_number": 0.76, "answer_is": 0.65}
 
 
 def _same(a, b):
@@ -229,6 +235,11 @@ def _same(a, b):
 def test_extractors_agree_with_human_labels():
     rows = [json.loads(line) for line in LABELS.read_text().splitlines() if line.strip()]
     rows = [r for r in rows if r.get("labelled", True)]
-    assert len(rows) >= 100
-    agree = sum(_same(extract(r["completion"], r["format"]), r["human_answer"]) for r in rows) / len(rows)
-    assert agree >= AGREE_FLOOR, f"format-matched extractors agree with people on {agree:.3f} < {AGREE_FLOOR}"
+    assert len(rows) >= 300 and {r["format"] for r in rows} == {"auto", "boxed", "last_number",
+                                                                 "gsm8k", "answer_is"}
+    rate = lambda rs, fmt=None: sum(  # noqa: E731
+        _same(extract(r["completion"], fmt or r["format"]), r["human_answer"]) for r in rs) / len(rs)
+    got = {"matched": rate(rows), "auto": rate(rows, "auto"), "last_number": rate(rows, "last_number"),
+           "answer_is": rate([r for r in rows if r["format"] == "answer_is"], "answer_is")}
+    low = {k: round(v, 3) for k, v in got.items() if v < AGREE_FLOORS[k]}
+    assert not low, f"extractors agree with the human reading less than measured: {low} < {AGREE_FLOORS}"

@@ -218,3 +218,85 @@ def test_verify_countdown_reads_prompt_not_meta():
     assert verify_countdown(e.solution, row)
     bad = Example(**{**e.to_row(), "prompt": "garbage"})
     assert not verify_countdown(e.solution, bad)
+
+
+# --- natural style (paced.tasks.natural) ------------------------------------------------------
+NATURAL_FORMATS = {"auto": None, "boxed": None, "last_number": None, "gsm8k": None,
+                   "answer_is": None, "regex": r"answer is\s*(-?\d+)"}
+
+
+def natural_examples(n: int = 6, hint_level: int = 1, fmt: str = "auto"):
+    for family in FAMILIES:
+        for d in difficulties(family):
+            yield from generate(family, n, seed=3, difficulty=d, hint_level=hint_level,
+                                style="natural", answer_format=fmt)
+
+
+@pytest.mark.parametrize("family", list(FAMILIES))
+def test_natural_deterministic_and_distinct(family):
+    lo, hi = FAMILIES[family].difficulty_range
+    a = generate(family, 20, 1, (lo, hi), 2, "natural")
+    assert a == generate(family, 20, 1, (lo, hi), 2, "natural")
+    assert a != generate(family, 20, 2, (lo, hi), 2, "natural")
+    e = make_example(family, 1, 0, hi, style="natural")
+    assert e.id == f"{family}/natural/d{hi}/s1/0" and e.source == f"{family}/natural"
+    compact = {x.id for x in generate(family, 20, 1, (lo, hi))}
+    assert not compact & {x.id for x in a}
+    assert e.verifier == ("countdown" if family == "countdown" else "numeric")
+
+
+def test_natural_plain_numbers():
+    for e in generate("add", 50, 0, (1, 4), style="natural"):
+        a, b = e.meta["a"], e.meta["b"]
+        assert e.prompt == f"What is {a} + {b}?" and e.answer == str(a + b)
+        assert e.solution.startswith(f"{a} + {b} = {a + b}.")
+    e = make_example("sub", 0, 0, 3, style="natural")
+    assert e.prompt == f"What is {e.meta['a']} - {e.meta['b']}?" and int(e.answer) >= 0
+    e = make_example("mul1", 0, 0, 2, style="natural")
+    assert re.fullmatch(r"What is [1-9]\d \* \d\?", e.prompt)
+    assert "modulo 7" in make_example("modular", 0, 0, 3, style="natural").prompt
+
+
+@pytest.mark.parametrize("fmt", list(NATURAL_FORMATS))
+def test_natural_solutions_verify_in_every_format(fmt):
+    from dataclasses import replace
+
+    from paced.tasks import verify as task_verify
+    from paced.tasks.answers import normalize
+    from paced.tasks.formats import extract
+    for e in natural_examples(fmt=fmt):
+        e = replace(e, answer_regex=NATURAL_FORMATS[fmt])
+        assert set(e.solution) <= ALLOWED_CHARS and set(e.prompt) <= ALLOWED_CHARS
+        assert task_verify(e.solution, e), (fmt, e.id, e.solution)
+        if e.verifier != "countdown":
+            assert normalize(extract(e.solution, fmt, NATURAL_FORMATS[fmt])) == e.answer
+            assert not task_verify(e.solution.replace(e.answer, e.answer + "1"), e)
+    assert make_example("add", 0, 0, 2, style="natural", answer_format="boxed").solution.endswith(
+        "\\boxed{" + make_example("add", 0, 0, 2, style="natural").answer + "}.")
+
+
+def test_natural_hints_graded_prefixes_never_the_answer():
+    for low, mid, high in zip(natural_examples(hint_level=1), natural_examples(hint_level=2),
+                              natural_examples(hint_level=3)):
+        assert high.hint.startswith(mid.hint) and mid.hint.startswith(low.hint)
+        if low.source in ("add/natural", "sub/natural", "mul1/natural"):
+            assert low.hint.startswith(f"The answer has {len(low.answer)} digit")
+            assert not high.hint.endswith(f"starts {high.answer}")
+        else:
+            assert low.hint.startswith("Begin with ")
+    assert all(e.hint is None for e in natural_examples(hint_level=0))
+
+
+def test_natural_countdown_reads_meta():
+    e = make_example("countdown", 0, 2, 4, style="natural")
+    assert e.meta["target"] == int(e.answer) and len(e.meta["numbers"]) == 4
+    assert verify_countdown(e.solution, e)
+    assert not verify_countdown(e.solution, Example(**{**e.to_row(), "meta": {}}))
+    compact = make_example("countdown", 0, 2, 4)   # a templated compact prompt: header found inside
+    templated = Example(**{**compact.to_row(), "prompt": compact.prompt + " Write the steps."})
+    assert verify_countdown(compact.solution, templated)
+
+
+def test_natural_style_validation():
+    with pytest.raises(ValueError, match="unknown style 'fancy'"):
+        make_example("add", 0, 0, 1, style="fancy")

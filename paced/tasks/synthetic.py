@@ -1,6 +1,7 @@
-"""Built-in synthetic verifiable task families for tiny character-level language models.
+"""Built-in synthetic verifiable task families for tiny character-level language models (and,
+``style="natural"``, for pretrained chat models: see the end of this docstring).
 
-Every string produced here uses only printable ASCII (and no newlines). Every example is a pure
+Every string produced here uses only printable ASCII (and, compact, no newlines). Every example is a pure
 function of ``(family, seed, index, difficulty, hint_level)``: randomness comes from
 ``random.Random(f"{family}:{seed}:{index}:{difficulty}")`` (string seeds are stable across
 processes), never from the global RNG or ``hash()``.
@@ -37,6 +38,28 @@ Formats, with ``rev(x, w)`` = ``x`` zero-padded to ``w`` digits and reversed:
 
 ``hint_level`` 0 gives ``hint=None``; levels 1..3 give non-decreasing (and, whenever the caps above
 leave room, strictly stronger) hints, each a prefix of the next.
+
+``style="natural"`` (``paced.tasks.natural``, for pretrained chat models) words the same families
+as plain questions with plain numbers; ids ``f"{family}/natural/d{d}/s{seed}/{index}"``, source
+``f"{family}/natural"``, its own random stream, verifier ``numeric`` (countdown: ``countdown``).
+The solution's last line is ``FINAL_LINES[answer_format]`` ("The answer is 92.", boxed
+"The answer is \\boxed{92}.", gsm8k "#### 92", answer_is "The answer is: 92"); it may hold
+newlines.
+
+``add`` / ``sub`` / ``mul1``
+    ``"What is 57 + 35?"`` (``-``, ``*``; the same operand ranges), answer ``"92"``, solution
+    ``"57 + 35 = 92.\\n" + last line``. Hint: ``"The answer has 2 digits"``, and from level 2
+    ``" and starts 9"``: the first ``ceil((level - 1) * (L - 1) / 2)`` of its L digits, so never all.
+``modular``
+    ``"Start with 3. Add 4, then multiply by 5, working modulo 7 (take the remainder after each
+    step). What number do you end with?"``; solution one ``"(3 + 4) mod 7 = 0."`` line per step,
+    then the last line. Hint: ``"Begin with "`` + the first ``max(1, min(level, d - 1))`` steps
+    joined by ``"; "``.
+``countdown``
+    ``"Use the numbers 3, 25 and 7 (each at most once) with +, - and * to make 82. Write only the
+    steps, separated by commas, e.g. 2 + 3 = 5, 5 * 4 = 20."``; solution ``"25 * 3 = 75, 75 + 7 =
+    82"`` (no last line: verify_countdown reads steps), ``meta`` holds ``numbers`` and ``target``.
+    Hint: ``"Begin with "`` + the first ``max(1, min(level, d - 2))`` steps joined by ``", "``.
 """
 from __future__ import annotations
 

@@ -44,7 +44,7 @@ from ..losses import DISTILL_LOSSES, chunked_token_loss, masked_mean
 from ..models import (check_logits_head, encode_prompts, load_model_and_tokenizer, logits_head, save_pretrained,
                       stop_token_ids)
 from ..passrate import estimate
-from ..rollout import SamplingParams, sample
+from ..rollout import SAMPLERS, SamplingParams, sample
 from ..run import load_model, start_run
 from ..runlog import Progress, RunLog, console, write_json
 from ..tasks import load_sources, verify
@@ -152,7 +152,7 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
             if exs:
                 r = evaluate(raw, tok, exs, d.eval_n, [1], temperature=d.passrate_temperature,
                              max_tokens=d.max_completion_length, greedy=True, seed=cfg.run.seed,
-                             system_prompt=system)
+                             system_prompt=system, backend=cfg.engine.backend)
                 out[name] = {"mean@n": r["overall"]["mean@n"], "greedy": r["overall"]["greedy"]}
         console.print(f"{when}: " + ", ".join(f"{k} mean@{d.eval_n} {v['mean@n']:.3f} greedy "
                                               f"{v['greedy']:.3f}" for k, v in out.items()))
@@ -179,7 +179,8 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
                                     max_tokens=d.max_completion_length, seed=cfg.run.seed * 7919 + base)
             todo = [e for e in pool if e.id not in counts]
             counts.update(estimate(raw, tok, todo, ledger, d.num_generations, params, tag, name,
-                                   step=base, batch_size=d.sampling_batch_size, system_prompt=system))
+                                   step=base, batch_size=d.sampling_batch_size, system_prompt=system,
+                                   backend=cfg.engine.backend))
         online = ledger.counts(model=tag, stage=f"{name}:online", before_step=at + 1) \
             if stage.online_passrate else {}
         c = np.array([counts[e.id][0] + online.get(e.id, (0, 0))[0] for e in pool])
@@ -203,9 +204,10 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
             return [teacher_cache[i] for i in ids]
         model, prompts, temp = ((teacher, t_prompts, d.teacher_temperature) if who == "teacher"
                                 else (raw, s_prompts, d.student_temperature))
-        ro = sample(model, [prompts[i] for i in ids],
-                    SamplingParams(temperature=temp, max_tokens=d.max_completion_length,
-                                   seed=cfg.run.seed * 1000003 + at), eos_token_id=eos, pad_token_id=pad)
+        draw = sample if who == "teacher" else SAMPLERS[cfg.engine.backend]   # engine: the student's
+        ro = draw(model, [prompts[i] for i in ids],
+                  SamplingParams(temperature=temp, max_tokens=d.max_completion_length,
+                                 seed=cfg.run.seed * 1000003 + at), eos_token_id=eos, pad_token_id=pad)
         return [row[:n] for row, n in zip(ro.completion_ids.tolist(), ro.lengths.tolist())]
 
     def record_online(name: str, ids: list[str], resp: list[list[int]], at: int) -> None:

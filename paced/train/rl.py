@@ -28,7 +28,11 @@ Algorithm (one pass per step; the math is paced/rl_losses.py):
 Deviations / choices: one ``step`` is one rollout batch (num_iterations optimizer steps on it);
 with num_iterations = 1 the ratio uses the detached current log-probs (ρ = 1, as TRL); with more
 it uses the sampler's log-probs (same weights and temperature, no extra forward; TRL recomputes
-them). The PPO critic is a copy of the policy's backbone with a zero-initialised scalar head,
+them) — with engine.backend vllm the trainer's own, recomputed once per step (another engine's
+numbers must not enter the ratio). Every step logs engine/logprob_diff_max and _mean, |engine −
+trainer| over the plain rows' completion tokens (this process's), and time_weight_sync;
+rl.vllm_importance_sampling_correction multiplies each token's surrogate by the detached
+min(π_old / π_engine, cap) (TRL's truncated IS; before the KL and entropy terms, as TRL). The PPO critic is a copy of the policy's backbone with a zero-initialised scalar head,
 trained by the same optimizer (TRL uses a reward model's backbone; we have none). Guide: "fail"
 is the verifier's verdict (whatever reward_funcs say); hinted rollouts are recorded in the ledger
 under stage "<ledger.stage>:hinted", so p̂ stays the plain prompt's pass rate; hinted old
@@ -57,6 +61,7 @@ from ..rl_losses import (ADVANTAGES, LOSS_TYPES, clipped_surrogate, gae,
                          group_has_variance, kl_k3, reward_zero_std_share, terminal_rewards, value_loss,
                          whiten)
 from ..run import load_model, start_run
+from ..rollout import sync_weights
 from ..runlog import Progress, RunLog, console
 from ..tasks import load_sources
 from ..weighting import problem_weights
@@ -175,6 +180,7 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
     bar = Progress(r.max_steps, "rl", cfg.run.progress and main, initial=step)
     while step < r.max_steps and not (r.max_rollouts and rollouts_total >= r.max_rollouts):
         t0 = time.perf_counter()
+        t_sync = sync_weights(raw, cfg.engine.backend)   # the engine serves the current policy
         weights = None
         if r.prompt_weighting != "none":  # p̂ from the rollouts recorded before this step
             seen = ledger.counts(model=tag, stage=cfg.ledger.stage, before_step=step + 1)
@@ -251,6 +257,9 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
         micro = [list(range(s, min(s + r.per_device_train_batch_size, N)))
                  for s in range(0, N, r.per_device_train_batch_size)]
         batches = [pack_rows(prompts, completions, rows, tok.pad_token_id, dev) for rows in micro]
+        engine_logp = old_logp   # (N, L) the rollout engine's log-probs of its samples
+        if cfg.engine.backend != "hf" and r.num_iterations > 1 and N:  # ratios: the trainer's own
+            old_logp = torch.where(hinted[:, None], old_logp, ref_logprobs(raw, batches, N, L, r.temperature))
         if r.advantage == "ppo":
             values, cmask = critic_values(critic, batches, N, L, dev)
             adv, returns = gae(terminal_rewards(rewards, cmask), values, cmask, r.gamma, r.lam)  # (N, L) x 2
@@ -278,7 +287,8 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
                 sync = m == len(micro) - 1
                 with accelerator.no_sync(policy) if not sync else contextlib.nullcontext():
                     loss, st = micro_loss(policy, critic, b, rows, adv, keep, old_logp, hinted, ref_logp,
-                                          values, returns, r, norm, first_pass=(it == 0))
+                                          values, returns, r, norm, first_pass=(it == 0),
+                                          engine_logp=engine_logp)
                     loss = loss * world  # DDP averages gradients over processes; the normalisers are global
                     if ewc is not None and sync:  # λ Σ F (θ − θ*)², once per optimizer step
                         penalty = ewc.penalty(raw)
@@ -307,12 +317,16 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
                "loss": stats["loss"] / max(r.num_iterations, 1), "grad_norm": float(grad_norm), "lr": lr,
                "advantage_mean": float(adv.float().mean()) if N else 0.0,
                "time_rollout": t_rollout, "time_sampling": t_sample, "time_reward": t_reward,
-               "time_update": t_update, "step_time": time.perf_counter() - t0}
+               "time_update": t_update, "time_weight_sync": t_sync, "step_time": time.perf_counter() - t0}
         # generated tokens per second of the whole step (rollouts + update), all processes
         row["tokens_per_s"] = float(lengths.sum()) * world / max(row["step_time"], 1e-9) if N else 0.0
         for key in ("clip_ratio", "kl", "entropy", "guide/gamma", "guide/log_ratio", "guide/shaped_ratio"):
             if stats.get(key):
                 row[key] = float(np.mean(stats[key]))
+        if stats.get("engine/logprob_tokens"):   # |engine − trainer| log-prob over completion tokens
+            row["engine/logprob_diff_max"] = max(stats["engine/logprob_diff_max"])
+            row["engine/logprob_diff_mean"] = sum(stats["engine/logprob_diff_sum"]) / max(
+                sum(stats["engine/logprob_tokens"]), 1.0)
         if r.guide:
             row.update({"guide/guided_groups": guided, "guide/solved_with_hint": guided_solved / guided if guided
                         else float("nan"), "guide/hinted_groups_kept": sum(g["hinted"] for g in groups)})
@@ -343,10 +357,13 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
 
 
 def micro_loss(policy, critic, b, rows, adv, keep, old_logp, hinted, ref_logp, values, returns, r, norm,
-               first_pass: bool):
+               first_pass: bool, engine_logp=None):
     """The loss of one micro-batch (a share of the batch loss: summed over micro-batches it is
     the loss of the whole batch) and its statistics. ``hinted`` (N,) marks Guide's hinted rows:
-    their old log-probs are always the sampler's (under the hinted prompt)."""
+    their old log-probs are always the sampler's (under the hinted prompt). ``engine_logp`` (N, L):
+    the rollout engine's log-probs of its samples (default ``old_logp``), compared with the
+    trainer's and, with ``vllm_importance_sampling_correction``, the truncated IS weight's
+    denominator (see ``engine_terms``)."""
     ids, mask, pos, P, R = b
     cmask = mask[:, P:].float()                                              # (b, R)
     kept = cmask * keep[rows].to(cmask)[:, None]                             # (b, R) dropped rows: 0
@@ -366,6 +383,12 @@ def micro_loss(policy, critic, b, rows, adv, keep, old_logp, hinted, ref_logp, v
                 st["guide/gamma"] = g["gamma"]
     else:
         per_token, clipped = clipped_surrogate(logp, old, a.to(logp), r.epsilon, r.epsilon_high)   # (b, R)
+    plain = cmask * (~hinted[rows]).to(cmask)[:, None]        # hinted rows were sampled under another prompt
+    eng = (old_logp if engine_logp is None else engine_logp)[rows, :R].to(logp)
+    if r.vllm_importance_sampling_correction:   # π_old (the trainer's) / π_engine, truncated
+        per_token = per_token * engine_terms(old, eng, plain, r.vllm_importance_sampling_cap)[0]
+    if first_pass:                                # before any update: the trainer's π_old
+        st.update(engine_terms(logp, eng, plain, r.vllm_importance_sampling_cap)[1])
     st["clip_ratio"] = float((clipped.float() * kept).sum() / kept.sum().clamp(min=1))
     if ref_logp is not None:
         kl = kl_k3(logp, ref_logp[rows, :R].to(logp))                       # (b, R)
@@ -383,6 +406,16 @@ def micro_loss(policy, critic, b, rows, adv, keep, old_logp, hinted, ref_logp, v
         st["value_loss"] = vloss.item()
         loss = loss + r.vf_coef * vloss
     return loss, st
+
+
+def engine_terms(trainer_logp, engine_logp, mask, cap: float):
+    """TRL's truncated importance sampling against the rollout engine's numerics: the detached
+    per-token weight min(exp(trainer − engine), cap) (1 where ``mask`` is 0), and
+    |engine − trainer| over the ``mask`` tokens (its max, sum and token count, for the log)."""
+    d = (trainer_logp.detach() - engine_logp) * mask                         # (b, R)
+    w = torch.where(mask > 0, d.exp().clamp(max=cap), torch.ones_like(d))
+    return w.detach(), {"engine/logprob_diff_max": float(d.abs().max()) if d.numel() else 0.0,
+                        "engine/logprob_diff_sum": float(d.abs().sum()), "engine/logprob_tokens": float(mask.sum())}
 
 
 class _Params:

@@ -142,7 +142,8 @@ class Scripted:
             for j in range(params.n):
                 good = j % 2 == 0 and (hinted or index % 2 == 1)
                 wrong = "9" * len(answer) if answer != "9" * len(answer) else "8" * len(answer)
-                ids = self.tok(answer if good else wrong, add_special_tokens=False).input_ids + [eos_token_id]
+                stop = eos_token_id if isinstance(eos_token_id, int) else eos_token_id[0]
+                ids = self.tok(answer if good else wrong, add_special_tokens=False).input_ids + [stop]
                 rows.append(ids)
                 logps.append(-0.5 if hinted else -0.1)
         L = max(map(len, rows))

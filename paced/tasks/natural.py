@@ -19,7 +19,7 @@ import math
 from typing import Callable
 
 from paced.tasks.base import Example
-from paced.tasks.synthetic import _LARGE, _MOD_PRIMES, _apply, _countdown_ops, _rng
+from paced.tasks.synthetic import _LARGE, _MOD_PRIMES, _apply, _rng, countdown_chain
 
 __all__ = ["FINAL_LINES", "NATURAL", "final_line"]
 
@@ -115,17 +115,8 @@ def _make_countdown(seed: int, index: int, d: int, hint_level: int, fmt: str = "
     final-answer line: ``answer_format`` does not change it). Sources and target are in ``meta``."""
     rng = _rng("countdown/natural", seed, index, d)
     nums = [rng.choice(_LARGE) if rng.random() < 0.25 else rng.randint(1, 10) for _ in range(d)]
-    pool, steps = list(nums), []
-    while len(pool) > 1:
-        i, j = rng.sample(range(len(pool)), 2)
-        x, y = max(pool[i], pool[j]), min(pool[i], pool[j])
-        op = rng.choice(_countdown_ops(x, y) or ["-"])
-        z = _apply(x, op, y)
-        for k in sorted((i, j), reverse=True):
-            pool.pop(k)
-        pool.append(z)
-        steps.append(f"{x} {op} {y} = {z}")
-    target = pool[0]
+    chain, target = countdown_chain(rng, nums)
+    steps = [f"{x} {op} {y} = {z}" for x, op, y, z in chain]
     listed = ", ".join(map(str, nums[:-1])) + f" and {nums[-1]}"
     prompt = (f"Use the numbers {listed} (each at most once) with +, - and * to make {target}. "
               f"Write only the steps, separated by commas, e.g. 2 + 3 = 5, 5 * 4 = 20.")

@@ -190,12 +190,10 @@ def _countdown_ops(x: int, y: int) -> list[str]:
     return ops
 
 
-def _make_countdown(seed: int, index: int, d: int, hint_level: int) -> Example:
-    """Combine all ``d`` source numbers with ``+ - *`` into a target; solution lists the steps."""
-    rng = _rng("countdown", seed, index, d)
-    nums = [rng.choice(_LARGE) if rng.random() < 0.25 else rng.randint(1, 10) for _ in range(d)]
-    pool = list(nums)
-    steps: list[str] = []
+def countdown_chain(rng: random.Random, nums: list[int]) -> tuple[list[tuple[int, str, int, int]], int]:
+    """Combine ``nums`` two at a time (random pair, random allowed op) until one number is left:
+    the steps (x, op, y, z) with x >= y, and the target z of the last one."""
+    pool, chain = list(nums), []
     while len(pool) > 1:
         i, j = rng.sample(range(len(pool)), 2)
         x, y = max(pool[i], pool[j]), min(pool[i], pool[j])
@@ -204,8 +202,16 @@ def _make_countdown(seed: int, index: int, d: int, hint_level: int) -> Example:
         for k in sorted((i, j), reverse=True):
             pool.pop(k)
         pool.append(z)
-        steps.append(f"{x}{op}{y}={z}")
-    target = pool[0]
+        chain.append((x, op, y, z))
+    return chain, pool[0]
+
+
+def _make_countdown(seed: int, index: int, d: int, hint_level: int) -> Example:
+    """Combine all ``d`` source numbers with ``+ - *`` into a target; solution lists the steps."""
+    rng = _rng("countdown", seed, index, d)
+    nums = [rng.choice(_LARGE) if rng.random() < 0.25 else rng.randint(1, 10) for _ in range(d)]
+    chain, target = countdown_chain(rng, nums)
+    steps = [f"{x}{op}{y}={z}" for x, op, y, z in chain]
     return _example("countdown", seed, index, d,
                     prompt=f"{' '.join(map(str, nums))}:{target}=", answer=str(target),
                     solution=",".join(steps), hint=_steps_hint(steps, hint_level, d - 2),

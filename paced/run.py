@@ -72,5 +72,6 @@ def load_model(path: str | None, preset: str | None, init_seed: int, dtype: str,
 
 
 def model_tag(path: str) -> str:
-    """A stable name for a model in the ledger: its resolved directory."""
-    return os.path.realpath(path)
+    """A stable name for a model in the ledger: its resolved directory, or a built-in's name."""
+    from .hub import is_builtin
+    return str(path) if is_builtin(path) else os.path.realpath(path)

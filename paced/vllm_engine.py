@@ -49,8 +49,10 @@ renormalised distribution, log p_T(o) − log Σ_kept p_T, not paced's untruncat
 (vLLM has no mode for the latter; tests/test_vllm.py checks the relation). Per-request seeds are
 not used: on this CPU build they crashed once long batches were split by chunked prefill. On a CPU
 vLLM's attention needs head_dim >= 32 (paced's ``nano``/``tiny`` presets have 16: refused with a
-message). vLLM's CPU worker turns ``torch.set_num_threads`` into a no-op; the engine restores it
-after construction (the trainer may set threads again; vLLM then runs on that many).
+message). Threads: the engine and the trainer share the process's torch thread pool. vLLM's
+CPU worker drops it to 1 thread unless ``OMP_NUM_THREADS`` is set and turns ``torch.set_num_threads``
+into a no-op; the engine keeps the trainer's count (``run.threads``) through construction and
+restores the function after it, so ``run.threads`` sets both.
 """
 from __future__ import annotations
 
@@ -161,18 +163,27 @@ class Engine:
                              f"{path} has {head_dim} (presets nano/tiny); use preset small or larger, or "
                              f"engine.backend hf")
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")     # its INFO lines: ~40 per start
         max_len = _OPTS["max_model_len"] or min(getattr(config, "max_position_embeddings", 4096), 4096)
         mem = ({"kv_cache_memory_bytes": int(_OPTS["kv_cache_gb"] * 2 ** 30)}
                if on_cpu and not os.environ.get("VLLM_CPU_KVCACHE_SPACE") else
                {} if on_cpu else {"gpu_memory_utilization": _OPTS["gpu_memory_utilization"]})
-        set_threads = torch.set_num_threads
+        set_threads, threads = torch.set_num_threads, torch.get_num_threads()
+        omp_unset = "OMP_NUM_THREADS" not in os.environ    # else vLLM drops torch to 1 thread
+        if omp_unset:
+            os.environ["OMP_NUM_THREADS"] = str(threads)
         t0 = time.perf_counter()
-        with _fenced_rng():
-            from vllm import LLM
-            self.llm = LLM(model=path, dtype=DTYPES.get(dtype, "float32"), seed=_OPTS["seed"],
-                           max_model_len=max_len, enforce_eager=_OPTS["enforce_eager"],
-                           logprobs_mode="processed_logprobs", generation_config="vllm", **mem)
-        torch.set_num_threads = set_threads
+        try:
+            with _fenced_rng():
+                from vllm import LLM
+                self.llm = LLM(model=path, dtype=DTYPES.get(dtype, "float32"), seed=_OPTS["seed"],
+                               max_model_len=max_len, enforce_eager=_OPTS["enforce_eager"],
+                               logprobs_mode="processed_logprobs", generation_config="vllm", **mem)
+        finally:
+            torch.set_num_threads = set_threads             # vLLM's CPU worker makes it a no-op
+            if omp_unset:
+                del os.environ["OMP_NUM_THREADS"]
+        torch.set_num_threads(threads)
         self.path, self.start_seconds = path, time.perf_counter() - t0
         self._model = None                      # weakref to the model object last synced
         self._keys: dict[str, tuple[int, int]] = {}

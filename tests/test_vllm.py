@@ -71,6 +71,21 @@ def test_truncated_importance_weight():
 
 
 @needs_vllm
+def test_engine_keeps_the_trainers_threads(small):
+    """vLLM's CPU worker would drop torch to 1 thread and make set_num_threads a no-op."""
+    from paced import vllm_engine
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        vllm_engine.engine(small[1])                  # the session's first engine starts here
+        assert torch.get_num_threads() == 2
+        torch.set_num_threads(1)
+        assert torch.get_num_threads() == 1           # still the real function
+    finally:
+        torch.set_num_threads(before)
+
+
+@needs_vllm
 def test_rollouts_contract(small):
     _, model, tok = small
     prompts = prompts_of(tok)

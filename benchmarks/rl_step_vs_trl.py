@@ -8,6 +8,12 @@
 Writes benchmarks/results/rl_step_vs_trl.json (``--out``). Without TRL installed the TRL rows are
 skipped. Targets: ours <= 0.8x TRL's s/step, and ours within 5% of the hand loop.
 
+A real model (``--model smollm2-135m-instruct``, run from .venv-vllm with ``pip install trl``;
+writes rl_step_vs_trl_real.json): 8 prompts x 4 completions of <= 64 tokens on natural-language
+sums (``REAL``), 2 threads, contenders ours (hf sampler), ours_vllm (``engine.backend=vllm``),
+trl and trl_vllm (``use_vllm=True, vllm_mode="colocate"``); no hand loop. A contender that cannot
+run is reported with its error. Targets: ours_vllm <= 0.75x trl, <= 1.0x trl_vllm.
+
 Shared setup (every contender, fp32, CPU, ``torch.set_num_threads(threads)``): the model is
 ``build_tiny(preset, dir, seed=0)`` (a Llama from paced/models.py with the char tokenizer and its
 chat template, saved as a normal HF directory) and every contender loads it from that directory

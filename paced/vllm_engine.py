@@ -134,12 +134,17 @@ def _groups(names: set[str], every: list[str]) -> list[str]:
     return [n for n in every if n in names or ((m := _LAYER.match(n)) and m.group(1) in layers)]
 
 
+_RELOAD_LOGS = ("vllm.model_executor.model_loader.reload.layerwise",
+                "vllm.model_executor.model_loader.reload.inplace")
+# start-up: the CPU worker's LD_PRELOAD advice and a warning per set_num_threads it skipped, and
+# the note that OMP_NUM_THREADS (set by Engine to keep the trainer's threads) was respected
+_START_LOGS = ("vllm.v1.worker.cpu_worker", "vllm.utils.torch_utils")
+
+
 @contextlib.contextmanager
-def _quiet():
+def _quiet(names: tuple[str, ...] = _RELOAD_LOGS):
     """A reload warns once per layer it was not given (rotary caches; other layers when partial):
-    expected, silenced."""
-    names = ("vllm.model_executor.model_loader.reload.layerwise",
-             "vllm.model_executor.model_loader.reload.inplace")
+    expected, silenced (and the start-up lines of ``_START_LOGS``)."""
     loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
@@ -174,7 +179,7 @@ class Engine:
             os.environ["OMP_NUM_THREADS"] = str(threads)
         t0 = time.perf_counter()
         try:
-            with _fenced_rng():
+            with _fenced_rng(), _quiet(_START_LOGS):
                 from vllm import LLM
                 self.llm = LLM(model=path, dtype=DTYPES.get(dtype, "float32"), seed=_OPTS["seed"],
                                max_model_len=max_len, enforce_eager=_OPTS["enforce_eager"],

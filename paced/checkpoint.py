@@ -9,6 +9,13 @@ A checkpoint is written into ``.tmp-step-N`` and renamed to ``step-N`` only when
 (``os.rename`` of a directory is atomic on POSIX), so ``latest_checkpoint`` never sees a
 half-written one. ``trainer_state.pt`` is read with ``torch.load(weights_only=True)``, which
 refuses anything but tensors and plain containers: no arbitrary code runs on load.
+
+A checkpoint damaged after it was written (a file deleted, truncated or corrupt) is skipped:
+``latest_checkpoint`` returns the newest one that passes ``checkpoint_problem`` (every file there,
+``state.json`` parses with its step, the safetensors headers and the zip directory of
+``trainer_state.pt`` read), and ``resume_from`` falls back further when loading one still fails,
+saying which it skipped and why. A fresh run refuses a directory that holds checkpoints
+(``check_fresh``): a later ``--resume`` would otherwise continue the older run.
 """
 from __future__ import annotations
 
@@ -89,9 +96,75 @@ def list_checkpoints(run_dir: str | Path) -> list[Path]:
     return [p for _, p in sorted(found)]
 
 
+def checkpoint_problem(path: str | Path) -> str | None:
+    """Why the checkpoint at ``path`` cannot be resumed from, or None (cheap: headers only)."""
+    import zipfile
+
+    from safetensors import safe_open
+
+    path = Path(path)
+    try:
+        state = json.loads((path / "state.json").read_text())
+        if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+            return "state.json has no step"
+        weights = sorted(path.glob("*.safetensors"))
+        if not (path / "model.safetensors").is_file() and not (path / "model.safetensors.index.json").is_file():
+            return "model.safetensors is missing"
+        for f in weights:
+            with safe_open(str(f), "pt") as st:
+                st.keys()
+        with zipfile.ZipFile(path / "trainer_state.pt") as z:
+            z.namelist()
+    except FileNotFoundError as e:
+        return f"{Path(e.filename).name} is missing"
+    except (OSError, ValueError, zipfile.BadZipFile, Exception) as e:  # noqa: B014 (safetensors raises its own)
+        return f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"
+    return None
+
+
 def latest_checkpoint(run_dir: str | Path) -> Path | None:
-    ckpts = list_checkpoints(run_dir)
-    return ckpts[-1] if ckpts else None
+    """The newest checkpoint that passes ``checkpoint_problem``."""
+    for c in reversed(list_checkpoints(run_dir)):
+        if checkpoint_problem(c) is None:
+            return c
+    return None
+
+
+def check_fresh(run_dir: str | Path) -> None:
+    """A fresh (not ``--resume``) training run must not start over an earlier run's checkpoints."""
+    found = list_checkpoints(run_dir)
+    if found:
+        raise ValueError(f"{Path(run_dir) / 'checkpoints'} holds checkpoints of an earlier run "
+                         f"({', '.join(p.name for p in found[-3:])}): continue it with --resume, or "
+                         f"choose another run.dir (or delete that directory)")
+
+
+def resume_or_fresh(run_dir: str | Path, resume: bool, load) -> tuple[Path | None, dict | None]:
+    """Where a training run starts: (checkpoint, its state) or (None, None).
+
+    ``resume``: the newest checkpoint that ``load(path) -> state`` accepts, newest first, each
+    damaged one reported and skipped (a later one overwrites whatever a failed load had set);
+    none at all: a fresh start. If every checkpoint is damaged: an error naming them (a partial
+    load may have touched the model). Not ``resume``: ``check_fresh``."""
+    from .runlog import console
+
+    if not resume:
+        check_fresh(run_dir)
+        return None, None
+    skipped = []
+    for c in reversed(list_checkpoints(run_dir)):
+        why = checkpoint_problem(c)
+        if why is None:
+            try:
+                return c, load(c)
+            except (OSError, RuntimeError, ValueError, KeyError, EOFError) as e:
+                why = f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"
+        console.print(f"[yellow]skipping damaged checkpoint {c}: {why}[/]")
+        skipped.append(f"{c.name} ({why})")
+    if skipped:
+        raise ValueError(f"--resume: no complete checkpoint in {Path(run_dir) / 'checkpoints'}: "
+                         f"{'; '.join(skipped[:3])}; delete that directory to start fresh")
+    return None, None
 
 
 def load_checkpoint(path: str | Path, model, optimizer, scheduler) -> dict:

@@ -5,10 +5,16 @@
     paced import-gguf FILE.gguf OUT_DIR [--stop-token TOKEN ...]
 
 Every option of a command is listed by ``paced <command> --help``.
+
+Errors a user can cause (a config, an override, a data file, a path, a permission, a missing
+package, a size the machine cannot hold) end in one line on stderr naming the file, line or key,
+and exit code 2; ``paced --debug <command>`` (or ``PACED_DEBUG=1``) shows the traceback instead.
+Anything else is a bug in paced and keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import config as C
@@ -34,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="paced", description="Frontier-aware post-training of reasoning language models.",
         epilog="Run 'paced <command> --help' for every option of a command.")
+    parser.add_argument("--debug", action="store_true",
+                        help="show the full traceback of an error (also PACED_DEBUG=1)")
     sub = parser.add_subparsers(dest="command", metavar="<command>")
     for name, (root, desc) in COMMANDS.items():
         p = sub.add_parser(name, help=desc, description=desc,
@@ -61,27 +69,70 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+# What a user's input can raise (and so ends in one line): configs, data, paths, permissions,
+# encodings, missing packages, sizes. RecursionError / MemoryError: a structure or size past what
+# the machine holds. RuntimeError: torch's (out of memory, a shape a model cannot take).
+USER_ERRORS = (ValueError, OSError, ImportError, UnicodeError, RecursionError, MemoryError,
+               FloatingPointError, RuntimeError)
+
+
+def one_line(e: BaseException) -> str:
+    """The error's message on one line (an OSError keeps its file name)."""
+    if isinstance(e, OSError) and e.filename and e.strerror:
+        msg = f"{e.filename}: {e.strerror}"
+    else:
+        msg = str(e) or type(e).__name__
+    if isinstance(e, (RecursionError, MemoryError)):
+        msg = f"{type(e).__name__}: {msg} (an input nested or sized beyond what this machine holds)"
+    return " ".join(msg.split())
+
+
+VALUED = ("--config", "--run-dir", "--path", "--k", "--out")   # options that take a value
+
+
+def split_argv(argv: list[str]) -> list[str]:
+    """``key=value`` overrides may come anywhere after the command, before or after ``--run-dir
+    DIR``: argparse's one positional list stops at the first option, so they move to just after
+    the command name."""
+    cmd = next((i for i, a in enumerate(argv) if not a.startswith("-")), None)
+    if cmd is None or argv[cmd] not in COMMANDS:
+        return argv
+    head, overrides, rest = argv[:cmd + 1], [], []
+    for i, a in enumerate(argv[cmd + 1:], cmd + 1):
+        takes_value = argv[i - 1] in VALUED and i - 1 > cmd
+        (overrides if "=" in a and not a.startswith("-") and not takes_value else rest).append(a)
+    return head + overrides + rest
+
+
 def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(split_argv(argv))
+    debug = args.debug or os.environ.get("PACED_DEBUG", "") not in ("", "0")
     if not args.command:
         parser.print_help()
         return 2
     cfg = None
-    if args.command in COMMANDS:
-        try:
-            cfg = C.load_config(COMMANDS[args.command][0], args.config, args.overrides, args.run_dir)
-        except C.ConfigError as e:
-            print(f"paced {args.command}: config error: {e}", file=sys.stderr)
-            return 2
     try:
+        if args.command in COMMANDS:
+            try:
+                cfg = C.load_config(COMMANDS[args.command][0], args.config, args.overrides, args.run_dir)
+            except C.ConfigError as e:
+                if debug:
+                    raise
+                print(f"paced {args.command}: config error: {one_line(e)}", file=sys.stderr)
+                return 2
         _dispatch(args, cfg)
-    except (ValueError, FileNotFoundError, FileExistsError, ImportError, FloatingPointError,
-            RuntimeError) as e:
+    except USER_ERRORS as e:
+        if debug:
+            raise
         from .tasks.files import DataError
         kind = "data error" if isinstance(e, DataError) else "error"
-        print(f"paced {args.command}: {kind}: {e}", file=sys.stderr)
-        return 1
+        print(f"paced {args.command}: {kind}: {one_line(e)}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"paced {args.command}: interrupted (a training run resumes with --resume)", file=sys.stderr)
+        return 130
     return 0
 
 

@@ -6,8 +6,45 @@ from .config import ContinualCfg, ContinualConfig, EvalCfg, RLConfig
 from .configtools import ConfigError, check_choice
 
 
+# Sizes past these are refused before any work (a typo like 10**12 would hang or exhaust memory):
+# fields whose name ends in one of the keys, anywhere in the config.
+SIZE_CAPS = {"batch_size": 65_536, "num_generations": 4_096, "max_completion_length": 131_072,
+             "max_length": 131_072, "max_prompt_length": 131_072, "eval_n": 4_096}
+SYNTHETIC_N_CAP = 1_000_000     # problems one synthetic source may generate
+EVAL_N_CAP = 4_096              # samples per problem in eval / passrate
+
+
+def _check_sizes(obj, prefix: str = "") -> None:
+    import dataclasses
+    import os
+    if dataclasses.is_dataclass(obj):
+        for f in dataclasses.fields(obj):
+            value, key = getattr(obj, f.name), f"{prefix}{f.name}"
+            if isinstance(value, int) and not isinstance(value, bool):
+                cap = next((c for end, c in SIZE_CAPS.items() if f.name.endswith(end)), None)
+                if key in ("eval.n", "passrate.num_generations"):
+                    cap = EVAL_N_CAP
+                if cap is not None and value > cap:
+                    raise ConfigError(f"{key}: {value:,} is more than paced accepts ({cap:,}); "
+                                      f"a typo? (sizes past this cannot fit in memory)")
+                if key == "run.threads":
+                    cores = os.cpu_count() or 1
+                    if value > 4 * cores:
+                        raise ConfigError(f"run.threads: {value:,} threads on a machine with {cores} "
+                                          f"cores; use at most {4 * cores} (0 = auto)")
+            _check_sizes(value, key + ".")
+    elif isinstance(obj, list):
+        for i, x in enumerate(obj):
+            _check_sizes(x, f"{prefix[:-1]}[{i}].")
+            src_n = getattr(x, "n", None)
+            if getattr(x, "source", None) is not None and isinstance(src_n, int) and src_n > SYNTHETIC_N_CAP:
+                raise ConfigError(f"{prefix[:-1]}[{i}].n: {src_n:,} problems; a source holds at most "
+                                  f"{SYNTHETIC_N_CAP:,}")
+
+
 def check(cfg) -> None:
     """Cross-field rules that a single field's range cannot express."""
+    _check_sizes(cfg)
     for section, splits in (("data", ("train", "eval", "forgetting")), ("regularizer", ("fisher_data",))):
         data = getattr(cfg, section, None)
         for split in splits if data else ():

@@ -20,6 +20,57 @@ class ConfigError(ValueError):
     pass
 
 
+# YAML is loaded within a budget: a config is a few hundred values, never deeply nested.
+MAX_DEPTH = 64          # nested collections
+MAX_NODES = 100_000     # values after alias expansion (a "billion laughs" expands to 10^9)
+MAX_TEXT = 4 * 2 ** 20  # bytes of one config file or override
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's SafeLoader with a nesting limit (its composer recurses once per level)."""
+
+    def compose_node(self, parent, index):
+        self._depth = getattr(self, "_depth", 0) + 1
+        try:
+            if self._depth > MAX_DEPTH:
+                raise ConfigError(f"nested deeper than {MAX_DEPTH} levels")
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
+
+
+def _expanded_size_ok(obj) -> None:
+    """Walk ``obj`` as later code will (a shared alias counted every time it is reached)."""
+    seen, stack = 0, [obj]
+    while stack:
+        x = stack.pop()
+        seen += 1
+        if seen > MAX_NODES:
+            raise ConfigError(f"more than {MAX_NODES:,} values once YAML aliases are expanded")
+        if isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+
+
+def safe_yaml(text: str):
+    """``yaml.safe_load`` within the budget above; every failure a ``ConfigError`` (no position:
+    the caller names the file or override)."""
+    if len(text) > MAX_TEXT:
+        raise ConfigError(f"{len(text):,} characters, more than the {MAX_TEXT:,} a config may hold")
+    try:
+        data = yaml.load(text, Loader=_BoundedLoader)   # noqa: S506 (a SafeLoader subclass)
+    except yaml.YAMLError as e:
+        raise ConfigError("invalid YAML: " + " ".join(str(e).split())) from None
+    except RecursionError:
+        raise ConfigError(f"nested deeper than {MAX_DEPTH} levels") from None
+    except ValueError as e:             # e.g. an integer beyond Python's 4,300-digit limit
+        raise ConfigError(" ".join(str(e).split())) from None
+    _expanded_size_ok(data)
+    return data
+
+
 def F(default, help: str, *, min=None, max=None, choices=None):
     """A config field: default, help text and optional range/choices checked at load."""
     meta = {"help": help, "min": min, "max": max, "choices": choices}
@@ -155,9 +206,12 @@ def parse_overrides(overrides: list[str], root) -> dict:
             raise ConfigError(f"override {item!r} must look like key=value{_nearest(item, root)}")
         key, raw = item.split("=", 1)
         try:
-            value = yaml.safe_load(raw) if raw != "" else None
-        except yaml.YAMLError as e:
-            raise ConfigError(f"override {key}: cannot parse value {raw!r}: {e}") from None
+            value = safe_yaml(raw) if raw != "" else None
+        except ConfigError as e:
+            shown = raw if len(raw) <= 80 else raw[:77] + "..."
+            hint = (" (quote a value holding {, [, : or # for YAML, e.g. "
+                    "'data.train=[{source: add}]' or key='\"{prompt} {instruction}\"')")
+            raise ConfigError(f"override {key}: cannot parse value {shown!r}: {e}{hint}") from None
         _set_dotted(data, key.strip(), value, root)
     return data
 
@@ -175,11 +229,22 @@ def load_raw(root, path: str | Path | None = None, overrides: list[str] = (), ru
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist")
+            raise ConfigError(f"config file {str(path)!r} does not exist"
+                              + (" (it is a directory)" if path.is_dir() else ""))
         try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            raise ConfigError(f"{path}: invalid YAML: {e}") from None
+            raw = path.read_bytes()
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read it: {e.strerror or e}") from None
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError as e:
+            what = "UTF-16 text" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "not UTF-8 text"
+            raise ConfigError(f"{path}: {what} (byte {raw[e.start]:#04x} at offset {e.start}); "
+                              f"save it as UTF-8") from None
+        try:
+            data = safe_yaml(text.removeprefix("\ufeff")) or {}
+        except ConfigError as e:
+            raise ConfigError(f"{path}: {e}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
     data = _merge(data, parse_overrides(list(overrides), root))

@@ -3,9 +3,11 @@
     paced rl --config configs/rl/grpo.yaml rl.reward_funcs='[verifier, my_rewards.py:length_penalty]'
 
 A reward function has TRL's signature ``fn(prompts, completions, **kwargs) -> list[float | None]``
-with one entry per completion; the keyword arguments carry the per-row dataset columns
-``answer``, ``example`` (the ``paced.tasks.Example``), ``source`` and ``id`` (accept ``**kwargs``
-to ignore the ones you do not use). ``rl.reward_funcs`` names them: ``verifier`` (``REWARDS``),
+with one entry per completion; the keyword arguments (``ARGUMENTS``) are TRL's
+``completion_ids`` (token ids, one list per completion) and ``trainer_state`` (None: paced has no
+TrainerState) and the per-row dataset columns ``answer``, ``example`` (the ``paced.tasks.Example``),
+``source`` and ``id``. A function without ``**kwargs`` gets only the arguments it names; one that
+requires an argument paced cannot give is refused when it loads, naming the argument. ``rl.reward_funcs`` names them: ``verifier`` (``REWARDS``),
 ``package.module:function`` or ``path/to/file.py:function`` (``load_reward_function``).
 
 ``compute_rewards`` calls every function and sums the rewards with ``rl.reward_weights``
@@ -31,6 +33,34 @@ import torch
 from .tasks import Example, verify
 
 RewardFn = Callable[..., list]
+ARGUMENTS = ("prompts", "completions", "completion_ids", "trainer_state", "answer", "example",
+             "source", "id")
+
+
+def check_signature(fn, spec: str) -> None:
+    """A ValueError naming the first required parameter of ``fn`` that paced does not pass."""
+    import inspect
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):           # a builtin without a signature: called as is
+        return
+    for p in params:
+        if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or p.default is not p.empty or p.name in ARGUMENTS:
+            continue
+        raise ValueError(f"reward function {spec!r} requires an argument {p.name!r} that paced does not "
+                         f"pass (it passes {', '.join(ARGUMENTS)}); give it a default or take **kwargs")
+
+
+def _accepted(fn) -> set[str] | None:
+    """The keyword names ``fn`` takes, or None when it takes **kwargs (or has no signature)."""
+    import inspect
+    try:
+        params = inspect.signature(fn).parameters.values()
+    except (TypeError, ValueError):
+        return None
+    if any(p.kind == p.VAR_KEYWORD for p in params):
+        return None
+    return {p.name for p in params}
 
 
 def verifier_reward(prompts: list[str], completions: list[str], example: list[Example],
@@ -98,6 +128,7 @@ def load_reward_function(spec: str) -> RewardFn:
     if not callable(fn):
         raise ValueError(f"reward function {spec!r}: {attr!r} is a {type(fn).__name__}, "
                          f"not a function")
+    check_signature(fn, spec)
     return fn
 
 
@@ -128,11 +159,19 @@ def _as_reward(value, fn, row: int) -> float:
 
 
 def call_reward_function(fn: RewardFn, prompts: list[str], completions: list[str],
-                         examples: list[Example]) -> list[float]:
+                         examples: list[Example], completion_ids: list[list[int]] | None = None) -> list[float]:
     """Call ``fn`` with TRL's arguments and check its result: N floats, NaN where it gave None."""
-    out = fn(prompts=prompts, completions=completions, answer=[e.answer for e in examples],
-             example=list(examples), source=[e.source for e in examples],
-             id=[e.id for e in examples])
+    given = {"prompts": prompts, "completions": completions, "completion_ids": completion_ids,
+             "trainer_state": None, "answer": [e.answer for e in examples], "example": list(examples),
+             "source": [e.source for e in examples], "id": [e.id for e in examples]}
+    names = _accepted(fn)
+    try:
+        out = fn(**(given if names is None else {k: v for k, v in given.items() if k in names}))
+    except TypeError as e:
+        if "argument" not in str(e):
+            raise
+        raise ValueError(f"reward function {function_name(fn)} cannot be called with paced's arguments "
+                         f"({', '.join(ARGUMENTS)}): {e}") from None
     if not isinstance(out, (list, tuple)):
         raise ValueError(f"reward function {function_name(fn)} returned a {type(out).__name__}; "
                          f"return a list with one float (or None) per completion")
@@ -143,17 +182,18 @@ def call_reward_function(fn: RewardFn, prompts: list[str], completions: list[str
 
 
 def reward_table(funcs: list[RewardFn], prompts: list[str], completions: list[str],
-                 examples: list[Example]) -> torch.Tensor:
+                 examples: list[Example], completion_ids: list[list[int]] | None = None) -> torch.Tensor:
     """Every function's checked rewards, (N, F) in fp64, NaN where a function returned None."""
     if not (len(prompts) == len(completions) == len(examples)):
         raise ValueError(f"compute_rewards: {len(prompts)} prompts, {len(completions)} "
                          f"completions and {len(examples)} examples; give one of each per row")
-    cols = [call_reward_function(fn, prompts, completions, examples) for fn in funcs]
+    cols = [call_reward_function(fn, prompts, completions, examples, completion_ids) for fn in funcs]
     return torch.tensor(cols, dtype=torch.float64).reshape(len(funcs), len(completions)).T
 
 
 def compute_rewards(funcs: list[RewardFn], weights: list[float] | None, prompts: list[str],
-                    completions: list[str], examples: list[Example]) -> torch.Tensor:
+                    completions: list[str], examples: list[Example],
+                    completion_ids: list[list[int]] | None = None) -> torch.Tensor:
     """Σ_f w_f · r_f per completion, skipping functions that returned None for that row: (N,) fp32."""
     if not funcs:
         raise ValueError("compute_rewards: no reward functions")
@@ -162,7 +202,7 @@ def compute_rewards(funcs: list[RewardFn], weights: list[float] | None, prompts:
     if len(w) != len(funcs):
         raise ValueError(f"compute_rewards: {len(w)} reward weights for {len(funcs)} reward "
                          f"functions ({', '.join(function_name(f) for f in funcs)})")
-    table = reward_table(funcs, prompts, completions, examples)     # (N, F)
+    table = reward_table(funcs, prompts, completions, examples, completion_ids)     # (N, F)
     missing = table.isnan().all(dim=1)                               # (N,)
     if missing.any():
         row = int(missing.nonzero()[0])

@@ -15,6 +15,8 @@ from .models import build_tiny, load_model_and_tokenizer
 def start_run(cfg, save: bool = True) -> Path:
     """Create the run directory, save the resolved config, set threads and seeds."""
     run_dir = Path(cfg.run.dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise ValueError(f"run.dir {str(run_dir)!r} is a file, not a directory: choose another run.dir")
     run_dir.mkdir(parents=True, exist_ok=True)
     if save:
         save_config(cfg, run_dir / "config.yaml")
@@ -42,6 +44,22 @@ def auto_threads() -> int:
     return 1 if busy or cores == 1 else cores
 
 
+def _whole_model_dir(d: Path) -> bool:
+    return all((d / f).is_file() for f in ("config.json", "model.safetensors", "tokenizer_config.json"))
+
+
+def build_init(preset: str, init: Path, seed: int) -> None:
+    """A preset's freshly initialised model, built beside ``init`` and renamed into place, so a
+    run killed while building leaves no half-written ``init/`` (one left by an older version is
+    rebuilt: it is a pure function of the preset and the seed)."""
+    import shutil
+    tmp = init.with_name(f".{init.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    build_tiny(preset, tmp, seed=seed)
+    shutil.rmtree(init, ignore_errors=True)
+    os.rename(tmp, init)
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
@@ -59,8 +77,8 @@ def load_model(path: str | None, preset: str | None, init_seed: int, dtype: str,
     """
     if path is None:
         init = run_dir / "init"
-        if not (init / "config.json").is_file():
-            build_tiny(preset, init, seed=init_seed)
+        if not _whole_model_dir(init):
+            build_init(preset, init, init_seed)
         path = str(init)
     model, tok = load_model_and_tokenizer(path, dtype=dtype)
     if gradient_checkpointing:  # transformers >= 5.x calls it activation checkpointing

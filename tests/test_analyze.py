@@ -139,13 +139,13 @@ def test_mismatched_ids_name_both_files(tmp_path):
 def test_malformed_file_is_a_clear_cli_error(tmp_path, capsys, content, message):
     good = write(tmp_path / "good" / "eval.json", eval_json(BEFORE))
     bad = write(tmp_path / "bad.json", content)
-    assert main(["analyze", str(good), str(bad)]) == 1
+    assert main(["analyze", str(good), str(bad)]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"paced analyze: error: {bad}") and message in err and "Traceback" not in err
 
 
 def test_missing_file_and_run_directory(tmp_path, capsys):
-    assert main(["analyze", str(tmp_path / "nope"), str(tmp_path / "nope2")]) == 1
+    assert main(["analyze", str(tmp_path / "nope"), str(tmp_path / "nope2")]) == 2
     assert f"paced analyze: error: {tmp_path / 'nope'}: no such eval file" in capsys.readouterr().err
     write(tmp_path / "a" / "eval.json", eval_json(BEFORE))
     write(tmp_path / "b" / "eval.json", eval_json(AFTER))
@@ -207,7 +207,7 @@ def test_cli_end_to_end_on_real_eval_output(real_eval, tmp_path):
     proc = subprocess.run([sys.executable, "-m", "paced.cli", "analyze", str(real_eval),
                            str(tmp_path / "after"), "--k", "9"], cwd=ROOT, env=ENV,
                           capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 1
+    assert proc.returncode == 2
     assert ("paced analyze: error: --k 9 is larger than the n=4 samples per problem in "
             f"{real_eval / 'eval.json'}") in proc.stderr
 

@@ -101,7 +101,7 @@ def test_malformed_data_row_names_file_and_line(tmp_path):
     data.write_text('{"prompt": "1+1=", "answer": "2", "solution": "2"}\n{"prompt": "2+2=", \n')
     proc = paced("sft", "--config", SMOKE / "sft.yaml", "--run-dir", tmp_path / "r",
                  f"data.train=[{{source: {data}}}]", check=False)
-    assert proc.returncode == 1 and "d.jsonl:2" in proc.stderr and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "d.jsonl:2" in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "r" / "checkpoints").exists()  # failed before any training
     # the same file with on_error=skip trains on the good row and reports the skip
     proc = paced("sft", "--config", SMOKE / "sft.yaml", "--run-dir", tmp_path / "r2",
@@ -235,11 +235,11 @@ def test_rl_reward_function_errors_name_the_function(tmp_path):
     f.write_text("def says_yes(prompts, completions, **kw):\n    return ['yes'] * len(completions)\n")
     proc = paced("rl", "--config", SMOKE / "rl.yaml", "--run-dir", tmp_path / "r",
                  f"rl.reward_funcs=['{f}:says_yes']", check=False)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "says_yes" in proc.stderr and "'yes'" in proc.stderr
     proc = paced("rl", "--config", SMOKE / "rl.yaml", "--run-dir", tmp_path / "r2",
                  f"rl.reward_funcs=['{f}:no_such_fn']", check=False)
-    assert proc.returncode == 1 and "no_such_fn" in proc.stderr
+    assert proc.returncode == 2 and "no_such_fn" in proc.stderr
     assert not (tmp_path / "r2" / "init").exists()  # failed before the model was built
 
 

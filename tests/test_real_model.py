@@ -135,9 +135,9 @@ def test_import_gguf_command_and_its_errors(tmp_path, capsys):
     gen = json.loads((out / "generation_config.json").read_text())
     assert gen["eos_token_id"] == [2, 0]
     assert (out / "model.safetensors").is_file() and not list(tmp_path.glob(".smol.tmp-*"))
-    assert cli.main(["import-gguf", str(gguf), str(out)]) == 1          # not empty: refused
+    assert cli.main(["import-gguf", str(gguf), str(out)]) == 2          # not empty: refused
     assert "exists and is not empty" in capsys.readouterr().err
-    assert cli.main(["import-gguf", str(tmp_path / "nope.gguf"), str(tmp_path / "x")]) == 1
+    assert cli.main(["import-gguf", str(tmp_path / "nope.gguf"), str(tmp_path / "x")]) == 2
     assert "nope.gguf: no such GGUF file" in capsys.readouterr().err
     with pytest.raises(ValueError, match="not in its vocabulary"):
         import_gguf(gguf, tmp_path / "y", stop_tokens=("<no-such-token>",))

@@ -1,6 +1,7 @@
 """``paced rl`` end to end on tiny models: every advantage x loss_type, PPO, dynamic sampling,
 prompt weighting, the ledger, reward-function errors, bad configs and exact resume."""
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -85,7 +86,11 @@ def test_dynamic_sampling_keeps_only_varied_groups(tmp_path, policy, monkeypatch
 
 def test_prompt_weighting_uses_the_ledger(tmp_path, policy):
     cfg = rl_cfg(tmp_path, policy, "rl.prompt_weighting=hard_filter", "rl.max_steps=3", "data.eval=[]")
-    for _ in range(2):  # the second run in the same directory starts from a clean slate
+    for attempt in range(2):  # a second run in the same directory starts from a clean slate ...
+        if attempt:               # ... once the first one's checkpoints are gone (else: refused)
+            with pytest.raises(ValueError, match="holds checkpoints of an earlier run .* --resume"):
+                RL.train(cfg)
+            shutil.rmtree(tmp_path / "checkpoints")
         RL.train(cfg)
         rows = metrics(tmp_path)
         assert rows[0]["mean_prompt_weight"] == 1.0        # nothing tried yet: p̂ = 1/2 everywhere

@@ -35,6 +35,39 @@ class DataError(ValueError):
     """A bad data file or row; the message names the file, the line/row and the field."""
 
 
+MAX_LINE_BYTES = 16 * 2 ** 20     # one JSON line; longer lines are refused unread (PACED_MAX_LINE_BYTES)
+MAX_TEXT_CHARS = 1_000_000        # one prompt / answer / hint / solution (PACED_MAX_TEXT_CHARS)
+
+
+def _limit(name: str, default: int) -> int:
+    try:
+        return int(os.environ.get(name, default))
+    except ValueError:
+        raise DataError(f"{name}={os.environ[name]!r} is not an integer") from None
+
+
+def _readable(path: Path) -> None:
+    if not os.access(path, os.R_OK):
+        raise DataError(f"{path}: permission denied (the file is not readable by this user)")
+
+
+def _lines(f, limit: int):
+    """``(line_number, bytes)`` per line; a line over ``limit`` bytes comes as ``None`` (its rest
+    skipped in bounded reads, never held in memory)."""
+    lineno = 0
+    while True:
+        raw = f.readline(limit + 1)
+        if not raw:
+            return
+        lineno += 1
+        if len(raw) > limit and not raw.endswith(b"\n"):
+            while (chunk := f.readline(2 ** 20)) and not chunk.endswith(b"\n"):
+                pass
+            yield lineno, None
+            continue
+        yield lineno, raw
+
+
 @dataclass
 class Fields:
     """Field names tried in order for each Example attribute; the first present (non-null) wins."""
@@ -58,10 +91,14 @@ def iter_jsonl(path, *, errors: str = "raise") -> Iterator[tuple[int, dict]]:
     path = Path(path)
     hint = " (.json files are read as JSON Lines: one object per line)" \
         if path.suffix.lower() == ".json" else ""
+    limit = _limit("PACED_MAX_LINE_BYTES", MAX_LINE_BYTES)
+    _readable(path)
     with open(path, "rb") as f:
-        for lineno, raw in enumerate(f, 1):
+        for lineno, raw in _lines(f, limit):
             err = None
             try:
+                if raw is None:
+                    raise DataError(f"longer than {limit:,} bytes (PACED_MAX_LINE_BYTES raises the limit)")
                 text = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
                 if not text.strip():
                     continue
@@ -72,6 +109,8 @@ def iter_jsonl(path, *, errors: str = "raise") -> Iterator[tuple[int, dict]]:
                 err = f"invalid UTF-8 ({e.reason} at byte {e.start} of the line)"
             except (json.JSONDecodeError, RecursionError) as e:
                 err = f"invalid JSON: {getattr(e, 'msg', e)} (column {getattr(e, 'colno', '?')})"
+            except ValueError as e:     # DataError above; an integer beyond Python's digit limit
+                err = " ".join(str(e).split())
             if err is None:
                 yield lineno, row
                 continue
@@ -148,6 +187,19 @@ def _pick(row: dict, names: tuple[str, ...]):
     return None, None
 
 
+def _text_ok(value, name: str, what: str, loc: str) -> None:
+    """Valid Unicode (no unpaired surrogate, which JSON's \\ud800 escapes can carry) and bounded."""
+    limit = _limit("PACED_MAX_TEXT_CHARS", MAX_TEXT_CHARS)
+    if len(value) > limit:
+        raise DataError(f"{loc}: field {name!r} ({what}) has {len(value):,} characters, more than "
+                        f"{limit:,} (PACED_MAX_TEXT_CHARS raises the limit)")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise DataError(f"{loc}: field {name!r} ({what}) holds an unpaired surrogate "
+                        f"{value[e.start]!r} at character {e.start}: not valid Unicode text") from None
+
+
 def _row_to_example(row, fields: Fields, verifier: str, stem: str, source: str, loc: str):
     if isinstance(row, Exception):
         raise row
@@ -161,6 +213,7 @@ def _row_to_example(row, fields: Fields, verifier: str, stem: str, source: str, 
         raise DataError(f"{loc}: field {name!r} (prompt) must be a string, got {type(prompt).__name__}")
     if not prompt.strip():
         raise DataError(f"{loc}: field {name!r} (prompt) is empty")
+    _text_ok(prompt, name, "prompt", loc)
     name, answer = _pick(row, fields.answer)
     if name is None:
         raise DataError(f"{loc}: missing answer field (tried {tried(fields.answer)})")
@@ -172,6 +225,7 @@ def _row_to_example(row, fields: Fields, verifier: str, stem: str, source: str, 
     answer = str(answer)
     if not answer.strip():
         raise DataError(f"{loc}: field {name!r} (answer) is empty")
+    _text_ok(answer, name, "answer", loc)
     name, hint = _pick(row, fields.hint)
     if isinstance(hint, (list, tuple)):
         if not all(isinstance(h, str) for h in hint):
@@ -180,9 +234,13 @@ def _row_to_example(row, fields: Fields, verifier: str, stem: str, source: str, 
     elif hint is not None and not isinstance(hint, str):
         raise DataError(f"{loc}: field {name!r} (hint) must be a string or a list of strings, "
                         f"got {type(hint).__name__}")
+    if hint is not None:
+        _text_ok(hint, "hint", "hint", loc)
     name, solution = _pick(row, fields.solution)
     if solution is not None and not isinstance(solution, str):
         raise DataError(f"{loc}: field {name!r} (solution) must be a string, got {type(solution).__name__}")
+    if solution is not None:
+        _text_ok(solution, name, "solution", loc)
     name, id_ = _pick(row, fields.id)
     if name is not None and (isinstance(id_, bool) or not isinstance(id_, (str, int))):
         raise DataError(f"{loc}: field {name!r} (id) must be a string or an integer, got {type(id_).__name__}")
@@ -270,6 +328,7 @@ def load_file(path, fields: Fields = Fields(), verifier: str = "math",
                         "expected .jsonl, .json (JSON Lines) or .parquet")
     if not path.is_file():
         raise DataError(f"{path}: no such file" if not path.exists() else f"{path}: not a file")
+    _readable(path)
     if suffix == ".parquet":
         return rows_to_examples(iter_parquet(path), str(path), fields, verifier, on_error, unit="row")
     return rows_to_examples(iter_jsonl(path, errors="yield"), str(path), fields, verifier, on_error)

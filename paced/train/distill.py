@@ -36,7 +36,7 @@ import time
 import numpy as np
 import torch
 
-from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..checkpoint import latest_checkpoint, load_checkpoint, resume_or_fresh, save_checkpoint
 from ..config import DistillConfig, StageCfg
 from ..evaluate import evaluate
 from ..ledger import Ledger, gather_counts, histogram, tally
@@ -139,9 +139,9 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
     tag = cfg.ledger.model or f"{run_dir.resolve()}:student"
 
     step = 0
-    ckpt = latest_checkpoint(run_dir) if resume else None
+    ckpt, state = resume_or_fresh(run_dir, resume, lambda c: load_checkpoint(c, raw, optimizer, scheduler))
     if ckpt is not None:
-        step = load_checkpoint(ckpt, raw, optimizer, scheduler)["step"]
+        step = state["step"]
         console.print(f"resumed from {ckpt} at step {step}")
     log = RunLog(run_dir, cfg.run.report_to, d.logging_steps, resume_step=step if ckpt else None,
                  enabled=main)

@@ -50,7 +50,7 @@ import time
 import numpy as np
 import torch
 
-from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..checkpoint import latest_checkpoint, load_checkpoint, resume_or_fresh, save_checkpoint
 from ..config import RLConfig
 from ..evaluate import evaluate
 from ..guide import all_fail, guided_surrogate, hint_prompt
@@ -128,9 +128,8 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
     hint_stage = f"{cfg.ledger.stage}:hinted"   # guide's hinted rollouts: p̂ (the stage) stays plain
     step, prompts_seen, rollouts_total = 0, 0, 0
     once_failed: dict[str, bool] = {}   # prompts whose rollouts once all failed -> solved by the latest
-    ckpt = latest_checkpoint(run_dir) if resume else None
+    ckpt, state = resume_or_fresh(run_dir, resume, lambda c: load_checkpoint(c, raw, optimizer, scheduler))
     if ckpt is not None:
-        state = load_checkpoint(ckpt, raw, optimizer, scheduler)
         step, prompts_seen = state["step"], state["prompts_seen"]
         rollouts_total, once_failed = state.get("rollouts_total", 0), state.get("once_failed", {})
         if critic is not None:

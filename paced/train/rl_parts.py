@@ -52,10 +52,10 @@ def roll(model, tok, prompts, examples, funcs, r, seed: int, stops: list[int], b
     texts = ro.texts(tok)
     rows_ex = [examples[int(j)] for j in ro.prompt_index]
     correct = [verify(t, e) for t, e in zip(texts, rows_ex)]   # once: ledger and reward
-    rewards = compute_rewards([_verified(correct) if f is verifier_reward else f for f in funcs],
-                              r.reward_weights or None, [e.prompt for e in rows_ex], texts, rows_ex)
     n_tok = ro.completion_mask.sum(-1).tolist()
     comps = [c[:n] for c, n in zip(ro.completion_ids.tolist(), n_tok)]
+    rewards = compute_rewards([_verified(correct) if f is verifier_reward else f for f in funcs],
+                              r.reward_weights or None, [e.prompt for e in rows_ex], texts, rows_ex, comps)
     lps = [lp[:n] for lp, n in zip(ro.sample_logp, n_tok)]
     return comps, lps, correct, rewards, [t1 - t0, time.perf_counter() - t1]
 

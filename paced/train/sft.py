@@ -29,7 +29,7 @@ import time
 import numpy as np
 import torch
 
-from ..checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from ..checkpoint import latest_checkpoint, load_checkpoint, resume_or_fresh, save_checkpoint
 from ..config import SFTConfig
 from ..guide import template_fields
 from ..models import render_chat, render_prompt, save_pretrained, stop_token_ids
@@ -197,9 +197,9 @@ def train(cfg: SFTConfig, resume: bool = False, optimizer_state: dict | None = N
     ewc = regularizer_from(cfg.regularizer, raw, tok, run_dir, resume, save=main)
 
     step = 0
-    ckpt = latest_checkpoint(run_dir) if resume else None
+    ckpt, state = resume_or_fresh(run_dir, resume, lambda c: load_checkpoint(c, raw, optimizer, scheduler))
     if ckpt is not None:
-        step = load_checkpoint(ckpt, raw, optimizer, scheduler)["step"]
+        step = state["step"]
         console.print(f"resumed from {ckpt} at step {step}")
     elif resume:
         console.print(f"[yellow]--resume: no checkpoint in {run_dir}, starting fresh[/]")

@@ -1,0 +1,226 @@
+"""Every bad input a user can give ends in one line naming the file, line or key, exit code 2,
+no traceback (``paced --debug`` shows it); sizes are bounded before any work; damaged
+checkpoints and half-built models are skipped or rebuilt, never loaded."""
+import json
+import os
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from paced import cli
+from paced.checkpoint import checkpoint_problem, latest_checkpoint, resume_or_fresh, save_checkpoint
+from paced.config import EvalConfig, load_config
+from paced.configtools import ConfigError
+from paced.rewards import call_reward_function, load_reward_function
+from paced.tasks.files import DataError, load_file
+from paced.tasks.synthetic import generate
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke"
+
+
+def run_cli(capsys, *argv) -> tuple[int, list[str]]:
+    rc = cli.main([str(a) for a in argv])
+    return rc, capsys.readouterr().err.strip().splitlines()
+
+
+def one_error(capsys, *argv) -> str:
+    rc, err = run_cli(capsys, *argv)
+    assert rc == 2 and len(err) == 1 and "Traceback" not in err[0], (rc, err)
+    return err[0]
+
+
+# --------------------------------------------------------------------------- configs, overrides
+@pytest.mark.parametrize("encoding, what", [("latin-1", "not UTF-8 text"), ("utf-16", "UTF-16 text")])
+def test_config_in_another_encoding(tmp_path, capsys, encoding, what):
+    f = tmp_path / "c.yaml"
+    f.write_bytes("# café\nmodel: {preset: nano}\n".encode(encoding))
+    msg = one_error(capsys, "eval", "--config", f)
+    assert msg.startswith(f"paced eval: config error: {f}: {what}") and "save it as UTF-8" in msg
+
+
+def test_config_path_is_a_directory(tmp_path, capsys):
+    msg = one_error(capsys, "eval", "--config", tmp_path)
+    assert msg == f"paced eval: config error: config file {str(tmp_path)!r} does not exist (it is a directory)"
+
+
+@pytest.mark.parametrize("text, expect", [
+    ("[" * 20000 + "]" * 20000, "nested deeper than 64 levels"),
+    ("a: &a [1,1,1,1,1,1,1,1,1]\nb: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]\nc: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]\n"
+     "d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]\ne: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]\n"
+     "f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]\ng: [*f,*f,*f,*f,*f,*f,*f,*f,*f]\n",
+     "more than 100,000 values once YAML aliases are expanded"),
+    ("run: {seed: " + "9" * 5000 + "}\n", "Exceeds the limit (4300 digits)"),
+])
+def test_hostile_yaml_is_refused_fast(tmp_path, capsys, text, expect):
+    f = tmp_path / "c.yaml"
+    f.write_text(text)
+    t0 = time.perf_counter()
+    msg = one_error(capsys, "eval", "--config", f)
+    assert time.perf_counter() - t0 < 5
+    assert msg.startswith(f"paced eval: config error: {f}: ") and expect in msg
+
+
+def test_hostile_override(capsys):
+    msg = one_error(capsys, "eval", "--config", SMOKE / "eval.yaml", "run.seed=" + "[" * 20000)
+    assert "override run.seed: cannot parse value" in msg and "quote a value" in msg
+    msg = one_error(capsys, "eval", "--config", SMOKE / "eval.yaml",
+                    "data.eval=[{source: add, prompt_template: {prompt} {instruction}}]")
+    assert "override data.eval: cannot parse value" in msg and "quote a value" in msg
+
+
+@pytest.mark.parametrize("override, expect", [
+    ("eval.batch_size=1000000000000", "eval.batch_size: 1,000,000,000,000 is more than paced accepts (65,536)"),
+    ("data.eval=[{source: add, n: 1000000000}]", "data.eval[0].n: 1,000,000,000 problems; a source holds at most 1,000,000"),
+    ("eval.n=100000", "eval.n: 100,000 is more than paced accepts (4,096)"),
+    ("run.threads=100000", "run.threads: 100000 is above the maximum 1024"),
+])
+def test_impossible_sizes_are_refused_before_work(tmp_path, capsys, override, expect):
+    msg = one_error(capsys, "eval", "--config", SMOKE / "eval.yaml", override, "--run-dir", tmp_path / "r")
+    assert expect in msg, msg
+    assert not (tmp_path / "r").exists()
+
+
+def test_threads_bounded_by_the_machine():
+    cores = os.cpu_count() or 1
+    with pytest.raises(ConfigError, match=f"run.threads: {4 * cores + 1} threads on a machine with {cores} cores"):
+        load_config(EvalConfig, SMOKE / "eval.yaml", [f"run.threads={4 * cores + 1}"])
+
+
+def test_overrides_before_and_after_run_dir(tmp_path, capsys):
+    rc, _ = run_cli(capsys, "eval", "--config", SMOKE / "eval.yaml", "eval.n=2", "--run-dir", tmp_path / "r",
+                    "eval.max_completion_length=4")
+    assert rc == 0
+    saved = (tmp_path / "r" / "config.yaml").read_text()
+    assert "n: 2\n" in saved and "max_completion_length: 4\n" in saved
+
+
+def test_run_dir_that_is_a_file(tmp_path, capsys):
+    f = tmp_path / "file"
+    f.write_text("keep me")
+    msg = one_error(capsys, "eval", "--config", SMOKE / "eval.yaml", "--run-dir", f)
+    assert msg == f"paced eval: error: run.dir {str(f)!r} is a file, not a directory: choose another run.dir"
+    assert f.read_text() == "keep me"
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    with pytest.raises(ConfigError):
+        cli.main(["--debug", "eval", "--config", str(tmp_path)])
+
+
+# --------------------------------------------------------------------------- data files
+def write_rows(path: Path, *lines: str) -> Path:
+    path.write_text("".join(x + "\n" for x in lines))
+    return path
+
+
+def test_lone_surrogate_names_the_line(tmp_path, capsys):
+    f = write_rows(tmp_path / "d.jsonl", '{"prompt": "1+1=", "answer": "2"}', '{"prompt": "x\\ud800", "answer": "2"}')
+    with pytest.raises(DataError, match=r"d.jsonl:2: field 'prompt' \(prompt\) holds an unpaired surrogate "
+                                        r"'\\ud800' at character 1"):
+        load_file(f)
+    assert len(load_file(f, on_error="skip")[0]) == 1
+    msg = one_error(capsys, "eval", "--config", SMOKE / "eval.yaml", f"data.eval=[{{source: {f}}}]")
+    assert msg.startswith("paced eval: data error: ") and "d.jsonl:2" in msg
+
+
+def test_long_line_refused_unread(tmp_path, monkeypatch):
+    monkeypatch.setenv("PACED_MAX_LINE_BYTES", "1000")
+    f = write_rows(tmp_path / "d.jsonl", '{"prompt": "1+1=", "answer": "2"}',
+                   json.dumps({"prompt": "y" * 5000, "answer": "3"}), '{"prompt": "2+2=", "answer": "4"}')
+    with pytest.raises(DataError, match=r"d.jsonl:2: longer than 1,000 bytes \(PACED_MAX_LINE_BYTES"):
+        load_file(f)
+    exs, skipped = load_file(f, on_error="skip")
+    assert [e.answer for e in exs] == ["2", "4"] and skipped == 1        # line numbers kept after it
+
+
+def test_huge_prompt_refused(tmp_path, monkeypatch):
+    monkeypatch.setenv("PACED_MAX_TEXT_CHARS", "100")
+    f = write_rows(tmp_path / "d.jsonl", json.dumps({"prompt": "z" * 101, "answer": "3"}))
+    with pytest.raises(DataError, match=r"d.jsonl:1: field 'prompt' \(prompt\) has 101 characters, more than 100"):
+        load_file(f)
+
+
+def test_unreadable_data_file(tmp_path, capsys, monkeypatch):
+    f = write_rows(tmp_path / "d.jsonl", '{"prompt": "1+1=", "answer": "2"}')
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k: False if str(p) == str(f) else real(p, mode, *a, **k))
+    with pytest.raises(DataError, match=r"d.jsonl: permission denied"):
+        load_file(f)
+
+
+# --------------------------------------------------------------------------- reward functions
+def test_trl_style_reward_functions(tmp_path):
+    f = tmp_path / "rw.py"
+    f.write_text(
+        "def trl_full(prompts, completions, completion_ids, trainer_state, **kwargs):\n"
+        "    assert trainer_state is None and 'answer' in kwargs\n"
+        "    return [float(len(c)) for c in completion_ids]\n"
+        "def plain(prompts, completions):\n"
+        "    return [1.0] * len(completions)\n"
+        "def needs_more(prompts, completions, tools, **kwargs):\n"
+        "    return [0.0] * len(completions)\n")
+    exs = generate("add", 2, seed=0, difficulty=(1, 1))
+    args = (["p1", "p2"], ["a", "b"], exs, [[1, 2, 3], [4]])
+    assert call_reward_function(load_reward_function(f"{f}:trl_full"), *args) == [3.0, 1.0]
+    assert call_reward_function(load_reward_function(f"{f}:plain"), *args) == [1.0, 1.0]
+    with pytest.raises(ValueError, match=r"rw.py:needs_more' requires an argument 'tools' that paced does not pass"):
+        load_reward_function(f"{f}:needs_more")
+
+
+# --------------------------------------------------------------------------- checkpoints, init
+def tiny_ckpts(run_dir: Path, steps=(1, 2, 3)):
+    from paced.models import build_tiny, load_model_and_tokenizer
+    build_tiny("nano", run_dir / "m", seed=0)
+    model, tok = load_model_and_tokenizer(run_dir / "m")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
+    for s in steps:
+        save_checkpoint(run_dir, s, model, tok, opt, None, {"marker": s})
+    return model, opt
+
+
+@pytest.mark.parametrize("damage", ["weights", "trainer_state", "state"])
+def test_damaged_latest_checkpoint_falls_back(tmp_path, damage):
+    from paced.checkpoint import load_checkpoint
+    model, opt = tiny_ckpts(tmp_path)
+    last = tmp_path / "checkpoints" / "step-3"
+    if damage == "weights":
+        (last / "model.safetensors").unlink()
+    elif damage == "trainer_state":
+        p = last / "trainer_state.pt"
+        p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    else:
+        (last / "state.json").write_text("{corrupt")
+    assert checkpoint_problem(last) is not None and checkpoint_problem(tmp_path / "checkpoints" / "step-2") is None
+    assert latest_checkpoint(tmp_path).name == "step-2"
+    ckpt, state = resume_or_fresh(tmp_path, True, lambda c: load_checkpoint(c, model, opt, None))
+    assert ckpt.name == "step-2" and state["marker"] == 2
+
+
+def test_every_checkpoint_damaged_is_an_error(tmp_path):
+    tiny_ckpts(tmp_path, steps=(1,))
+    (tmp_path / "checkpoints" / "step-1" / "state.json").unlink()
+    with pytest.raises(ValueError, match=r"--resume: no complete checkpoint in .*step-1 \(state.json is missing\)"):
+        resume_or_fresh(tmp_path, True, lambda c: {})
+
+
+def test_fresh_run_refuses_old_checkpoints(tmp_path, capsys):
+    tiny_ckpts(tmp_path, steps=(6,))
+    msg = one_error(capsys, "sft", "--config", SMOKE / "sft.yaml", "--run-dir", tmp_path)
+    assert "holds checkpoints of an earlier run (step-6): continue it with --resume" in msg
+
+
+def test_half_built_init_is_rebuilt(tmp_path):
+    from paced.run import load_model
+    init = tmp_path / "init"
+    init.mkdir()
+    (init / "config.json").write_text("{}")                    # what a kill while building left
+    (init / "generation_config.json").write_text("{}")
+    model, tok, path = load_model(None, "nano", 0, "float32", tmp_path)
+    assert path == str(init) and (init / "model.safetensors").is_file()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".init.tmp")]
+    again, _, _ = load_model(None, "nano", 0, "float32", tmp_path)  # whole now: loaded, not rebuilt
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import random
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,12 +13,59 @@ from .config import save_config
 from .models import build_tiny, load_model_and_tokenizer
 
 
-def start_run(cfg, save: bool = True) -> Path:
-    """Create the run directory, save the resolved config, set threads and seeds."""
+# Keys a resumed run may change: how it reports, how far it goes, what it evaluates and
+# with which engine. Any other change makes the resumed run a different computation: refused.
+RESUMABLE = re.compile(r"^(run\.(progress|report_to|threads|dir)|data\.eval.*|engine\..*"
+                       r"|[a-z_]+\.(logging_steps|save_steps|save_total_limit|max_steps|max_rollouts"
+                       r"|eval_.*|stages\[\d+\]\.max_steps))$")
+
+
+def _flat(d, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items() if isinstance(d, dict) else ():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        elif isinstance(v, list) and v and all(isinstance(x, dict) for x in v):
+            for i, x in enumerate(v):
+                out.update(_flat(x, f"{key}[{i}]."))
+            out[key + ".len"] = len(v)
+        else:
+            out[key] = v
+    return out
+
+
+def check_resume_config(cfg, saved: Path) -> list[str]:
+    """The keys whose values differ from the run's saved ``config.yaml`` (``key (old -> new)``);
+    a ValueError when any of them is not in ``RESUMABLE``."""
+    from .config import to_dict
+    from .configtools import safe_yaml
+    try:
+        old = _flat(safe_yaml(saved.read_text()) or {})
+    except (OSError, ValueError):
+        return []                           # unreadable: nothing to compare against
+    new = _flat(to_dict(cfg))
+    changed = [k for k in new if k in old and old[k] != new[k]]
+    shown = [f"{k} ({old[k]!r} -> {new[k]!r})" for k in changed]
+    bad = [s for k, s in zip(changed, shown) if not RESUMABLE.match(k)]
+    if bad:
+        raise ValueError(f"--resume with a config that changes what the run computes: {', '.join(bad[:5])}"
+                         f"{' …' if len(bad) > 5 else ''}; resume with the saved {saved} or start a new run.dir")
+    return shown
+
+
+def start_run(cfg, save: bool = True, resume: bool = False) -> Path:
+    """Create the run directory, check a resumed run's config against the saved one, save the
+    resolved config, set threads and seeds."""
     run_dir = Path(cfg.run.dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"run.dir {str(run_dir)!r} is a file, not a directory: choose another run.dir")
     run_dir.mkdir(parents=True, exist_ok=True)
+    if resume and (run_dir / "config.yaml").is_file():
+        changed = check_resume_config(cfg, run_dir / "config.yaml")
+        if changed and save:
+            from .runlog import console
+            console.print(f"[yellow]--resume: changed since the run started: {', '.join(changed)}[/]")
     if save:
         save_config(cfg, run_dir / "config.yaml")
     torch.set_num_threads(cfg.run.threads or auto_threads())

@@ -117,9 +117,13 @@ def test_verifiers_use_the_format(verifier):
     assert not verify("", _ex("regex", verifier, rx=r"<ans>(.*?)</ans>"))
 
 
-def test_auto_verifiers_unchanged():
-    # today's chain: the rest of the line after the last "=" is the answer
-    assert verify("57 + 35 = 92", _ex()) and not verify("57 + 35 = 92. The answer is 92.", _ex())
+def test_auto_prefers_explicit_markers():
+    # box > #### > "the answer is" > the rest of the line after the last "=" > the last number
+    assert verify("57 + 35 = 92", _ex()) and verify("57 + 35 = 92. The answer is 92.", _ex())
+    assert verify("The answer is 3, not 4", _ex(answer="3"))
+    assert not verify("The answer is 3, not 4", _ex(answer="4"))
+    assert not verify("The answer is 91. Check: 57 + 35 = 92", _ex())
+    assert verify("The answer is 91, or rather \\boxed{92}", _ex())
     assert verify("1+1=0002", Example(id="c", prompt="1+1=", answer="0002", verifier="exact"))
     assert verify("\\boxed{92}", _ex(verifier="math"))
 
@@ -219,10 +223,11 @@ def test_config_accepts_formats():
 #   the instruction's own format, all rows   145/320 = 0.453  (the model never writes '####' and
 #                                                              only empty boxes: strict formats read
 #                                                              nothing where people read an answer)
-#   auto, all rows                           260/320 = 0.812
+#   auto, all rows                           262/320 = 0.819  (0.812 before "the answer is" came
+#                                                              before "=": the issue-13 precedence)
 #   last_number, all rows                    255/320 = 0.797
 #   answer_is, rows instructed answer_is       45/64 = 0.703
-AGREE_FLOORS = {"matched": 0.42, "auto": 0.78, "last_number": 0.76, "answer_is": 0.65}
+AGREE_FLOORS = {"matched": 0.42, "auto": 0.79, "last_number": 0.76, "answer_is": 0.65}
 
 
 def _same(a, b):

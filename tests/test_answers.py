@@ -90,9 +90,10 @@ def test_worker_survives_timeout():
     assert math_equal("x+1", "1+x") is True                   # worker warm
     pid = answers._WORKER.proc.pid
     expensive = ("(a+b+c+d)^{25}", "a^{25}+b^{25}")             # passes the guards, takes seconds
-    t = time.perf_counter()
-    assert math_equal(*expensive, timeout=0.3) is False
-    assert time.perf_counter() - t < 2.0
+    t, undecided = time.perf_counter(), answers.UNDECIDED["count"]
+    assert math_equal(*expensive, timeout=0.3) is False         # 0.3 s, then once more at 1.2 s
+    assert time.perf_counter() - t < 4.0
+    assert answers.UNDECIDED["count"] == undecided + 1 and expensive not in answers._CACHE  # never a cached "wrong"
     assert answers._WORKER.proc is None or answers._WORKER.proc.pid != pid   # killed, restarted
     assert math_equal("x^2-1", "(x-1)(x+1)") is True           # a later normal call still works
     assert math_equal(r"\frac{2}{4}", "0.5") is True
@@ -162,3 +163,51 @@ def test_verify_math():
     assert not verify_math(r"\boxed{3}", ex("4"))
     assert not verify_math(r"\boxed{(x-1)^2}", ex("x^2+2x+1"))
     assert not verify_math("", ex("4"))
+
+
+# --- CHAMP's 270 golds through the math checker (issue: a reward that pays for nonsense) -------
+TRIVIAL = ("0", "1", "2", "yes", "no")
+
+
+def _champ():
+    pytest.importorskip("champ_dataset")
+    from paced.tasks.files import load_champ
+    return load_champ()[0]
+
+
+def test_every_champ_gold_accepts_its_own_forms_and_rejects_trivial_answers():
+    from paced.tasks.answers import gold_forms, polarity
+    exs = _champ()
+    assert len(exs) == 270
+    wrong_accepts, right_rejects = [], []
+    for e in exs:
+        forms = gold_forms(e.answer)
+        for f in forms:                                   # each written form of the gold passes
+            if not verify_math(f"\\boxed{{{f}}}", e):
+                right_rejects.append((e.id, f))
+        for t in TRIVIAL:                                 # trivial answers fail unless they are it
+            if t in [f.lower().rstrip(".") for f in forms] or polarity(e.answer) == t:
+                continue
+            if any(verify_math(c, e) for c in (f"\\boxed{{{t}}}", f"{t}.", f"The answer is {t}.")):
+                wrong_accepts.append((e.id, e.answer, t))
+    assert right_rejects == [] and wrong_accepts == []
+
+
+def test_champ_prose_golds():
+    exs = {e.answer: e for e in _champ()}
+    assert verify_math("\\boxed{252}", exs["C(10, 5), or equivalently 252"])
+    assert not verify_math("\\boxed{253}", exs["C(10, 5), or equivalently 252"])
+    assert not verify_math("\\boxed{2}", exs["2^floor(n/2)*floor(n/2)!"])
+    assert not verify_math("\\boxed{1}", exs["sum_(i=1)^n i^3, or equivalently (n(n+1)/2)^2"])
+    assert verify_math("No.", exs["No"]) and verify_math("\\boxed{\\text{No}}", exs["No"])
+    assert not verify_math("Yes.", exs["No"]) and verify_math("Yes, it is.", exs["Yes"])
+    assert verify_math("No.", exs["No integer solutions"])
+    assert verify_math("The answer is 0.", exs["0 is the only possible value"])
+
+
+def test_huge_scientific_literals_are_fast():
+    ex = Example(id="h", prompt="?", answer="x+1", verifier="math")
+    for s in ("1e308", "1E999999", "-1e999999", "\\boxed{1e308}"):
+        t = time.perf_counter()
+        assert verify_math(s, ex) is False
+        assert time.perf_counter() - t < 0.5

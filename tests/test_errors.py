@@ -224,3 +224,15 @@ def test_half_built_init_is_rebuilt(tmp_path):
     again, _, _ = load_model(None, "nano", 0, "float32", tmp_path)  # whole now: loaded, not rebuilt
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
 
+
+
+def test_resume_with_a_changed_config(tmp_path, capsys):
+    base = ["sft", "--config", SMOKE / "sft.yaml", "--run-dir", tmp_path / "r"]
+    assert run_cli(capsys, *base)[0] == 0
+    msg = one_error(capsys, *base, "--resume", "optim.lr=0.5", "run.seed=3")
+    assert msg.startswith("paced sft: error: --resume with a config that changes what the run computes: ")
+    assert "optim.lr (" in msg and "-> 0.5)" in msg and "run.seed (0 -> 3)" in msg
+    saved = (tmp_path / "r" / "config.yaml").read_text()
+    assert "seed: 0" in saved                             # the saved config is not overwritten
+    rc, err = run_cli(capsys, *base, "--resume", "train.logging_steps=7")
+    assert rc == 0                                        # reporting may change

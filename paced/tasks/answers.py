@@ -14,12 +14,12 @@ a bare ``fork`` of a caller holding torch threads) that loads this file by path 
 ``multiprocessing.connection.Connection`` on a socketpair; unlike multiprocessing's "spawn" it does
 not re-run the caller's ``__main__`` (fails for stdin scripts, re-runs unguarded ones) and works
 from daemonic processes. Start-up (~0.5 s: sympy + math-verify) is not charged to ``timeout`` (the
-child says "ready" first). Past ``timeout`` the child is SIGKILLed, the pair is False and a new
+child says "ready" first). Past ``timeout`` the child is SIGKILLed, the pair is retried (see ``math_equal``) or False and a new
 child starts at once in the background; a crashed child is also False and replaced. ``atexit``
 kills it; it exits on EOF if the parent dies. Measured per call (warm, 2-core CPU): IPC + trivial
 parse ~0.3 ms; "3" vs "3.0" ~3 ms; ``\\sqrt{5}`` vs ``5^{1/2}`` ~5 ms; ``x^2+4x+4`` vs ``(x+2)^2``
-~20 ms (0.2 s the first time); a repeated pair ~30 us (bounded LRU cache; a timed-out result is
-reused only for calls with no larger ``timeout``). Without math-verify, or if no worker can start,
+~20 ms (0.2 s the first time); a repeated pair ~30 us (bounded LRU cache of decided pairs only:
+a timeout is retried at 4x, then counted in ``UNDECIDED``, never cached). Without math-verify, or if no worker can start,
 ``math_equal`` falls back to normalized + numeric equality.
 """
 from __future__ import annotations
@@ -76,8 +76,10 @@ def extract_boxed(text: str) -> str | None:
 
 
 def extract_answer(text: str) -> str | None:
-    """Last box; else text after the last ``####``; else the rest of the line after the last
-    ``=``; else the last number. Stripped; None when nothing non-empty is found."""
+    """The model's explicit final-answer markers before stray numbers: the last non-empty box;
+    else text after the last ``####``; else what follows the last "answer is" / "answer:" (a
+    leading number, else the line: "The answer is 3, not 4" reads 3); else the rest of the line
+    after the last ``=``; else the last number. Stripped; None when nothing non-empty is found."""
     if not isinstance(text, str) or not text:
         return None
     box = extract_boxed(text)
@@ -86,6 +88,9 @@ def extract_answer(text: str) -> str | None:
     i = text.rfind("####")
     if i >= 0 and text[i + 4:].strip():
         return text[i + 4:].strip()
+    said = _answer_is(text)
+    if said:
+        return said
     i = text.rfind("=")
     rest = text[i + 1:].split("\n", 1)[0].strip() if i >= 0 else ""
     if rest:
@@ -95,6 +100,28 @@ def extract_answer(text: str) -> str | None:
     if not nums or (nums[-1].start() == 0 and len(tail) < len(text)):
         nums = [m for m in _NUM.finditer(text)][-1:]
     return nums[-1].group().rstrip(",") if nums else None
+
+
+_FILLER = re.compile(r"^(?:simply|just|exactly|indeed|then|now)\s+", re.I)
+
+
+def _answer_is(text: str) -> str | None:
+    """What follows the last "answer is" / "answer:", when it is an answer and not prose: it
+    starts with a number or ``\\frac``, or is one short token ("Your answer is correct, but ..."
+    and "the answer is written after ..." are not answers)."""
+    try:   # lazy, and absent in the math worker, which loads this file alone
+        from paced.tasks.formats import extract_answer_is
+    except ImportError:
+        return None
+    said = extract_answer_is(text)
+    if not said:
+        return None
+    said = _FILLER.sub("", said.strip().strip("\"'*`$ ").strip())
+    if re.match(r"[+-]?\.?\d|\\frac", said):
+        m = _NUM.match(said.lstrip("+"))
+        return m.group().rstrip(",") if m and not re.match(r"[\d,.]*\s*[-+*/^]", said[m.end():] or " ") \
+            and said[m.end():m.end() + 1] in ("", " ", ",", ".", ";", ")", "!") else said
+    return said if len(said) <= 20 and " " not in said else None
 
 
 _TEXT_WRAP = re.compile(r"\\(?:text|textbf|textrm|textit|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
@@ -188,6 +215,8 @@ def _hostile(s: str) -> bool:
         depth += (ch in _OPEN) - (ch in _CLOSE)
         if depth > MAX_DEPTH:
             return True
+    if re.search(r"\d\s*[eE]\s*[+-]?\s*\d{3,}", s):   # 1e308, 1E999999: sympy takes seconds
+        return True
     if any(len(d) > 100 for d in re.findall(r"\d+", s)) or \
             any(int(d) > 1000 for d in re.findall(r"(\d+)\s*!", s)):
         return True
@@ -226,7 +255,7 @@ def _worker_main(conn) -> None:
         except (EOFError, OSError, KeyboardInterrupt):
             return
         try:
-            t = max(1, math.ceil(timeout))   # math-verify's own signal timeouts: a second line
+            t = 2 * math.ceil(timeout) + 1   # math-verify's own timeouts: past ours, never first
             g = parse(f"${gold}$", parsing_timeout=t) or parse(gold, parsing_timeout=t)
             p = parse(f"${pred}$", parsing_timeout=t) or parse(pred, parsing_timeout=t)
             ok = bool(g and p and verify(g, p, timeout_seconds=t))
@@ -308,8 +337,24 @@ _CACHE: OrderedDict = OrderedDict()   # (pred, gold) -> (result, timeout it time
 _CACHE_LOCK = threading.Lock()
 
 
-def math_equal(pred: str, gold: str, timeout: float = 2.0) -> bool:
-    """Symbolic equality via math-verify in a killable worker; False on anything suspicious."""
+UNDECIDED = {"count": 0, "last": None}   # pairs that timed out at every budget (counted, never cached)
+
+
+def math_timeout() -> float:
+    """The first budget of a math-verify call, seconds: ``PACED_MATH_TIMEOUT`` (default 2)."""
+    try:
+        return max(0.1, float(os.environ.get("PACED_MATH_TIMEOUT", "2")))
+    except ValueError:
+        return 2.0
+
+
+def math_equal(pred: str, gold: str, timeout: float | None = None) -> bool:
+    """Symbolic equality via math-verify in a killable worker; False on anything suspicious.
+
+    A verdict does not depend on how busy the machine is: a call that times out is retried once
+    with 4x the budget (``timeout``, default ``math_timeout()``); one that times out again is
+    False, counted in ``UNDECIDED`` and never cached, so a later call decides it afresh."""
+    timeout = math_timeout() if timeout is None else timeout
     try:
         if not isinstance(pred, str) or not isinstance(gold, str) or _hostile(pred) or _hostile(gold):
             return False
@@ -322,10 +367,16 @@ def math_equal(pred: str, gold: str, timeout: float = 2.0) -> bool:
                 _CACHE.move_to_end(key)
                 return hit[0]
         res, timed_out = _WORKER.call(pred, gold, timeout)
+        if timed_out:       # a loaded machine, or a truly slow pair: one more try, 4x the time
+            res, timed_out = _WORKER.call(pred, gold, 4 * timeout)
         if res is None:  # no math-verify / no worker possible: cheap fallback
             return bool(numeric_equal(pred, gold))
+        if timed_out:
+            UNDECIDED["count"] += 1
+            UNDECIDED["last"] = (pred[:80], gold[:80])
+            return False
         with _CACHE_LOCK:
-            _CACHE[key] = (res, timeout if timed_out else None)
+            _CACHE[key] = (res, None)
             _CACHE.move_to_end(key)
             while len(_CACHE) > _CACHE_SIZE:
                 _CACHE.popitem(last=False)
@@ -353,16 +404,60 @@ def verify_exact(completion: str, example: Example) -> bool:
     return completion[completion.rfind("=") + 1:].strip() == str(example.answer).strip()
 
 
+_EQUIV = re.compile(r",?\s+or\s+(?:equivalently|an\s+equivalent\s+form\s+such\s+as)\s+", re.I)
+_POLAR = re.compile(r"^\W*(yes|no)\b", re.I)
+_LEAD_NUM = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s+(?:is\b|\(|pairs?\b|solutions?\b|values?\b|roots?\b|ways?\b)")
+_WORDS = re.compile(r"\\[A-Za-z]+|\b(?:sqrt|floor|ceil|sum|prod|binom|log|ln|exp|sin|cos|tan|pi|C|P)\b")
+
+
+def gold_forms(gold: str) -> list[str]:
+    """The answers a gold accepts, for golds written as prose: "X, or equivalently Y" -> [X, Y];
+    "0 is the only possible value" / "0 (i.e., none)" / "0 pairs" -> ["0"]; else [gold]."""
+    forms = [f.strip() for f in _EQUIV.split(gold) if f.strip()]
+    out = []
+    for f in forms:
+        m = _LEAD_NUM.match(f)
+        out.append(m.group(1) if m else f)
+    return out or [gold]
+
+
+def polarity(s: str) -> str | None:
+    """"yes" / "no" when ``s`` starts with that word ("No integer solutions" is a no)."""
+    m = _POLAR.match(_TEXT_WRAP.sub(r"\1", s)) if isinstance(s, str) else None
+    return m.group(1).lower() if m else None
+
+
+def has_free_variable(s: str) -> bool:
+    """A single-letter name outside commands and ``\text{}`` (n in ``2^floor(n/2)``)."""
+    bare = _WORDS.sub(" ", _TEXT_WRAP.sub(" ", s))
+    return re.search(r"(?<![A-Za-z])[A-Za-z](?![A-Za-z])", bare) is not None
+
+
 def _verify(completion: str, example: Example, symbolic: bool) -> bool:
+    """Precedence: the extracted answer against each of ``gold_forms``; a yes/no gold by the
+    answer's (or else the completion's first word's) polarity; a plain number never equals a gold
+    with a free variable (math-verify would read ``sum_(i=1)^n i^3`` as a number and accept 1)."""
     pred = _extract(completion, example) if isinstance(completion, str) else None
     gold = str(example.answer).strip()
-    if pred is None or not gold:
+    if not gold:
         return False
+    want = polarity(gold) if symbolic else None
+    if want is not None:
+        got = polarity(pred or "") or polarity(completion if isinstance(completion, str) else "")
+        return got == want
+    if pred is None:
+        return False
+    return any(_equal(pred, g, symbolic) for g in gold_forms(gold))
+
+
+def _equal(pred: str, gold: str, symbolic: bool) -> bool:
     if normalize(pred) == normalize(gold):
         return True
     num = numeric_equal(pred, gold)
     if num is not None or not symbolic:
         return bool(num)
+    if _parse_number(pred) is not None and has_free_variable(gold):
+        return False
     return math_equal(pred, gold)
 
 

@@ -99,7 +99,7 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
-    run_dir = start_run(cfg, save=main)
+    run_dir = start_run(cfg, save=main, resume=resume)
     d = cfg.distill
     with accelerator.main_process_first():
         student, tok, student_path = load_model(cfg.student.path, cfg.student.preset,

@@ -79,7 +79,7 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
     r = cfg.rl
     # reward functions load (and fail) before any model does
     funcs = [REWARDS[s] if s in REWARDS else load_reward_function(s) for s in r.reward_funcs]
-    run_dir = start_run(cfg, save=main)
+    run_dir = start_run(cfg, save=main, resume=resume)
     pool = load_sources(cfg.data.train, "data.train")
     held_out = load_sources(cfg.data.eval, "data.eval")
     with accelerator.main_process_first():

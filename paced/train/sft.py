@@ -172,7 +172,7 @@ def train(cfg: SFTConfig, resume: bool = False, optimizer_state: dict | None = N
     # cpu=True on a CPU machine: one process, or gloo DDP under torchrun / accelerate launch
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main = accelerator.is_main_process
-    run_dir = start_run(cfg, save=main)
+    run_dir = start_run(cfg, save=main, resume=resume)
     with accelerator.main_process_first():  # a preset model is built once, by the main process
         model, tok, model_path = load_model(cfg.model.path, cfg.model.preset, cfg.model.init_seed,
                                             cfg.model.dtype, run_dir, cfg.model.gradient_checkpointing)

@@ -15,7 +15,7 @@ from .models import build_tiny, load_model_and_tokenizer
 
 # Keys a resumed run may change: how it reports, how far it goes, what it evaluates and
 # with which engine. Any other change makes the resumed run a different computation: refused.
-RESUMABLE = re.compile(r"^(run\.(progress|report_to|threads|dir)|data\.eval.*|engine\..*"
+RESUMABLE = re.compile(r"^(run\.(progress|report_to|threads|dir)|data\.eval.*|engine\..*|regularizer\.ewc_lambda"
                        r"|[a-z_]+\.(logging_steps|save_steps|save_total_limit|max_steps|max_rollouts"
                        r"|eval_.*|stages\[\d+\]\.max_steps))$")
 

@@ -54,13 +54,24 @@ def _masked(x: Tensor, mask: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 # Advantage rules: (rewards (N,), n) -> (advantages (N,), keep (N,) bool)
 # ---------------------------------------------------------------------------------------------
+def std_from_moments(count: float, total: float, total_sq: float) -> float:
+    """Unbiased (Bessel) std of values known only by count, Σx and Σx² (summed across
+    processes): what ``torch.std`` of the whole batch would give, without gathering it."""
+    if count < 2:
+        return 0.0
+    var = (total_sq - total * total / count) / (count - 1)
+    return max(var, 0.0) ** 0.5
+
+
 def grpo_advantages(rewards: Tensor, n: int, scale_rewards: str = "group",
-                    eps: float = 1e-4) -> tuple[Tensor, Tensor]:
+                    eps: float = 1e-4, batch_std: float | None = None) -> tuple[Tensor, Tensor]:
     """GRPO: A_i = (r_i − mean_group) / (std + eps), every row kept.
 
     Shao et al., DeepSeekMath (arXiv 2402.03300); TRL's GRPOTrainer convention: std is torch's
     unbiased (Bessel) std; ``scale_rewards`` "group" divides by the group's std, "batch" by the
     std over all N rewards (Dr. GRPO / "Tricks or traps" style), "none" does not divide.
+    ``batch_std``: the std of the whole global batch when this process holds only part of it
+    (``std_from_moments`` over every process; TRL takes the std of the gathered rewards).
     Deviations: none (n < 2 is refused, as in TRL: the group std is undefined).
     """
     if n < 2:
@@ -70,7 +81,7 @@ def grpo_advantages(rewards: Tensor, n: int, scale_rewards: str = "group",
     if scale_rewards == "group":
         adv = adv / (r.std(-1, keepdim=True) + eps)
     elif scale_rewards == "batch":
-        adv = adv / (r.std() + eps)
+        adv = adv / ((r.std() if batch_std is None else batch_std) + eps)
     elif scale_rewards != "none":
         raise ValueError(f"grpo_advantages: scale_rewards must be group, batch or none, got {scale_rewards!r}")
     adv = adv.reshape(-1)                                        # (N,)

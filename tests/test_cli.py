@@ -208,7 +208,9 @@ def test_rl_under_torchrun(tmp_path, advantage, dynamic):
         pytest.skip("torchrun not found next to the interpreter")
     proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "paced.cli", "rl", "--config",
                            str(SMOKE / "rl.yaml"), f"rl.advantage={advantage}", f"rl.dynamic_sampling={dynamic}",
-                           "rl.max_sampling_rounds=2", f"rl.guide={advantage == 'ppo'}", "--run-dir", str(run)],
+                           "rl.max_sampling_rounds=2", f"rl.guide={advantage == 'ppo'}",
+                           f"rl.scale_rewards={'batch' if advantage == 'grpo' else 'group'}",  # the global std
+                           "--run-dir", str(run)],
                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "8 prompts x 8 completions per step" in proc.stderr  # 4 groups per process x 2

@@ -362,3 +362,21 @@ def test_whiten_against_numpy():
     np.testing.assert_allclose(w[mask].numpy(), ref, atol=1e-12)
     assert (w[~mask] == 0).all()
     assert w[mask].mean().abs() < 1e-12
+
+
+def test_batch_std_from_moments_across_processes():
+    """scale_rewards=batch under several processes: each process's part divided by the std of
+    the whole batch (as TRL's gathered rewards), from summed count / Σr / Σr²."""
+    from paced.rl_losses import grpo_advantages, std_from_moments
+    torch.manual_seed(0)
+    rewards = torch.rand(24).round()                                   # 6 groups of 4
+    whole, _ = grpo_advantages(rewards, 4, "batch")
+    parts = rewards.double().split(12)                                 # two processes' halves
+    m = [sum(float(p.numel()) for p in parts), sum(float(p.sum()) for p in parts),
+         sum(float(p.pow(2).sum()) for p in parts)]
+    assert abs(std_from_moments(*m) - float(rewards.double().std())) < 1e-12
+    split = torch.cat([grpo_advantages(p.float(), 4, "batch", batch_std=std_from_moments(*m))[0] for p in parts])
+    assert torch.allclose(split, whole)
+    alone = torch.cat([grpo_advantages(p.float(), 4, "batch")[0] for p in parts])
+    assert not torch.allclose(alone, whole)                            # each half's own std differs
+    assert std_from_moments(1, 1.0, 1.0) == 0.0

@@ -57,9 +57,8 @@ from ..guide import all_fail, guided_surrogate, hint_prompt
 from ..ledger import Ledger, gather_counts, tally
 from ..models import check_logits_head, encode_prompts, save_pretrained, stop_token_ids
 from ..rewards import REWARDS, load_reward_function
-from ..rl_losses import (ADVANTAGES, LOSS_TYPES, clipped_surrogate, gae,
-                         group_has_variance, kl_k3, reward_zero_std_share, terminal_rewards, value_loss,
-                         whiten)
+from ..rl_losses import (ADVANTAGES, LOSS_TYPES, clipped_surrogate, gae, group_has_variance, kl_k3,
+                         reward_zero_std_share, std_from_moments, terminal_rewards, value_loss, whiten)
 from ..run import load_model, start_run
 from ..rollout import sync_weights
 from ..runlog import Progress, RunLog, console
@@ -266,7 +265,13 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
                 adv = whiten(adv, cmask)
             keep = torch.ones(N, dtype=torch.bool)
         else:
-            adv, keep = ADVANTAGES[r.advantage](rewards, G, **adv_kw) if N else \
+            kw = adv_kw
+            if r.advantage == "grpo" and r.scale_rewards == "batch" and world > 1:   # the global std
+                m = accelerator.reduce(torch.tensor([float(N), float(rewards.double().sum()),
+                                                     float(rewards.double().pow(2).sum())],
+                                                    dtype=torch.float64, device=dev), "sum")
+                kw = {**adv_kw, "batch_std": std_from_moments(*m.tolist())}
+            adv, keep = ADVANTAGES[r.advantage](rewards, G, **kw) if N else \
                 (torch.zeros(0), torch.zeros(0, dtype=torch.bool))
             values = returns = None
         ref_logp = ref_logprobs(ref, batches, N, L, r.temperature) if ref is not None else None

@@ -248,7 +248,9 @@ class RLCfg:
     epsilon: float = F(0.2, "clip range of the ratio (lower side)", min=0.0)
     epsilon_high: float | None = F(None, "upper clip range (DAPO's clip-higher; default: epsilon)", min=0.0)
     beta: float = F(0.0, "KL(policy || reference) coefficient, k3 estimator (0: no reference model)", min=0.0)
-    entropy_coef: float = F(0.0, "entropy bonus coefficient", min=0.0)
+    entropy_coef: float = F(0.0, "entropy bonus coefficient: -coef * H per token, normalised by loss_type "
+                            "with the policy loss (as verl's agg_loss with the same loss_agg_mode; for "
+                            "grpo / dr_grpo that is not a plain token mean)", min=0.0)
     temperature: float = F(1.0, "rollout sampling temperature (also divides the training logits)", min=1e-6)
     top_p: float = F(1.0, "nucleus mass of the rollouts", min=0.0, max=1.0)
     top_k: int = F(0, "top-k of the rollouts (0 = off)", min=0)

@@ -142,8 +142,9 @@ def _open_tracker(name: str, run_dir: Path, config: dict):
             log.close = trackio.finish
             return log
     except ImportError as e:
+        hint = "pip install 'paced[trackers]'" if name in ("tensorboard", "wandb") else f"pip install {name}"
         raise RuntimeError(f"run.report_to: {name} is not installed ({e}); "
-                           f"pip install 'paced[trackers]' or drop it from run.report_to") from None
+                           f"{hint} or drop it from run.report_to") from None
     raise ValueError(f"run.report_to: unknown tracker {name!r}")
 
 

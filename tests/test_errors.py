@@ -236,3 +236,29 @@ def test_resume_with_a_changed_config(tmp_path, capsys):
     assert "seed: 0" in saved                             # the saved config is not overwritten
     rc, err = run_cli(capsys, *base, "--resume", "train.logging_steps=7")
     assert rc == 0                                        # reporting may change
+
+
+def test_trackers_get_the_run_config_and_a_right_install_hint(tmp_path, monkeypatch):
+    import sys
+    import types
+
+    from paced.config import SFTConfig
+    from paced.train import sft
+    seen = {}
+
+    class Run:
+        def log(self, m, step):
+            seen.setdefault("steps", []).append(step)
+
+        def finish(self):
+            seen["finished"] = True
+
+    fake = types.ModuleType("wandb")
+    fake.init = lambda **kw: seen.update(config=kw["config"]) or Run()
+    monkeypatch.setitem(sys.modules, "wandb", fake)
+    sft.train(load_config(SFTConfig, SMOKE / "sft.yaml", ["run.report_to=[wandb]"], run_dir=tmp_path / "w"))
+    assert seen["config"]["optim"]["lr"] == 3.0e-3 and seen["config"]["run"]["dir"] == str(tmp_path / "w")
+    assert seen["steps"] and seen["finished"]
+    monkeypatch.setitem(sys.modules, "trackio", None)                 # not installed
+    with pytest.raises(RuntimeError, match=r"trackio is not installed .*; pip install trackio or drop it"):
+        sft.train(load_config(SFTConfig, SMOKE / "sft.yaml", ["run.report_to=[trackio]"], run_dir=tmp_path / "t"))

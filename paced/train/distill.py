@@ -45,6 +45,7 @@ from ..models import (check_logits_head, encode_prompts, load_model_and_tokenize
                       stop_token_ids)
 from ..passrate import estimate
 from ..rollout import SAMPLERS, SamplingParams, sample
+from ..configtools import to_dict
 from ..run import load_model, start_run
 from ..runlog import Progress, RunLog, console, write_json
 from ..tasks import load_sources, verify
@@ -144,7 +145,7 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
         step = state["step"]
         console.print(f"resumed from {ckpt} at step {step}")
     log = RunLog(run_dir, cfg.run.report_to, d.logging_steps, resume_step=step if ckpt else None,
-                 enabled=main)
+                 enabled=main, config=to_dict(cfg))
 
     def held_out_eval(when: str) -> dict:
         out = {}

@@ -59,6 +59,7 @@ from ..models import check_logits_head, encode_prompts, save_pretrained, stop_to
 from ..rewards import REWARDS, load_reward_function
 from ..rl_losses import (ADVANTAGES, LOSS_TYPES, clipped_surrogate, gae, group_has_variance, kl_k3,
                          reward_zero_std_share, std_from_moments, terminal_rewards, value_loss, whiten)
+from ..configtools import to_dict
 from ..run import load_model, start_run
 from ..rollout import sync_weights
 from ..runlog import Progress, RunLog, console
@@ -142,7 +143,7 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
         # a fresh run in this directory replaces the last one, its ledger rows included
         console.print(f"[yellow]{dropped} ledger rows of an earlier run ({tag}, {cfg.ledger.stage}) dropped[/]")
     log = RunLog(run_dir, cfg.run.report_to, r.logging_steps, resume_step=step if ckpt else None,
-                 enabled=main)
+                 enabled=main, config=to_dict(cfg))
 
     G = r.num_generations
     adv_kw = {"grpo": {"scale_rewards": r.scale_rewards},

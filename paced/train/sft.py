@@ -33,6 +33,7 @@ from ..checkpoint import latest_checkpoint, load_checkpoint, resume_or_fresh, sa
 from ..config import SFTConfig
 from ..guide import template_fields
 from ..models import render_chat, render_prompt, save_pretrained, stop_token_ids
+from ..configtools import to_dict
 from ..run import load_model, start_run
 from ..runlog import Progress, RunLog, console
 from ..tasks import load_sources
@@ -204,7 +205,7 @@ def train(cfg: SFTConfig, resume: bool = False, optimizer_state: dict | None = N
     elif resume:
         console.print(f"[yellow]--resume: no checkpoint in {run_dir}, starting fresh[/]")
     log = RunLog(run_dir, cfg.run.report_to, cfg.train.logging_steps,
-                 resume_step=step if ckpt else None, enabled=main)
+                 resume_step=step if ckpt else None, enabled=main, config=to_dict(cfg))
 
     world, rank = accelerator.num_processes, accelerator.process_index
     micro, accum = cfg.train.per_device_train_batch_size, cfg.train.gradient_accumulation_steps

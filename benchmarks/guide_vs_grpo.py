@@ -23,7 +23,7 @@ Measured, per arm and seed:
   capability gain (paced/analyze.py); the control row gives the split that chance alone makes.
 - the training curve: rollouts so far vs ``all_fail_now_solved`` (prompts that once failed all
   8 rollouts and whose latest plain rollouts solved them), reward, guided groups, γ.
-Before training it measures the hint check BENCHMARKS.md asks for: on U, the share whose 8
+Before training it measures the hint check docs/methods.md (pilot settings) describes: on U, the share whose 8
 *hinted* samples are mixed (a usable Guide group).
 """
 from __future__ import annotations

@@ -14,8 +14,8 @@ T = 0.6, top-p 0.95 and also at T = 1.0: the unbiased pass@k for k = 1, 2, 4, ..
 std over seeds, and the curves (``benchmarks/results/nsr_passk.png``). Training curves (reward,
 entropy, held-out mean@8 every 50 steps) come from each run's metrics.jsonl.
 
-The paper's shape (ALGORITHMS.md §2): PSR raises pass@1 but lowers pass@k at large k; NSR keeps
-pass@k at or above the base across k; W-REINFORCE gets both. The pilot (BENCHMARKS.md) did not
+The paper's shape (docs/methods.md §2): PSR raises pass@1 but lowers pass@k at large k; NSR keeps
+pass@k at or above the base across k; W-REINFORCE gets both. The pilot (docs/methods.md, pilot settings) did not
 see it at this scale; this benchmark reports what it measures either way.
 """
 from __future__ import annotations

@@ -5,7 +5,7 @@
     python benchmarks/paced_vs_baselines.py --models runs/demo --seeds 0 1 2 3 4
 
 Models: the demo's teacher and student (``--models``, default runs/demo; built with
-``paced demo`` settings if missing). Design after shared/reference/BENCHMARKS.md (the pilot):
+``paced demo`` settings if missing). Design after docs/methods.md (pilot settings) (the pilot):
 weighting matters when the pool holds problems the student cannot learn from, so the pool
 mixes a learnable family (``add``: the teacher is near-perfect, the demo student's sampled p̂
 spreads over [0, 1]) with one the student never saw (``mul1``: its p̂ is 0 everywhere; the
@@ -119,7 +119,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, help="override the step budget per arm")
     ap.add_argument("--pool", type=int, help="override the pool size")
     ap.add_argument("--lr", type=float, default=1e-4,
-                    help="1e-4: at 3e-4 even PACED wipes the probe (BENCHMARKS.md: pick an lr at which it survives)")
+                    help="1e-4: at 3e-4 even PACED wipes the probe (docs/methods.md, pilot settings: pick an lr at which it survives)")
     ap.add_argument("--markdown", action="store_true", help="print the README table from --out and exit")
     a = ap.parse_args()
     if a.markdown:

@@ -2,7 +2,7 @@
 
     paced analyze runs/eval-base/eval.json runs/eval-rl/eval.json [--k 8] [--out DIR]
 
-The Guide paper (arXiv 2506.13923, ALGORITHMS.md §3) reads an RL run's improvement problem by
+The Guide paper (arXiv 2506.13923, docs/methods.md §3) reads an RL run's improvement problem by
 problem: *compression* turns pass@k into pass@1 on problems the model could already solve with
 k samples; *capability gain* solves problems that were unsolved even at k. BEFORE and AFTER are
 ``eval.json`` files written by ``paced eval`` (or run directories holding one); they must hold

@@ -261,7 +261,7 @@ class RLCfg:
     max_sampling_rounds: int = F(4, "dynamic sampling: rollout rounds per step at most (the budget)", min=1)
     max_rollouts: int = F(0, "budget: stop after the step in which the completions sampled so far "
                           "(all rounds, hinted ones included, all processes) reach this (0 = max_steps only)", min=0)
-    guide: bool = F(False, "Guide (ALGORITHMS.md §3): when all num_generations rollouts of a prompt fail, "
+    guide: bool = F(False, "Guide (docs/methods.md §3): when all num_generations rollouts of a prompt fail, "
                     "roll out again from the hinted prompt, replace the group, and train the plain-prompt "
                     "policy through r = pi(o|q) / pi_old(o|q,h) (paced/guide.py)")
     hint_template: str = F("{prompt}({hint})", "guide: the hinted prompt ({prompt}, {hint}; '{hint}' alone "

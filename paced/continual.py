@@ -1,5 +1,5 @@
 """Continual-learning benchmark runner: Permuted-Digits / Split-Digits, CLASSP vs EWC vs baselines
-(ALGORITHMS.md §4, arXiv 2405.09637).
+(docs/methods.md §4, arXiv 2405.09637).
 
     paced continual --config configs/continual.yaml [continual.methods=[sgd,classp_p1] ...]
 

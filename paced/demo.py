@@ -27,7 +27,7 @@ from pathlib import Path
 from . import config as C
 from .runlog import console, write_json
 
-# The default task mix, after the pilot in shared/reference/BENCHMARKS.md: the teacher learns
+# The default task mix, after the pilot in docs/methods.md (pilot settings): the teacher learns
 # addition and multiplication-by-one-digit (and modular arithmetic); the student, smaller and
 # trained for fewer steps, learns addition (partly) and subtraction and never sees mul1. Its
 # addition pass rates spread over (0, 1); on mul1 they are 0: the problems PACED's weights drop.

@@ -3,7 +3,7 @@
     paced eval --config configs/eval.yaml model.path=runs/demo/student/model
 
 ``rollout_and_verify`` draws n completions per example with the one sampler and checks each;
-``evaluate`` turns those counts into the pass@k table (unbiased estimator, ALGORITHMS.md §2),
+``evaluate`` turns those counts into the pass@k table (unbiased estimator, docs/methods.md §2),
 mean@n accuracy and greedy accuracy, overall and per source.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Guide: hints where every rollout fails, trained as if the hint were absent (ALGORITHMS.md §3).
+"""Guide: hints where every rollout fails, trained as if the hint were absent (docs/methods.md §3).
 
 Nath et al., "Adaptive Guidance Accelerates Reinforcement Learning of Reasoning Models"
 (arXiv 2506.13923), Guide-GRPO as the authors' code does it:
@@ -15,7 +15,7 @@ Nath et al., "Adaptive Guidance Accelerates Reinforcement Learning of Reasoning 
 Pure functions over tensors and numbers; the loop is paced/train/rl.py (``rl.guide: true``).
 
 Shaping strategies (``SHAPINGS``; the paper's is ``percentile``; the others are our switches,
-ALGORITHMS.md leaves them [open]):
+docs/methods.md leaves them [open]):
     percentile  r̃ = r / (r + γ),  γ = quantile_q(hinted ratios of the micro-batch), q = 0.9
     constant    r̃ = r / (r + γ),  γ a fixed number (default 1: r̃ = 1/2 at r = 1)
     power       r̃ = r^κ,          κ in (0, 1]: compresses the ratio's range without bounding it

@@ -7,7 +7,7 @@ batch or none of it — never a half-written record. Reading aggregates the rows
 model (and optionally stage / step window) into per-problem counts (c, K).
 
 Estimators of the pass rate p and of the PACED weight p^a (1-p)^b from c successes in K trials
-(ALGORITHMS.md §1), and the unbiased pass@k (§2), are small pure functions here.
+(docs/methods.md §1), and the unbiased pass@k (§2), are small pure functions here.
 """
 from __future__ import annotations
 
@@ -60,7 +60,7 @@ def falling(x, n: int):
 def unbiased_power(c, k, a: int, b: int):
     """Unbiased estimate of p^a (1-p)^b from c ~ Binomial(K, p): c^(a) (K-c)^(b) / K^(a+b).
 
-    ALGORITHMS.md §1. Needs integers a, b with a + b <= K (else no unbiased estimator exists
+    docs/methods.md §1. Needs integers a, b with a + b <= K (else no unbiased estimator exists
     and this raises). E.g. a = b = 1: c (K - c) / (K (K - 1)), whereas the plug-in p̂(1-p̂) is
     biased by the factor (K-1)/K.
     """

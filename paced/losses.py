@@ -1,4 +1,4 @@
-"""Token-level, full-vocabulary distillation losses (ALGORITHMS.md §1, "L_distill").
+"""Token-level, full-vocabulary distillation losses (docs/methods.md §1, "L_distill").
 
 Every loss takes student and teacher logits (B, T, V) at the *same* positions (the caller has
 already shifted them: position t predicts token t+1) and returns the per-token loss (B, T), with
@@ -52,7 +52,7 @@ def _kl(logp: Tensor, logq: Tensor) -> Tensor:
 def forward_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
     """Forward KL per token: KL(p_T ‖ p_S) = Σ_v p_T(v) (log p_T(v) − log p_S(v)).
 
-    ALGORITHMS.md §1: PACED stage 1 (distillation on teacher-generated responses, "mode
+    docs/methods.md §1: PACED stage 1 (distillation on teacher-generated responses, "mode
     coverage"). p = softmax(logits / temperature).
     """
     return _kl(_log_probs(teacher_logits, temperature), _log_probs(student_logits, temperature))
@@ -61,7 +61,7 @@ def forward_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: floa
 def reverse_kl(student_logits: Tensor, teacher_logits: Tensor, temperature: float = 1.0) -> Tensor:
     """Reverse KL per token: KL(p_S ‖ p_T) = Σ_v p_S(v) (log p_S(v) − log p_T(v)).
 
-    ALGORITHMS.md §1: PACED stage 2 (on student-generated responses, "consolidation").
+    docs/methods.md §1: PACED stage 2 (on student-generated responses, "consolidation").
     """
     return _kl(_log_probs(student_logits, temperature), _log_probs(teacher_logits, temperature))
 
@@ -76,7 +76,7 @@ def generalized_jsd(student_logits: Tensor, teacher_logits: Tensor, beta: float 
 
     GKD (Agarwal et al., arXiv 2306.13649, Eq. 1) with P = teacher, Q = student, as computed by
     TRL's ``GKDTrainer.generalized_jsd_loss`` since huggingface/trl PR #3043 (mixture
-    ``beta * teacher + (1 - beta) * student``, endpoints special-cased). ALGORITHMS.md §1 asks for
+    ``beta * teacher + (1 - beta) * student``, endpoints special-cased). docs/methods.md §1 asks for
     this convention (0 = forward, 1 = reverse). β = 0.5 is the symmetric JSD, ≤ log 2.
     Note: the interior formula tends to 0 at both ends (JSD_β ≈ β·KL(p_T‖p_S) as β → 0 and
     ≈ (1−β)·KL(p_S‖p_T) as β → 1), so the loss jumps at β = 0 and β = 1 exactly as TRL's does.

@@ -1,4 +1,4 @@
-"""RL math for ``paced rl`` (ALGORITHMS.md §2, "NSR / W-REINFORCE", and its GRPO/PPO baselines).
+"""RL math for ``paced rl`` (docs/methods.md §2, "NSR / W-REINFORCE", and its GRPO/PPO baselines).
 
 Pure functions over tensors and numbers. Shapes: N rows = G groups (prompts) x n generations,
 grouped contiguously (row i belongs to group i // n); T completion positions; ``mask`` (N, T) is
@@ -283,7 +283,7 @@ def loss_dr_grpo(per_token: Tensor, mask: Tensor, *, num_sequences: float, num_t
 def loss_dapo(per_token: Tensor, mask: Tensor, *, num_sequences: float, num_tokens: float,
               max_completion_length: int, num_micro_batches: int) -> Tensor:
     """Σ ℓ m / max(num_tokens, 1): token mean over the whole batch (DAPO, arXiv 2503.14476;
-    the loss of ALGORITHMS.md §2). Micro-batch invariant."""
+    the loss of docs/methods.md §2). Micro-batch invariant."""
     m = mask.to(per_token.dtype)                                 # (b, T)
     return _masked(per_token, m).sum() / max(num_tokens, 1)
 

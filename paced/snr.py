@@ -1,4 +1,4 @@
-"""Cross-problem gradient SNR of the distillation loss, per pass-rate bin (ALGORITHMS.md §1).
+"""Cross-problem gradient SNR of the distillation loss, per pass-rate bin (docs/methods.md §1).
 
     paced snr --config configs/snr.yaml student.path=... teacher.path=...
 

@@ -1,4 +1,4 @@
-"""PACED per-problem weights from the student's pass rate (ALGORITHMS.md §1, arXiv 2603.11178).
+"""PACED per-problem weights from the student's pass rate (docs/methods.md §1, arXiv 2603.11178).
 
 A problem's distillation loss is multiplied by a detached scalar w(p̂) of its pass rate
 p̂ = c / K; the batch is then normalised (÷Σw as in the authors' code, or ÷N). Weights are never
@@ -22,7 +22,7 @@ def _detach(x):
 def beta_kernel(p, alpha: float = 1.0, beta: float = 1.0):
     """PACED's Beta kernel w(p) = p^α (1 − p)^β, α, β ≥ 0, with 0^0 := 1.
 
-    ALGORITHMS.md §1 / arXiv 2603.11178: default α = β = 1 (w = p(1−p)); peak at p = α/(α+β);
+    docs/methods.md §1 / arXiv 2603.11178: default α = β = 1 (w = p(1−p)); peak at p = α/(α+β);
     w(0) = w(1) = 0 for α, β > 0. α = β = 0 is the uniform weighting.
     """
     if alpha < 0 or beta < 0:
@@ -36,7 +36,7 @@ def beta_kernel(p, alpha: float = 1.0, beta: float = 1.0):
 def hard_filter(p):
     """Hard filter w(p) = 1 if 0 < p < 1 else 0: keep only problems the student sometimes solves.
 
-    The paper's "hard filter" baseline (ALGORITHMS.md §1).
+    The paper's "hard filter" baseline (docs/methods.md §1).
     """
     p = _detach(p)
     if isinstance(p, torch.Tensor):
@@ -45,7 +45,7 @@ def hard_filter(p):
 
 
 def uniform(p):
-    """w(p) = 1: unweighted distillation, the paper's "unweighted KL" baseline (ALGORITHMS.md §1)."""
+    """w(p) = 1: unweighted distillation, the paper's "unweighted KL" baseline (docs/methods.md §1)."""
     p = _detach(p)
     if isinstance(p, torch.Tensor):
         return torch.ones_like(p, dtype=p.dtype if p.is_floating_point() else torch.float32)
@@ -63,7 +63,7 @@ def problem_weights(successes, trials, weighting: str, alpha: float = 1.0, beta:
     - ``"plugin"``: w(p̂) with p̂ = c / K (``ledger.plain``) for any weighting.
     - ``"unbiased"``: Beta kernel with integer α, β only: c^(α) (K−c)^(β) / K^(α+β) (falling
       factorials, ``ledger.unbiased_power``), whose expectation over c ~ Binomial(K, p) is exactly
-      p^α (1−p)^β (ALGORITHMS.md §1); ≥ 0 for integers, so no clipping. Needs K ≥ α + β.
+      p^α (1−p)^β (docs/methods.md §1); ≥ 0 for integers, so no clipping. Needs K ≥ α + β.
       For α = β = 1 it is c (K−c) / (K (K−1)), whereas the plug-in p̂(1−p̂) is biased by (K−1)/K.
     Deviations: the unbiased estimator is our addition; the paper uses the plug-in p̂.
     """
@@ -99,7 +99,7 @@ def problem_weights(successes, trials, weighting: str, alpha: float = 1.0, beta:
 def normalize(weights, mode: str = "sum"):
     """Weights of one batch -> the factors multiplying the per-problem losses before summing.
 
-    ``"sum"``: w_i / Σ_j w_j (ALGORITHMS.md §1, the authors' code: L = Σ w_i L_i / Σ w_i);
+    ``"sum"``: w_i / Σ_j w_j (docs/methods.md §1, the authors' code: L = Σ w_i L_i / Σ w_i);
     ``"count"``: w_i / N (the [open] alternative: a batch of low weights gives a smaller step).
     A batch whose weights sum to 0 gives all zeros (no NaN). Tensors stay tensors (detached).
     """

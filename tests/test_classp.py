@@ -1,4 +1,4 @@
-"""CLASSP optimizer (ALGORITHMS.md §4, arXiv 2405.09637): Adagrad equivalence at p = 2, the
+"""CLASSP optimizer (docs/methods.md §4, arXiv 2405.09637): Adagrad equivalence at p = 2, the
 per-element threshold, p = 1 by hand, parameter groups, state_dict round trip, statistics."""
 import copy
 import io

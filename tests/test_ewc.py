@@ -1,4 +1,4 @@
-"""EWC baseline (ALGORITHMS.md §4; Avalanche EWCPlugin conventions): Fisher and penalty by hand
+"""EWC baseline (docs/methods.md §4; Avalanche EWCPlugin conventions): Fisher and penalty by hand
 on y = a·x + b, separate vs online over two tasks, state_dict, memory."""
 import io
 

@@ -67,7 +67,7 @@ def test_unbiased_power_is_unbiased(a, b):
 
 
 def test_plug_in_bias_matches_theory():
-    """E[p̂(1-p̂)] = p(1-p)(K-1)/K (ALGORITHMS.md §1)."""
+    """E[p̂(1-p̂)] = p(1-p)(K-1)/K (docs/methods.md §1)."""
     K, p = 8, 0.3
     c = np.arange(K + 1)
     probs = np.array([math.comb(K, int(i)) * p ** i * (1 - p) ** (K - i) for i in c])

@@ -1,4 +1,4 @@
-"""Cross-problem gradient SNR (ALGORITHMS.md §1): the estimator, the p̂ bins, per-problem
+"""Cross-problem gradient SNR (docs/methods.md §1): the estimator, the p̂ bins, per-problem
 gradients against plain autograd, and ``paced snr`` end to end on a nano model."""
 import json
 import math

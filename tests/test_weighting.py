@@ -1,4 +1,4 @@
-"""PACED weights: Beta-kernel identities (ALGORITHMS.md §1), estimators, batch normalisation."""
+"""PACED weights: Beta-kernel identities (docs/methods.md §1), estimators, batch normalisation."""
 from math import comb
 
 import numpy as np

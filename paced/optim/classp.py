@@ -1,5 +1,5 @@
 """CLASSP: continual learning through adjustment suppression and sparsity promotion
-(ALGORITHMS.md §4, arXiv 2405.09637).
+(docs/methods.md §4, arXiv 2405.09637).
 
 An optimizer for any PyTorch model. Per element i of a parameter with gradient g:
 
@@ -68,7 +68,7 @@ def classp_step(w: torch.Tensor, g: torch.Tensor, s: torch.Tensor, *, lr: float,
         S'   = S + |g|^p                               where mask, else S
         w'   = w(1 − lr·wd) − lr · g / (ε + S')^(1/p)  where mask, else w
 
-    w, g, s: same shape (any). arXiv 2405.09637 (ALGORITHMS.md §4).
+    w, g, s: same shape (any). arXiv 2405.09637 (docs/methods.md §4).
     Deviations: the decoupled weight decay wd is an addition (0 = the paper).
     """
     mask = classp_mask(g, threshold)                              # (*shape) bool

@@ -1,5 +1,5 @@
 """Elastic Weight Consolidation, the continual-learning baseline CLASSP is compared with
-(ALGORITHMS.md §4, arXiv 2405.09637; EWC: Kirkpatrick et al. 2017, arXiv 1612.00796).
+(docs/methods.md §4, arXiv 2405.09637; EWC: Kirkpatrick et al. 2017, arXiv 1612.00796).
 
 Conventions of Avalanche's ``EWCPlugin`` (avalanche/training/plugins/ewc.py):
 

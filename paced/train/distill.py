@@ -1,4 +1,4 @@
-"""PACED distillation: pass-rate-weighted token-level KL, in stages (ALGORITHMS.md §1).
+"""PACED distillation: pass-rate-weighted token-level KL, in stages (docs/methods.md §1).
 
     paced distill --config configs/distill/paced_fkl.yaml teacher.path=... student.path=...
 
@@ -24,7 +24,7 @@ p^α(1-p)^β (``weight_estimator: unbiased``); ÷N normalisation (``normalize: c
 the stage's own verified student responses (``online_passrate``: a running sum over a moving
 student, at student_temperature). With
 ``sample_by_weight`` off, batches are drawn uniformly from the non-zero-weight pool, so "equal
-compute" means equal numbers of problems actually trained on (BENCHMARKS.md).
+compute" means equal numbers of problems actually trained on (docs/methods.md, pilot settings).
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import latest_checkpoint, load_checkpoint, resume_or_fresh, save_checkpoint
-from ..config import DistillConfig, StageCfg
+from ..config import DistillConfig, StageCfg, to_dict
 from ..evaluate import evaluate
 from ..ledger import Ledger, gather_counts, histogram, tally
 from ..losses import DISTILL_LOSSES, chunked_token_loss, masked_mean
@@ -45,7 +45,6 @@ from ..models import (check_logits_head, encode_prompts, load_model_and_tokenize
                       stop_token_ids)
 from ..passrate import estimate
 from ..rollout import SAMPLERS, SamplingParams, sample
-from ..configtools import to_dict
 from ..run import load_model, start_run
 from ..runlog import Progress, RunLog, console, write_json
 from ..tasks import load_sources, verify

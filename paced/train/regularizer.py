@@ -1,4 +1,4 @@
-"""The trainers' ``regularizer`` section: EWC anchored on the starting weights (ALGORITHMS.md §4).
+"""The trainers' ``regularizer`` section: EWC anchored on the starting weights (docs/methods.md §4).
 
     paced distill --config ... regularizer.name=ewc regularizer.ewc_lambda=100 \\
         'regularizer.fisher_data=[{source: add, n: 512}, {source: sub, n: 512}]'

@@ -1,4 +1,4 @@
-"""RL with verifiable rewards: GRPO, PPO and the NSR family in one loop (ALGORITHMS.md §2).
+"""RL with verifiable rewards: GRPO, PPO and the NSR family in one loop (docs/methods.md §2).
 
     paced rl --config configs/rl/w_reinforce.yaml policy.path=... data.train=...
     accelerate launch -m paced.cli rl --config ...          # the same code on many processes
@@ -51,7 +51,7 @@ import numpy as np
 import torch
 
 from ..checkpoint import latest_checkpoint, load_checkpoint, resume_or_fresh, save_checkpoint
-from ..config import RLConfig
+from ..config import RLConfig, to_dict
 from ..evaluate import evaluate
 from ..guide import all_fail, guided_surrogate, hint_prompt
 from ..ledger import Ledger, gather_counts, tally
@@ -59,7 +59,6 @@ from ..models import check_logits_head, encode_prompts, save_pretrained, stop_to
 from ..rewards import REWARDS, load_reward_function
 from ..rl_losses import (ADVANTAGES, LOSS_TYPES, clipped_surrogate, gae, group_has_variance, kl_k3,
                          reward_zero_std_share, std_from_moments, terminal_rewards, value_loss, whiten)
-from ..configtools import to_dict
 from ..run import load_model, start_run
 from ..rollout import sync_weights
 from ..runlog import Progress, RunLog, console

@@ -70,10 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 # What a user's input can raise (and so ends in one line): configs, data, paths, permissions,
-# encodings, missing packages, sizes. RecursionError / MemoryError: a structure or size past what
+# encodings (UnicodeError), missing packages, sizes. RecursionError / MemoryError: a structure or size past what
 # the machine holds. RuntimeError: torch's (out of memory, a shape a model cannot take).
-USER_ERRORS = (ValueError, OSError, ImportError, UnicodeError, RecursionError, MemoryError,
-               FloatingPointError, RuntimeError)
+USER_ERRORS = (ValueError, OSError, ImportError, RecursionError, MemoryError, FloatingPointError,
+               RuntimeError)   # UnicodeError, ConfigError, DataError are ValueErrors
 
 
 def one_line(e: BaseException) -> str:

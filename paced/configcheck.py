@@ -2,6 +2,9 @@
 them after building the dataclasses of paced/config.py, before any model loads)."""
 from __future__ import annotations
 
+import dataclasses
+import os
+
 from .config import ContinualCfg, ContinualConfig, EvalCfg, RLConfig
 from .configtools import ConfigError, check_choice
 
@@ -15,8 +18,6 @@ EVAL_N_CAP = 4_096              # samples per problem in eval / passrate
 
 
 def _check_sizes(obj, prefix: str = "") -> None:
-    import dataclasses
-    import os
     if dataclasses.is_dataclass(obj):
         for f in dataclasses.fields(obj):
             value, key = getattr(obj, f.name), f"{prefix}{f.name}"

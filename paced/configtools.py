@@ -23,7 +23,7 @@ class ConfigError(ValueError):
 # YAML is loaded within a budget: a config is a few hundred values, never deeply nested.
 MAX_DEPTH = 64          # nested collections
 MAX_NODES = 100_000     # values after alias expansion (a "billion laughs" expands to 10^9)
-MAX_TEXT = 4 * 2 ** 20  # bytes of one config file or override
+MAX_TEXT = 4 * 2 ** 20  # characters of one config file or override
 
 
 class _BoundedLoader(yaml.SafeLoader):

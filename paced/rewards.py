@@ -7,7 +7,8 @@ with one entry per completion; the keyword arguments (``ARGUMENTS``) are TRL's
 ``completion_ids`` (token ids, one list per completion) and ``trainer_state`` (None: paced has no
 TrainerState) and the per-row dataset columns ``answer``, ``example`` (the ``paced.tasks.Example``),
 ``source`` and ``id``. A function without ``**kwargs`` gets only the arguments it names; one that
-requires an argument paced cannot give is refused when it loads, naming the argument. ``rl.reward_funcs`` names them: ``verifier`` (``REWARDS``),
+requires an argument paced cannot give is refused when it loads, naming the argument.
+``rl.reward_funcs`` names them: ``verifier`` (``REWARDS``),
 ``package.module:function`` or ``path/to/file.py:function`` (``load_reward_function``).
 
 ``compute_rewards`` calls every function and sums the rewards with ``rl.reward_weights``
@@ -37,14 +38,18 @@ ARGUMENTS = ("prompts", "completions", "completion_ids", "trainer_state", "answe
              "source", "id")
 
 
-def check_signature(fn, spec: str) -> None:
-    """A ValueError naming the first required parameter of ``fn`` that paced does not pass."""
+def _parameters(fn) -> list | None:
+    """``fn``'s parameters, or None for a callable without a signature (called as is)."""
     import inspect
     try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):           # a builtin without a signature: called as is
-        return
-    for p in params:
+        return list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):
+        return None
+
+
+def check_signature(fn, spec: str) -> None:
+    """A ValueError naming the first required parameter of ``fn`` that paced does not pass."""
+    for p in _parameters(fn) or ():
         if p.kind in (p.VAR_KEYWORD, p.VAR_POSITIONAL) or p.default is not p.empty or p.name in ARGUMENTS:
             continue
         raise ValueError(f"reward function {spec!r} requires an argument {p.name!r} that paced does not "
@@ -53,12 +58,8 @@ def check_signature(fn, spec: str) -> None:
 
 def _accepted(fn) -> set[str] | None:
     """The keyword names ``fn`` takes, or None when it takes **kwargs (or has no signature)."""
-    import inspect
-    try:
-        params = inspect.signature(fn).parameters.values()
-    except (TypeError, ValueError):
-        return None
-    if any(p.kind == p.VAR_KEYWORD for p in params):
+    params = _parameters(fn)
+    if params is None or any(p.kind == p.VAR_KEYWORD for p in params):
         return None
     return {p.name for p in params}
 

@@ -30,10 +30,9 @@ import numpy as np
 import torch
 
 from ..checkpoint import latest_checkpoint, load_checkpoint, resume_or_fresh, save_checkpoint
-from ..config import SFTConfig
+from ..config import SFTConfig, to_dict
 from ..guide import template_fields
 from ..models import render_chat, render_prompt, save_pretrained, stop_token_ids
-from ..configtools import to_dict
 from ..run import load_model, start_run
 from ..runlog import Progress, RunLog, console
 from ..tasks import load_sources

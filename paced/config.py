@@ -30,6 +30,9 @@ class ModelCfg:
                                      "forward of compute, same gradients); the trained model only")
     system_prompt: str = F("default", "chat models: the system turn of every prompt: default (whatever "
                            "the chat template does with none given), none (no system turn), or the text")
+    long_prompts: str = F("error", "a prompt that, with max_completion_length, exceeds the model's context: "
+                          "error (naming the problem) or truncate (keep its last tokens, as TRL's "
+                          "truncation_side left)", choices=("error", "truncate"))
 
 
 @dataclass
@@ -148,6 +151,9 @@ class RunCfg:
                      "machine is already busy)", min=0, max=1024)
     report_to: list[str] = F([], "extra trackers: tensorboard, wandb, trackio")
     progress: bool = F(True, "show progress bars")
+    math_timeout: float = F(2.0, "seconds math-verify may take per answer; a pair that times out is "
+                            "retried at 4x, then counted as undecided (logged as 'undecided') and wrong",
+                            min=0.1, max=600.0)
 
 
 @dataclass
@@ -386,6 +392,10 @@ class LedgerConfig:
     ledger: LedgerCfg = F(LedgerCfg(), "")
     bins: int = F(8, "histogram bins over [0, 1]", min=1)
     estimator: str = F("plain", "p-hat estimator", choices=("plain", "beta_mean"))
+    weight_alpha: float = F(1.0, "also show PACED's weights w = p^alpha (1-p)^beta of these counts", min=0.0)
+    weight_beta: float = F(1.0, "beta of w = p^alpha (1-p)^beta", min=0.0)
+    weight_estimator: str = F("plugin", "w(p-hat), or the unbiased estimate of p^a(1-p)^b (integer a, b; "
+                              "as distill.stages[i].weight_estimator)", choices=("plugin", "unbiased"))
     run: RunCfg = F(RunCfg(), "")
 
 

@@ -63,6 +63,8 @@ def check(cfg) -> None:
     teacher = getattr(cfg, "teacher", None)
     if teacher is not None and not teacher.path:
         raise ConfigError("teacher.path: set a teacher model directory, or 'self' for self-distillation")
+    if getattr(cfg, "weight_estimator", None) == "unbiased" and (cfg.weight_alpha % 1 or cfg.weight_beta % 1):
+        raise ConfigError("weight_estimator: 'unbiased' needs integer weight_alpha and weight_beta")
     for i, st in enumerate(getattr(getattr(cfg, "distill", None), "stages", [])):
         if st.weight_estimator == "unbiased" and (st.weighting != "beta" or st.weight_alpha % 1
                                                    or st.weight_beta % 1):

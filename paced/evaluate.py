@@ -15,22 +15,28 @@ import numpy as np
 import torch
 
 from .ledger import default_ks, pass_at_k
-from .models import encode_prompts, stop_token_ids
+from .models import encode_prompts, prompt_room, stop_token_ids
 from .rollout import SAMPLERS, Rollouts, SamplingParams
 from .tasks import Example, verify
+from .tasks.answers import UNDECIDED
 
 
 def rollout_and_verify(model, tokenizer, examples: list[Example], params: SamplingParams,
                        batch_size: int = 256, progress: bool = False, backend: str = "hf",
-                       system_prompt: str = "default") -> tuple[Rollouts, list[str], torch.Tensor]:
+                       system_prompt: str = "default",
+                       long_prompts: str = "error") -> tuple[Rollouts, list[str], torch.Tensor]:
     """Sample ``params.n`` completions per example; returns (rollouts, texts, rewards (N,)).
-    Completions end at any of the model's stop tokens (``stop_token_ids``)."""
-    prompt_ids = encode_prompts(tokenizer, [e.prompt for e in examples], system_prompt)
+    Completions end at any of the model's stop tokens (``stop_token_ids``); a completion cut at
+    ``max_tokens`` is credited only with an explicit final answer (``tasks.verify``); a prompt
+    that with ``max_tokens`` overflows the model's context follows ``long_prompts`` (``fit_prompts``)."""
+    prompt_ids = encode_prompts(tokenizer, [e.prompt for e in examples], system_prompt,
+                                prompt_room(params.max_tokens, model), long_prompts, [e.id for e in examples])
     ro = SAMPLERS[backend](model, prompt_ids, params, eos_token_id=stop_token_ids(model, tokenizer),
                            pad_token_id=tokenizer.pad_token_id, batch_size=batch_size,
                            progress=progress)
     texts = ro.texts(tokenizer)
-    rewards = torch.tensor([float(verify(t, examples[int(i)])) for t, i in zip(texts, ro.prompt_index)])
+    rewards = torch.tensor([float(verify(t, examples[int(i)], f))
+                            for t, i, f in zip(texts, ro.prompt_index, ro.finished.tolist())])
     return ro, texts, rewards
 
 
@@ -42,7 +48,8 @@ def success_counts(rewards: torch.Tensor, n_prompts: int, n: int) -> list[int]:
 def evaluate(model, tokenizer, examples: list[Example], n: int, ks: list[int] | None = None,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, max_tokens: int = 32,
              greedy: bool = True, batch_size: int = 256, seed: int = 0, progress: bool = False,
-             keep_samples: int = 2, backend: str = "hf", system_prompt: str = "default") -> dict:
+             keep_samples: int = 2, backend: str = "hf", system_prompt: str = "default",
+             long_prompts: str = "error") -> dict:
     """pass@k (k in ``ks``, default 1, 2, 4, ... <= n), mean@n and greedy accuracy.
 
     Per problem the result keeps ``keep_samples`` sampled completions (-1 = all n) with their
@@ -51,8 +58,9 @@ def evaluate(model, tokenizer, examples: list[Example], n: int, ks: list[int] | 
     ks = sorted(set(ks or default_ks(n)))
     params = SamplingParams(n=n, temperature=temperature, top_p=top_p, top_k=top_k,
                             max_tokens=max_tokens, seed=seed)
-    kw = dict(backend=backend, system_prompt=system_prompt)
+    kw = dict(backend=backend, system_prompt=system_prompt, long_prompts=long_prompts)
     t0 = time.perf_counter()
+    undecided = UNDECIDED["count"]   # verdicts math-verify timed out on, before this evaluation
     ro, texts, rewards = rollout_and_verify(model, tokenizer, examples, params, batch_size, progress, **kw)
     timing = {"sampled": _timing(ro, time.perf_counter() - t0)}
     counts = success_counts(rewards, len(examples), n)
@@ -81,6 +89,7 @@ def evaluate(model, tokenizer, examples: list[Example], n: int, ks: list[int] | 
             levels[f"{p['source']}/d{p['difficulty']}"].append(p)
     return {"n": n, "ks": ks, "temperature": temperature, "top_p": top_p, "top_k": top_k,
             "max_completion_length": max_tokens, "timing": timing,
+            "undecided": UNDECIDED["count"] - undecided,   # math-verify timeouts, counted wrong
             "overall": aggregate(problems, ks),
             "by_source": {s: aggregate(ps, ks) for s, ps in groups.items()},
             "by_difficulty": {s: aggregate(levels[s], ks) for s in sorted(levels, key=_level_key)},
@@ -147,11 +156,14 @@ def run(cfg) -> dict:
     result = evaluate(model, tok, examples, e.n, e.ks or None, e.temperature, e.top_p, e.top_k,
                       e.max_completion_length, e.greedy, e.batch_size, cfg.run.seed,
                       cfg.run.progress, keep_samples=e.save_samples, backend=cfg.engine.backend,
-                      system_prompt=cfg.model.system_prompt)
+                      system_prompt=cfg.model.system_prompt, long_prompts=cfg.model.long_prompts)
     result["model"] = path
     write_json(run_dir / "eval.json", result)
     rows = {"all": result["overall"], **result["by_source"]}
     console.print(table(rows, f"eval: {path} (n={e.n}, T={e.temperature})"))
+    if result["undecided"]:
+        console.print(f"[yellow]{result['undecided']} verdicts undecided (math-verify timed out twice; "
+                      f"counted wrong): raise run.math_timeout (now {cfg.run.math_timeout} s)[/]")
     console.print(f"wrote {run_dir / 'eval.json'}")
     curves = {"all": passk_from_eval(result)}
     if len(result["by_source"]) > 1:

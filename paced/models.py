@@ -182,12 +182,60 @@ def render_chat(tokenizer, turns: list[dict], system_prompt: str = "default",
     return bos + rest if bos and head.startswith(bos) and not rest.startswith(bos) else rest
 
 
-def encode_prompts(tokenizer, prompts: list[str], system_prompt: str = "default") -> list[list[int]]:
-    """Token ids of each rendered prompt (no padding; the sampler pads)."""
+def encode_prompts(tokenizer, prompts: list[str], system_prompt: str = "default", room: int | None = None,
+                   long_prompts: str = "error", names: list[str] | None = None) -> list[list[int]]:
+    """Token ids of each rendered prompt (no padding; the sampler pads), fitted to ``room``
+    tokens (``prompt_room``) by ``fit_prompts`` when given."""
     texts = [render_prompt(tokenizer, p, system_prompt) for p in prompts]
     # The template already holds bos/special tokens; do not let the tokenizer add them twice.
     add_special = not getattr(tokenizer, "chat_template", None)
-    return [tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in texts]
+    ids = [tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in texts]
+    return ids if room is None else fit_prompts(ids, room, long_prompts, names)
+
+
+LONG_PROMPTS = ("error", "truncate")   # model.long_prompts
+
+
+def context_length(*models) -> int | None:
+    """The shortest ``max_position_embeddings`` of ``models`` (None when none states one)."""
+    found = []
+    for m in models:
+        cfg = getattr(m, "config", None)
+        cfg = cfg.get_text_config() if hasattr(cfg, "get_text_config") else cfg
+        n = getattr(cfg, "max_position_embeddings", None)
+        if isinstance(n, int) and n > 0:
+            found.append(n)
+    return min(found) if found else None
+
+
+def prompt_room(max_new: int, *models) -> int | None:
+    """Tokens a prompt may have so that it and ``max_new`` completion tokens fit every model's
+    context; None when no model states a context. A ValueError when ``max_new`` alone fills it."""
+    context = context_length(*models)
+    if context is None:
+        return None
+    if max_new >= context:
+        raise ValueError(f"max_completion_length {max_new} leaves no room for a prompt in the model's "
+                         f"context of {context} tokens (max_position_embeddings); lower it")
+    return context - max_new
+
+
+def fit_prompts(prompt_ids: list[list[int]], room: int, long_prompts: str = "error",
+                names: list[str] | None = None) -> list[list[int]]:
+    """Prompts longer than ``room`` tokens: a ValueError naming the first (``"error"``), or
+    their last ``room`` tokens (``"truncate"``: TRL's truncation_side "left", which can cut the
+    chat template's opening turn)."""
+    out = []
+    for i, ids in enumerate(prompt_ids):
+        if len(ids) > room:
+            if long_prompts != "truncate":
+                name = names[i] if names else f"#{i}"
+                raise ValueError(f"problem {name!r}: its prompt is {len(ids)} tokens, and with the completion "
+                                 f"budget only {room} fit the model's context; shorten it, lower "
+                                 f"max_completion_length, or set model.long_prompts=truncate")
+            ids = ids[-room:]
+        out.append(ids)
+    return out
 
 
 def count_parameters(model) -> int:

@@ -13,14 +13,16 @@ from pathlib import Path
 
 from .evaluate import rollout_and_verify, success_counts
 from .ledger import Ledger, histogram
+from .weighting import problem_weights
 from .rollout import SamplingParams
 from .runlog import Progress, console, write_json
+from .tasks.answers import take_undecided
 
 
 def estimate(model, tokenizer, examples, ledger: Ledger, k: int, params: SamplingParams,
              model_name: str, stage: str, step: int = 0, batch_size: int = 256,
              progress: bool = False, backend: str = "hf",
-             system_prompt: str = "default") -> dict[str, tuple[int, int]]:
+             system_prompt: str = "default", long_prompts: str = "error") -> dict[str, tuple[int, int]]:
     """Draw K rollouts per example, verify, record; returns {id: (successes, K)}."""
     per_call = max(1, batch_size // k)           # prompts per sampler call
     out: dict[str, tuple[int, int]] = {}
@@ -31,7 +33,7 @@ def estimate(model, tokenizer, examples, ledger: Ledger, k: int, params: Samplin
         p = SamplingParams(n=k, temperature=params.temperature, top_p=params.top_p,
                            top_k=params.top_k, max_tokens=params.max_tokens, seed=params.seed + s)
         _, _, rewards = rollout_and_verify(model, tokenizer, batch, p, batch_size, backend=backend,
-                                           system_prompt=system_prompt)
+                                           system_prompt=system_prompt, long_prompts=long_prompts)
         got = {e.id: (c, k) for e, c in zip(batch, success_counts(rewards, len(batch), k))}
         ledger.record(got, model=model_name, stage=stage, step=step)
         out.update(got)
@@ -68,13 +70,15 @@ def run(cfg) -> dict:
                             max_tokens=s.max_completion_length, seed=cfg.run.seed)
     counts = estimate(model, tok, examples, ledger, cfg.passrate.num_generations, params, name,
                       cfg.ledger.stage, batch_size=s.batch_size, progress=cfg.run.progress,
-                      backend=cfg.engine.backend, system_prompt=cfg.model.system_prompt)
+                      backend=cfg.engine.backend, system_prompt=cfg.model.system_prompt,
+                      long_prompts=cfg.model.long_prompts)
     p_hat = [c / k for c, k in counts.values()]
     hist = histogram(p_hat)
     summary = {"command": "passrate", "model": name, "stage": cfg.ledger.stage,
                "ledger": str(ledger.path), "problems": len(counts),
                "num_generations": cfg.passrate.num_generations,
-               "mean_pass_rate": sum(p_hat) / len(p_hat), "histogram": hist}
+               "mean_pass_rate": sum(p_hat) / len(p_hat), "histogram": hist,
+               "undecided": take_undecided()}   # math-verify timeouts, counted wrong
     write_json(run_dir / "summary.json", summary)
     console.print(f"pass rates of {name} on {len(counts)} problems "
                   f"(K = {cfg.passrate.num_generations}, T = {s.temperature}); ledger {ledger.path}")
@@ -109,4 +113,21 @@ def inspect(cfg, path: str | None = None) -> dict:
     hist = histogram(list(rates.values()), bins=cfg.bins)
     console.print(f"p̂ ({cfg.estimator}) of {model}, stage {stage or 'all'}:")
     console.print(histogram_text(hist))
-    return {"ledger": str(db), "rows": rows, "model": model, "stage": stage, "histogram": hist}
+    weights = ledger_weights(ledger.counts(model=model, stage=stage), cfg.weight_alpha, cfg.weight_beta,
+                             cfg.weight_estimator)
+    if weights:
+        console.print(f"w = p^{cfg.weight_alpha:g} (1-p)^{cfg.weight_beta:g} ({cfg.weight_estimator}): "
+                      f"mean {weights['mean']:.4f}, zero on {weights['zero']} of {weights['problems']} problems")
+    return {"ledger": str(db), "rows": rows, "model": model, "stage": stage, "histogram": hist,
+            "weights": weights}
+
+
+def ledger_weights(counts: dict[str, tuple[int, int]], alpha: float, beta: float, estimator: str) -> dict:
+    """PACED's Beta-kernel weights of ledger counts ({id: (c, K)}): their mean, how many are 0,
+    and the per-problem values; {} for no counts."""
+    if not counts:
+        return {}
+    ids = sorted(counts)
+    w = problem_weights([counts[i][0] for i in ids], [counts[i][1] for i in ids], "beta", alpha, beta, estimator)
+    return {"estimator": estimator, "alpha": alpha, "beta": beta, "problems": len(ids),
+            "mean": float(w.mean()), "zero": int((w == 0).sum()), "by_problem": dict(zip(ids, w.tolist()))}

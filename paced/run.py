@@ -11,11 +11,12 @@ import torch
 
 from .config import save_config
 from .models import build_tiny, load_model_and_tokenizer
+from .tasks.answers import set_math_timeout
 
 
 # Keys a resumed run may change: how it reports, how far it goes, what it evaluates and
 # with which engine. Any other change makes the resumed run a different computation: refused.
-RESUMABLE = re.compile(r"^(run\.(progress|report_to|threads|dir)|data\.eval.*|engine\..*|regularizer\.ewc_lambda"
+RESUMABLE = re.compile(r"^(run\.(progress|report_to|threads|dir|math_timeout)|data\.eval.*|engine\..*|regularizer\.ewc_lambda"
                        r"|[a-z_]+\.(logging_steps|save_steps|save_total_limit|max_steps|max_rollouts"
                        r"|eval_.*|stages\[\d+\]\.max_steps))$")
 
@@ -70,6 +71,7 @@ def start_run(cfg, save: bool = True, resume: bool = False) -> Path:
         save_config(cfg, run_dir / "config.yaml")
     torch.set_num_threads(cfg.run.threads or auto_threads())
     seed_everything(cfg.run.seed)
+    set_math_timeout(cfg.run.math_timeout)
     engine = getattr(cfg, "engine", None)
     if engine is not None and engine.backend == "vllm":   # one line, before any model loads
         from . import vllm_engine

@@ -40,7 +40,8 @@ from torch import nn
 from .config import SNRConfig, StageCfg
 from .ledger import Ledger, histogram
 from .losses import DISTILL_LOSSES, chunked_token_loss, masked_mean
-from .models import check_logits_head, encode_prompts, load_model_and_tokenizer, logits_head, stop_token_ids
+from .models import (check_logits_head, encode_prompts, load_model_and_tokenizer, logits_head, prompt_room,
+                     stop_token_ids)
 from .passrate import estimate, histogram_text
 from .rollout import SamplingParams, sample
 from .runlog import console, write_json
@@ -226,17 +227,19 @@ def run(cfg: SNRConfig) -> dict:
                                 seed=cfg.run.seed)
         counts.update(estimate(student, tok, todo, ledger, s.num_generations, params, tag,
                                cfg.ledger.stage, step=0, batch_size=SAMPLING_BATCH,
-                               progress=cfg.run.progress, system_prompt=cfg.student.system_prompt))
+                               progress=cfg.run.progress, system_prompt=cfg.student.system_prompt,
+                               long_prompts=cfg.student.long_prompts))
     p_hat = np.array([counts[e.id][0] / counts[e.id][1] for e in pool])
     hist = histogram(p_hat, bins=s.bins)
     console.print(f"p̂ of {tag} on {len(pool)} problems ({len(pool) - len(todo)} from the ledger, "
                   f"{len(todo)} estimated with K = {s.num_generations}, T = {s.passrate_temperature}):")
     console.print(histogram_text(hist))
 
-    system = cfg.student.system_prompt
-    s_prompts = encode_prompts(tok, [e.prompt for e in pool], system)
+    system, long, names = cfg.student.system_prompt, cfg.student.long_prompts, [e.id for e in pool]
+    room = prompt_room(s.max_completion_length, student, teacher)
+    s_prompts = encode_prompts(tok, [e.prompt for e in pool], system, room, long, names)
     t_prompts = encode_prompts(tok, [cfg.teacher.privileged_template.format(prompt=e.prompt, answer=e.answer)
-                                     if cfg.teacher.privileged else e.prompt for e in pool], system)
+                                     if cfg.teacher.privileged else e.prompt for e in pool], system, room, long, names)
     who = DEFAULT_RESPONSES[s.loss_type] if s.responses == "auto" else s.responses
     model, prompts, temp = ((teacher, t_prompts, s.teacher_temperature) if who == "teacher"
                             else (student, s_prompts, 1.0))

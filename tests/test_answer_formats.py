@@ -248,3 +248,40 @@ def test_extractors_agree_with_human_labels():
            "answer_is": rate([r for r in rows if r["format"] == "answer_is"], "answer_is")}
     low = {k: round(v, 3) for k, v in got.items() if v < AGREE_FLOORS[k]}
     assert not low, f"extractors agree with the human reading less than measured: {low} < {AGREE_FLOORS}"
+
+
+# --------------------------------------------------------------------------- cut at the length limit
+@pytest.mark.parametrize("text, fmt, credited", [
+    ("so 2+3=5", "auto", False),                           # "= ..." tail: the cut may split it (=57)
+    ("the sum is 5", "auto", False),                       # a last number, never
+    ("the sum is \\boxed{5} and then", "auto", True),      # a closed box
+    ("the sum is \\boxed{5", "auto", False),               # a box the cut left open
+    ("work\n#### 5\nmore wo", "auto", True),               # a #### line a newline ends
+    ("work\n#### 5", "auto", False),                       # ... not one the cut may have split
+    ("The answer is 5.\nLet me check", "auto", True),
+    ("The answer is 5", "auto", False),
+    ("The answer is: 5\nwhy", "answer_is", True),
+    ("ANS=5; rest", "regex", True),                        # the user's pattern, ending before the cut
+    ("ANS=5", "regex", False),
+    ("5\n", "last_number", False),                         # last_number has no explicit marker
+])
+def test_a_cut_completion_needs_an_explicit_final_answer(text, fmt, credited):
+    ex = Example(id="x", prompt="2+3=", answer="5", verifier="numeric", answer_format=fmt,
+                 answer_regex=r"ANS=(\d+)" if fmt == "regex" else None)
+    assert verify(text, ex, finished=False) is credited
+    assert verify(text, ex, finished=True)   # each reads 5 when the model stopped by itself
+
+
+def test_cut_completions_are_not_credited_in_eval(tmp_path):
+    """End to end: with completions cut at 1 token, every finished=False row of eval.json is wrong
+    unless its text carries a final answer."""
+    from paced.evaluate import rollout_and_verify
+    from paced.rollout import SamplingParams
+    from paced.run import load_model
+    from paced.tasks.synthetic import generate
+    model, tok, _ = load_model(None, "nano", 0, "float32", tmp_path)
+    exs = generate("add", 6, 0, (1, 1))
+    ro, texts, rewards = rollout_and_verify(model, tok, exs, SamplingParams(n=4, max_tokens=2, seed=0))
+    cut = ~ro.finished
+    assert cut.any()
+    assert all(r == 0 for r, c in zip(rewards.tolist(), cut.tolist()) if c)

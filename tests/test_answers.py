@@ -211,3 +211,15 @@ def test_huge_scientific_literals_are_fast():
         t = time.perf_counter()
         assert verify_math(s, ex) is False
         assert time.perf_counter() - t < 0.5
+
+
+@pytest.mark.parametrize("text, gold, ok", [
+    ("23 + 45 = 60, not 68.", "60", True),       # the number the "=" gives, not the one prose denies
+    ("23 + 45 = 60, not 68.", "68", False),
+    ("=3<junk>", "3", False),                     # math-verify would read 3 out of the junk
+    ("so 3 + 4 = 7 apples", "7", True),
+    ("x = 2 \\cdot 3", "6", True),                # an expression after "=" stays whole
+    ("The answer is 2^n.", "2", False),
+])
+def test_prose_after_the_answer(text, gold, ok):
+    assert verify_math(text, Example(id="p", prompt="?", answer=gold, verifier="math")) is ok

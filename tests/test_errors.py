@@ -262,3 +262,57 @@ def test_trackers_get_the_run_config_and_a_right_install_hint(tmp_path, monkeypa
     monkeypatch.setitem(sys.modules, "trackio", None)                 # not installed
     with pytest.raises(RuntimeError, match=r"trackio is not installed .*; pip install trackio or drop it"):
         sft.train(load_config(SFTConfig, SMOKE / "sft.yaml", ["run.report_to=[trackio]"], run_dir=tmp_path / "t"))
+
+
+# --------------------------------------------------------------------------- prompts past the context
+def test_prompt_longer_than_the_context(tmp_path, capsys):
+    """A prompt that with the completion budget overflows the model's context (the nano preset:
+    256 positions) is refused naming the problem, or keeps its last tokens with long_prompts=truncate."""
+    from paced.models import fit_prompts, prompt_room
+    f = write_rows(tmp_path / "d.jsonl", '{"id": "short", "prompt": "1+1=", "answer": "2"}',
+                   json.dumps({"id": "long-one", "prompt": "1+" * 400 + "1=", "answer": "401"}))
+    args = ("eval", "--config", SMOKE / "eval.yaml", f"data.eval=[{{source: {f}}}]", "eval.n=1",
+            "eval.greedy=false", "--run-dir", tmp_path / "r")
+    msg = one_error(capsys, *args)
+    assert msg.startswith("paced eval: error: problem 'long-one': its prompt is ") and \
+        "set model.long_prompts=truncate" in msg, msg
+    assert not (tmp_path / "r" / "eval.json").exists()
+    rc, _ = run_cli(capsys, *args, "model.long_prompts=truncate")
+    assert rc == 0 and json.loads((tmp_path / "r" / "eval.json").read_text())["overall"]["problems"] == 2
+    assert fit_prompts([[1, 2, 3, 4], [5]], 2, "truncate") == [[3, 4], [5]]
+    with pytest.raises(ValueError, match="max_completion_length 256 leaves no room for a prompt in the "
+                                         "model's context of 256 tokens"):
+        prompt_room(256, type("M", (), {"config": type("C", (), {"max_position_embeddings": 256})()})())
+    assert prompt_room(8, object()) is None                    # no stated context: nothing to fit
+
+
+# --------------------------------------------------------------------------- answer checking
+def test_math_timeout_is_a_config_key_and_undecided_is_logged(tmp_path, monkeypatch):
+    """run.math_timeout is the first budget of every math-verify call (then one retry at 4x); a
+    pair that times out at both is counted in that step's metrics row ('undecided'), never cached."""
+    from paced.config import RLConfig
+    from paced.tasks import answers
+    from paced.train import rl_parts
+    cfg = load_config(RLConfig, SMOKE / "rl.yaml", ["run.math_timeout=0.5", "rl.max_steps=2", "rl.eval_steps=0"],
+                      run_dir=tmp_path / "r")
+    budgets = []
+
+    def times_out(pred, gold, timeout):     # a machine so busy that math-verify never answers
+        budgets.append(timeout)
+        return False, True
+
+    def symbolic_verify(text, example, finished=True):   # every completion reaches math-verify
+        return answers.math_equal("1", f"\\sqrt{{{len(budgets) + 2}}}")
+    monkeypatch.setattr(answers._WORKER, "call", times_out)
+    monkeypatch.setattr(rl_parts, "verify", symbolic_verify)
+    answers.take_undecided()
+    try:
+        from paced.train import rl
+        rl.train(cfg)
+    finally:
+        answers._TIMEOUT.clear()
+    rows = [json.loads(x) for x in (tmp_path / "r" / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and all(r["undecided"] > 0 for r in rows)
+    assert sum(r["undecided"] for r in rows) * 2 == len(budgets)
+    assert budgets[:2] == [0.5, 2.0] and set(budgets) == {0.5, 2.0}
+    assert answers.math_timeout() == 2.0                # the default again once unset

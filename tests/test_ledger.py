@@ -6,12 +6,15 @@ import os
 import signal
 import sqlite3
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from paced.ledger import (Ledger, beta_mean, default_ks, falling, histogram, pass_at_k, plain,
                           unbiased_power)
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def brute_pass_at_k(n: int, c: int, k: int) -> float:
@@ -134,3 +137,25 @@ def test_ledger_survives_sigkill_mid_write(tmp_path):
     n_rows = db.execute("SELECT COUNT(*) FROM trials").fetchone()[0]
     assert n_rows > 0 and n_rows % 2000 == 0  # whole batches only
     assert len(Ledger(path).counts()) == n_rows
+
+
+def test_paced_ledger_shows_paced_weights_with_the_unbiased_estimator(tmp_path, capsys):
+    """``paced ledger`` reports w = p^a (1-p)^b of the ledger's counts, plug-in or unbiased
+    (c (K-c) / (K (K-1)) for a = b = 1), and refuses a non-integer a with 'unbiased' at load."""
+    from paced import cli
+    from paced.config import LedgerConfig, load_config
+    from paced.passrate import inspect
+    db = tmp_path / "ledger.sqlite"
+    Ledger(db).record({"p0": (0, 4), "p1": (1, 4), "p2": (2, 4), "p4": (4, 4)}, model="m", stage="passrate")
+    smoke = ROOT / "configs" / "smoke" / "ledger.yaml"
+    cfg = load_config(LedgerConfig, smoke, ["weight_estimator=unbiased"], run_dir=tmp_path / "r")
+    w = inspect(cfg, str(db))["weights"]
+    assert w["by_problem"] == pytest.approx({"p0": 0, "p1": 3 / 12, "p2": 4 / 12, "p4": 0})   # c (K-c) / (K (K-1))
+    assert (w["zero"], w["problems"], w["mean"]) == (2, 4, pytest.approx(7 / 48))
+    w = inspect(load_config(LedgerConfig, smoke, [], run_dir=tmp_path / "r"), str(db))["weights"]
+    assert w["by_problem"] == pytest.approx({"p0": 0, "p1": 3 / 16, "p2": 4 / 16, "p4": 0})   # p̂ (1 - p̂)
+    base = ["ledger", "--config", smoke, "--path", db, "--run-dir", tmp_path / "r"]
+    capsys.readouterr()
+    assert cli.main([str(a) for a in base + ["weight_estimator=unbiased", "weight_alpha=0.5"]]) == 2
+    assert capsys.readouterr().err.strip() == ("paced ledger: config error: weight_estimator: 'unbiased' "
+                                               "needs integer weight_alpha and weight_beta")

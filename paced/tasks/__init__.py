@@ -22,9 +22,16 @@ VERIFIERS = {
 }
 
 
-def verify(completion: str, example: Example) -> bool:
-    """True iff ``completion`` answers ``example`` correctly (never raises on model text)."""
+def verify(completion: str, example: Example, finished: bool = True) -> bool:
+    """True iff ``completion`` answers ``example`` correctly (never raises on model text).
+
+    ``finished=False`` (the completion was cut at the length limit, no stop token): credited only
+    when it carries an explicit, complete final answer (``formats.has_final_answer``), never by
+    its last number or "= ..." tail, which the cut may have split."""
     try:
+        if not finished and not formats.has_final_answer(completion, example.answer_format,
+                                                         example.answer_regex):
+            return False
         return bool(VERIFIERS[example.verifier](completion, example))
     except Exception:  # a verifier bug must not kill a training run: count it as wrong
         return False

@@ -77,7 +77,7 @@ def extract_boxed(text: str) -> str | None:
 
 def extract_answer(text: str) -> str | None:
     """The model's explicit final-answer markers before stray numbers: the last non-empty box;
-    else text after the last ``####``; else what follows the last "answer is" / "answer:" (a
+    else the line after the last ``####``; else what follows the last "answer is" / "answer:" (a
     leading number, else the line: "The answer is 3, not 4" reads 3); else the rest of the line
     after the last ``=``; else the last number. Stripped; None when nothing non-empty is found."""
     if not isinstance(text, str) or not text:
@@ -87,14 +87,15 @@ def extract_answer(text: str) -> str | None:
         return box.strip()
     i = text.rfind("####")
     if i >= 0 and text[i + 4:].strip():
-        return text[i + 4:].strip()
+        return text[i + 4:].strip().split("\n", 1)[0].strip()   # its line: what follows is not the answer
     said = _answer_is(text)
     if said:
         return said
     i = text.rfind("=")
     rest = text[i + 1:].split("\n", 1)[0].strip() if i >= 0 else ""
-    if rest:
-        return rest
+    if rest:   # "= 60, not 68." reads 60; "= 2 \cdot 3" stays whole
+        lead = _LEAD_ANSWER.match(rest)
+        return lead.group(1).rstrip(",") if lead else rest
     tail = text[-4096:]   # the last number is almost always in the tail: avoid scanning 1 MB
     nums = [m for m in _NUM.finditer(tail)]
     if not nums or (nums[-1].start() == 0 and len(tail) < len(text)):
@@ -102,6 +103,9 @@ def extract_answer(text: str) -> str | None:
     return nums[-1].group().rstrip(",") if nums else None
 
 
+# a number that ends the answer: then the end, punctuation, or a word of prose (not an operator,
+# a LaTeX command or a variable)
+_LEAD_ANSWER = re.compile(r"(-?\d[\d,]*(?:\.\d+)?(?:/\d+)?)(?=$|[,;!)]|\.(?:\s|$)|\s+[A-Za-z]{2,}\b)")
 _FILLER = re.compile(r"^(?:simply|just|exactly|indeed|then|now)\s+", re.I)
 
 
@@ -337,15 +341,32 @@ _CACHE: OrderedDict = OrderedDict()   # (pred, gold) -> (result, timeout it time
 _CACHE_LOCK = threading.Lock()
 
 
-UNDECIDED = {"count": 0, "last": None}   # pairs that timed out at every budget (counted, never cached)
+UNDECIDED = {"count": 0, "last": None, "taken": 0}   # pairs that timed out at every budget (never cached)
+_TIMEOUT: list[float] = []   # set_math_timeout's value (the config's run.math_timeout), if set
+
+
+def set_math_timeout(seconds: float) -> None:
+    """The first budget of every later math-verify call in this process (``run.math_timeout``)."""
+    _TIMEOUT[:] = [max(0.1, float(seconds))]
 
 
 def math_timeout() -> float:
-    """The first budget of a math-verify call, seconds: ``PACED_MATH_TIMEOUT`` (default 2)."""
+    """The first budget of a math-verify call, seconds: ``set_math_timeout``'s, else
+    ``PACED_MATH_TIMEOUT``, else 2."""
+    if _TIMEOUT:
+        return _TIMEOUT[0]
     try:
         return max(0.1, float(os.environ.get("PACED_MATH_TIMEOUT", "2")))
     except ValueError:
         return 2.0
+
+
+def take_undecided() -> int:
+    """Verdicts left undecided (timed out at both budgets, counted wrong) since the last call:
+    what a training step logs as ``undecided``."""
+    new = UNDECIDED["count"] - UNDECIDED["taken"]
+    UNDECIDED["taken"] = UNDECIDED["count"]
+    return new
 
 
 def math_equal(pred: str, gold: str, timeout: float | None = None) -> bool:
@@ -433,6 +454,17 @@ def has_free_variable(s: str) -> bool:
     return re.search(r"(?<![A-Za-z])[A-Za-z](?![A-Za-z])", bare) is not None
 
 
+_MATH_WORDS = frozenset("sqrt sin cos tan cot sec csc arcsin arccos arctan sinh cosh tanh log ln exp lg "
+                        "floor ceil sum prod binom choose max min gcd lcm mod pmod infty inf det".split())
+
+
+def is_prose(s: str) -> bool:
+    """A word of three or more letters that is not a math name (LaTeX commands, ``\text{}``
+    wrappers and names like ``sqrt`` aside): "60, not 68.", "3<junk>", "5 apples"."""
+    bare = re.sub(r"\\[A-Za-z]+", " ", _TEXT_WRAP.sub(r" \1 ", s))
+    return any(w.lower() not in _MATH_WORDS for w in re.findall(r"[A-Za-z]{3,}", bare))
+
+
 def _verify(completion: str, example: Example, symbolic: bool) -> bool:
     """Precedence: the extracted answer against each of ``gold_forms``; a yes/no gold by the
     answer's (or else the completion's first word's) polarity; a plain number never equals a gold
@@ -457,6 +489,8 @@ def _equal(pred: str, gold: str, symbolic: bool) -> bool:
     if num is not None or not symbolic:
         return bool(num)
     if _parse_number(pred) is not None and has_free_variable(gold):
+        return False
+    if is_prose(pred):   # math-verify reads a number out of prose ("60, not 68." as 68): never
         return False
     return math_equal(pred, gold)
 

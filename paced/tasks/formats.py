@@ -6,8 +6,9 @@ is a small pure total function: never raises, never ``eval``s, and is linear and
 text (1 MB strings, 100,000 nested braces), as ``paced.tasks.answers`` promises.
 
 ``auto``
-    ``answers.extract_answer``, unchanged: last box, else after ``####``, else the rest of the line
-    after the last ``=``, else the last number. Made for the compact families' ``"...=answer"``.
+    ``answers.extract_answer``: the last box, else the line after the last ``####``, else what
+    follows the last "answer is" (when it is an answer, not prose), else the rest of the line after
+    the last ``=``, else the last number. Made for the compact families' ``"...=answer"``.
 ``boxed``
     The last top-level ``\\boxed{...}`` / ``\\fbox{...}`` (``answers.extract_boxed``); nothing else.
 ``last_number``
@@ -37,7 +38,8 @@ from typing import Callable
 
 from paced.tasks.answers import extract_answer, extract_boxed
 
-__all__ = ["ANSWER_FORMATS", "INSTRUCTIONS", "TAIL", "extract", "compile_regex", "apply_template"]
+__all__ = ["ANSWER_FORMATS", "INSTRUCTIONS", "TAIL", "extract", "compile_regex", "apply_template",
+           "has_final_answer"]
 
 TAIL = 4096  # characters of the completion's end that last_number and regex search
 _MAX_LINE = 2000  # characters after a marker that gsm8k / answer_is look at
@@ -153,6 +155,45 @@ def extract(text: str, answer_format: str = "auto", pattern: str | None = None) 
         return fn(text, pattern) if fn is not None else None
     except Exception:  # defensive: the extractors are total
         return None
+
+
+def _closed_marker(text: str, marker: re.Pattern) -> bool:
+    """The last ``marker`` is followed by a non-empty answer line that a newline ends."""
+    last = None
+    for last in marker.finditer(text):
+        pass
+    if last is None:
+        return False
+    line, nl, _ = text[last.end():last.end() + _MAX_LINE].lstrip(" \t").partition("\n")
+    return bool(nl and line.strip(_WRAP))
+
+
+_HASHES = re.compile(r"####")
+
+
+def has_final_answer(text: str, answer_format: str = "auto", pattern: str | None = None) -> bool:
+    """Whether ``text`` carries an explicit, complete final answer: a closed non-empty
+    ``\\boxed{}``, or a ``####`` / "answer is" line that a newline ends; with ``regex``, also a
+    match of the pattern that ends before the text does. A completion cut at the length limit is
+    credited only when this holds (its last number or "= ..." tail may be cut mid-answer).
+    Deviation: ``last_number`` has no explicit marker, so a cut completion in that format needs
+    one of the above."""
+    if not isinstance(text, str) or not text:
+        return False
+    box = extract_boxed(text)
+    if box is not None and box.strip():
+        return True
+    if _closed_marker(text, _HASHES) or _closed_marker(text, _ANSWER_IS):
+        return True
+    if answer_format == "regex" and isinstance(pattern, str) and pattern:
+        try:
+            last = None
+            for last in compile_regex(pattern).finditer(text[-TAIL:]):
+                pass
+            return last is not None and last.end() < len(text[-TAIL:])
+        except (re.error, RecursionError):
+            return False
+    return False
 
 
 def apply_template(prompt: str, template: str, answer_format: str = "auto") -> str:

@@ -41,13 +41,14 @@ from ..config import DistillConfig, StageCfg, to_dict
 from ..evaluate import evaluate
 from ..ledger import Ledger, gather_counts, histogram, tally
 from ..losses import DISTILL_LOSSES, chunked_token_loss, masked_mean
-from ..models import (check_logits_head, encode_prompts, load_model_and_tokenizer, logits_head, save_pretrained,
-                      stop_token_ids)
+from ..models import (check_logits_head, encode_prompts, load_model_and_tokenizer, logits_head, prompt_room,
+                      save_pretrained, stop_token_ids)
 from ..passrate import estimate
 from ..rollout import SAMPLERS, SamplingParams, sample
 from ..run import load_model, start_run
 from ..runlog import Progress, RunLog, console, write_json
 from ..tasks import load_sources, verify
+from ..tasks.answers import take_undecided
 from ..teacher import TeacherHiddenCache, TeacherPromptCache, check_vocab, response_hidden, teacher_hidden
 from ..weighting import normalize, problem_weights
 from .regularizer import regularizer_from
@@ -118,10 +119,12 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
     by_id = {e.id: e for e in pool}
     held_out = {"target": load_sources(cfg.data.eval, "data.eval"),
                 "forgetting": load_sources(cfg.data.forgetting, "data.forgetting")}
-    system = cfg.student.system_prompt
-    s_prompts = dict(zip(by_id, encode_prompts(tok, [e.prompt for e in pool], system)))
+    system, long = cfg.student.system_prompt, cfg.student.long_prompts
+    room = prompt_room(d.max_completion_length, student, teacher)
+    s_prompts = dict(zip(by_id, encode_prompts(tok, [e.prompt for e in pool], system, room, long, list(by_id))))
     t_prompts = s_prompts if not cfg.teacher.privileged else dict(zip(by_id, encode_prompts(tok, [
-        cfg.teacher.privileged_template.format(prompt=e.prompt, answer=e.answer) for e in pool], system)))
+        cfg.teacher.privileged_template.format(prompt=e.prompt, answer=e.answer) for e in pool], system,
+        room, long, list(by_id))))
     stops = stop_token_ids(student, tok)
     total_steps = sum(s.max_steps for s in d.stages)
 
@@ -152,7 +155,7 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
             if exs:
                 r = evaluate(raw, tok, exs, d.eval_n, [1], temperature=d.passrate_temperature,
                              max_tokens=d.max_completion_length, greedy=True, seed=cfg.run.seed,
-                             system_prompt=system, backend=cfg.engine.backend)
+                             system_prompt=system, backend=cfg.engine.backend, long_prompts=long)
                 out[name] = {"mean@n": r["overall"]["mean@n"], "greedy": r["overall"]["greedy"]}
         console.print(f"{when}: " + ", ".join(f"{k} mean@{d.eval_n} {v['mean@n']:.3f} greedy "
                                               f"{v['greedy']:.3f}" for k, v in out.items()))
@@ -180,7 +183,7 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
             todo = [e for e in pool if e.id not in counts]
             counts.update(estimate(raw, tok, todo, ledger, d.num_generations, params, tag, name,
                                    step=base, batch_size=d.sampling_batch_size, system_prompt=system,
-                                   backend=cfg.engine.backend))
+                                   backend=cfg.engine.backend, long_prompts=long))
         online = ledger.counts(model=tag, stage=f"{name}:online", before_step=at + 1) \
             if stage.online_passrate else {}
         c = np.array([counts[e.id][0] + online.get(e.id, (0, 0))[0] for e in pool])
@@ -212,7 +215,8 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
 
     def record_online(name: str, ids: list[str], resp: list[list[int]], at: int) -> None:
         texts = tok.batch_decode(resp, skip_special_tokens=True)
-        counts = tally(ids, [verify(t, by_id[i]) for i, t in zip(ids, texts)])
+        done = [bool(r) and r[-1] in stops for r in resp]      # ended at a stop token, not cut
+        counts = tally(ids, [verify(t, by_id[i], f) for i, t, f in zip(ids, texts, done)])
         ledger.record(gather_counts(counts, world), model=tag, stage=name, step=at)
 
     # a resumed run redoes the steps past its checkpoint: their online rows go (a fresh run: all)
@@ -300,6 +304,7 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
                    "agreement": agreement, "response_tokens": int(resp_mask.sum()),
                    "step_time": time.perf_counter() - t_step}
             row["tokens_per_s"] = row["response_tokens"] * world / max(row["step_time"], 1e-9)
+            row["undecided"] = take_undecided()   # verdicts math-verify timed out on (counted wrong)
             if penalty is not None:
                 row["ewc_penalty"] = penalty.item()
             if step - 1 == est_at and stage.weighting != "uniform":

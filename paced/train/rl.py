@@ -55,7 +55,7 @@ from ..config import RLConfig, to_dict
 from ..evaluate import evaluate
 from ..guide import all_fail, guided_surrogate, hint_prompt
 from ..ledger import Ledger, gather_counts, tally
-from ..models import check_logits_head, encode_prompts, save_pretrained, stop_token_ids
+from ..models import check_logits_head, encode_prompts, prompt_room, save_pretrained, stop_token_ids
 from ..rewards import REWARDS, load_reward_function
 from ..rl_losses import (ADVANTAGES, LOSS_TYPES, clipped_surrogate, gae, group_has_variance, kl_k3,
                          reward_zero_std_share, std_from_moments, terminal_rewards, value_loss, whiten)
@@ -63,6 +63,7 @@ from ..run import load_model, start_run
 from ..rollout import sync_weights
 from ..runlog import Progress, RunLog, console
 from ..tasks import load_sources
+from ..tasks.answers import take_undecided
 from ..weighting import problem_weights
 from .regularizer import regularizer_from
 from .rl_parts import (ValueModel, completion_logprobs, critic_values, pack_rows, pick_prompts,
@@ -87,8 +88,9 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
     check_logits_head(policy, "policy")
     if cfg.policy.gradient_checkpointing:  # HF checkpoints in train mode only; keep eval's numbers
         train_mode_without_dropout(policy)
-    system = cfg.policy.system_prompt
-    prompt_ids = encode_prompts(tok, [e.prompt for e in pool], system)
+    system, long = cfg.policy.system_prompt, cfg.policy.long_prompts
+    room = prompt_room(r.max_completion_length, policy)
+    prompt_ids = encode_prompts(tok, [e.prompt for e in pool], system, room, long, [e.id for e in pool])
     stops = stop_token_ids(policy, tok)
     hint_ids = None
     if r.guide:
@@ -98,7 +100,7 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
                              "data file has no hint field: see data.train[*].hint_field)")
         hint_ids = dict(zip(hinted_pool, encode_prompts(tok, [hint_prompt(r.hint_template, pool[i].prompt,
                                                                           pool[i].hint) for i in hinted_pool],
-                                                        system)))
+                                                        system, room, long, [pool[i].id for i in hinted_pool])))
         if main:
             console.print(f"guide: {len(hinted_pool)} of {len(pool)} training prompts have a hint")
     ref = copy.deepcopy(policy).eval().requires_grad_(False) if r.beta > 0 else None
@@ -159,7 +161,7 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
             return {}
         res = evaluate(raw, tok, held_out, r.eval_n, [1, r.eval_n], temperature=r.temperature,
                        max_tokens=r.max_completion_length, greedy=True, seed=cfg.run.seed,
-                       backend=cfg.engine.backend, system_prompt=system)["overall"]
+                       backend=cfg.engine.backend, system_prompt=system, long_prompts=long)["overall"]
         return {f"eval/{k}": v for k, v in res.items() if k != "problems"}
 
     def checkpoint(at: int) -> None:
@@ -324,6 +326,7 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
                "time_update": t_update, "time_weight_sync": t_sync, "step_time": time.perf_counter() - t0}
         # generated tokens per second of the whole step (rollouts + update), all processes
         row["tokens_per_s"] = float(lengths.sum()) * world / max(row["step_time"], 1e-9) if N else 0.0
+        row["undecided"] = take_undecided()   # verdicts math-verify timed out on (counted wrong)
         for key in ("clip_ratio", "kl", "entropy", "guide/gamma", "guide/log_ratio", "guide/shaped_ratio"):
             if stats.get(key):
                 row[key] = float(np.mean(stats[key]))

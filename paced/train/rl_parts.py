@@ -51,7 +51,7 @@ def roll(model, tok, prompts, examples, funcs, r, seed: int, stops: list[int], b
     t1 = time.perf_counter()
     texts = ro.texts(tok)
     rows_ex = [examples[int(j)] for j in ro.prompt_index]
-    correct = [verify(t, e) for t, e in zip(texts, rows_ex)]   # once: ledger and reward
+    correct = [verify(t, e, f) for t, e, f in zip(texts, rows_ex, ro.finished.tolist())]   # once: ledger, reward
     n_tok = ro.completion_mask.sum(-1).tolist()
     comps = [c[:n] for c, n in zip(ro.completion_ids.tolist(), n_tok)]
     rewards = compute_rewards([_verified(correct) if f is verifier_reward else f for f in funcs],

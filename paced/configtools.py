@@ -190,6 +190,10 @@ def _build(cls, data: dict, prefix: str, root):
 
 
 def _set_dotted(data: dict, key: str, value, root) -> None:
+    if "[" in key:
+        head = key.split("[", 1)[0]
+        raise ConfigError(f"override {key}: an item of a list cannot be set alone; give the whole list, "
+                          f"e.g. '{head}=[{{source: add, n: 64}}]'")
     parts = key.split(".")
     node = data
     for p in parts[:-1]:
@@ -199,12 +203,43 @@ def _set_dotted(data: dict, key: str, value, root) -> None:
     node[parts[-1]] = value
 
 
+def _field_type(root, key: str):
+    """The annotated type of the dotted ``key`` (``data.eval[0].prompt_template``), or None."""
+    t = root
+    for part in key.split("."):
+        name, _, index = part.partition("[")
+        if not dataclasses.is_dataclass(t):
+            return None
+        t = typing.get_type_hints(t).get(name)
+        if t is None:
+            return None
+        if index and typing.get_origin(t) is list:
+            (t,) = typing.get_args(t)
+    return t
+
+
+def _is_text_field(t) -> bool:
+    """``str`` or ``str | None``: a value the command line gives as text, verbatim."""
+    if typing.get_origin(t) in (Union, types.UnionType):
+        args = [a for a in typing.get_args(t) if a is not type(None)]
+        return args == [str]
+    return t is str
+
+
 def parse_overrides(overrides: list[str], root) -> dict:
+    """``key=value`` strings -> a nested dict. Values are YAML, except for a text option
+    (``str``), which takes the text verbatim unless it is quoted YAML: ``model.system_prompt=You
+    are: helpful`` and ``prompt_template={prompt} {instruction}`` need no quoting; ``null`` and
+    an empty value still mean None for an optional one."""
     data: dict = {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value{_nearest(item, root)}")
         key, raw = item.split("=", 1)
+        t = _field_type(root, key.strip())
+        if t is not None and _is_text_field(t) and raw not in ("", "null", "~") and raw[:1] not in "'\"":
+            _set_dotted(data, key.strip(), raw, root)
+            continue
         try:
             value = safe_yaml(raw) if raw != "" else None
         except ConfigError as e:

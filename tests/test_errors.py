@@ -316,3 +316,17 @@ def test_math_timeout_is_a_config_key_and_undecided_is_logged(tmp_path, monkeypa
     assert sum(r["undecided"] for r in rows) * 2 == len(budgets)
     assert budgets[:2] == [0.5, 2.0] and set(budgets) == {0.5, 2.0}
     assert answers.math_timeout() == 2.0                # the default again once unset
+
+
+def test_text_overrides_need_no_yaml_quoting(tmp_path, capsys):
+    """A text option takes its override verbatim (YAML would read 'You are: helpful' as a mapping
+    and '{prompt} {instruction}' as an error); quoted YAML and null still work; a list item
+    cannot be set alone, and the message says how to set the list."""
+    cfg = load_config(EvalConfig, SMOKE / "eval.yaml", ["model.system_prompt=You are: helpful", "model.path=null",
+                                                         "data.eval=[{source: add, n: 2, prompt_template: '{prompt}!'}]"])
+    assert (cfg.model.system_prompt, cfg.model.path, cfg.data.eval[0].prompt_template) == \
+        ("You are: helpful", None, "{prompt}!")
+    assert load_config(EvalConfig, SMOKE / "eval.yaml", ['model.system_prompt="a: b"']).model.system_prompt == "a: b"
+    msg = one_error(capsys, "eval", "--config", SMOKE / "eval.yaml", "data.eval[0].n=3", "--run-dir", tmp_path)
+    assert msg == ("paced eval: config error: override data.eval[0].n: an item of a list cannot be set alone; "
+                   "give the whole list, e.g. 'data.eval=[{source: add, n: 64}]'")

@@ -101,9 +101,9 @@ def import_gguf(gguf_file: str | os.PathLike, out_dir: str | os.PathLike,
     if importlib.util.find_spec("gguf") is None:
         raise ImportError(f"reading GGUF files needs the gguf package: {INSTALL_HINT}")
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
-    from .models import quiet_hf
-    quiet_hf()
+    hf_logging.disable_progress_bar()   # as models.quiet_hf: hub sits below models
     kw = {"gguf_file": gguf_file.name, "local_files_only": True}
     tok = AutoTokenizer.from_pretrained(gguf_file.parent, **kw)
     vocab = tok.get_vocab()

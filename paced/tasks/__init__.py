@@ -11,13 +11,13 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from . import answers, files, formats, synthetic
+from . import files, formats, synthetic, verifiers
 from .base import Example, Task
 
 VERIFIERS = {
-    "exact": answers.verify_exact,
-    "numeric": answers.verify_numeric,
-    "math": answers.verify_math,
+    "exact": verifiers.verify_exact,
+    "numeric": verifiers.verify_numeric,
+    "math": verifiers.verify_math,
     "countdown": synthetic.verify_countdown,
 }
 

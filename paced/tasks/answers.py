@@ -1,12 +1,15 @@
-"""Answer extraction and checking for math-style answers.
+"""Comparing an extracted answer with the gold: normalised strings, plain numbers, math-verify.
 
 Nothing here ``eval``s model text; every public function is total and fast on any input (1 MB of
 text, 100,000 nested braces, ``9**9**9**9``, ``\\boxed{10^{10^{10^{10}}}}``). Cheapest first:
-linear extraction (``rfind``, regex, one token pass, no recursion); ``normalize`` + string
-equality; ``numeric_equal`` (plain numbers regex-parsed into ``Fraction``, <= 50 chars, |exp| <
-1000); then ``math_equal``, whose guards (length <= 1000, bracket depth <= 50, no ``**``, <= 30
-carets, no exponent that is itself a numeric power like ``9^9^9`` or ``x^{10^{10}}``, no numeric
-exponent > 100000, no literal > 100 digits, no ``n!`` with n > 1000) run before math-verify.
+``normalize`` + string equality; ``numeric_equal`` (plain numbers regex-parsed into ``Fraction``,
+<= 50 chars, |exp| < 1000); then ``math_equal``, whose guards (length <= 1000, bracket depth <= 50,
+no ``**``, <= 30 carets, no exponent that is itself a numeric power like ``9^9^9`` or
+``x^{10^{10}}``, no numeric exponent > 100000, no literal > 100 digits, no ``1e308``-style
+exponent, no ``n!`` with n > 1000) run before math-verify. ``extract_boxed`` is here too (one
+linear token pass), because normalising needs no more. Reading the answer out of a completion is
+``formats``; the verifiers that put the two together are ``verifiers``. This file imports nothing
+from paced: the worker loads it alone.
 
 Worker: one process, started lazily by the first ``math_equal`` past the guards, then reused. It
 is a fresh interpreter (``subprocess.Popen([sys.executable, "-c", ...])``: spawn semantics, never
@@ -16,10 +19,8 @@ not re-run the caller's ``__main__`` (fails for stdin scripts, re-runs unguarded
 from daemonic processes. Start-up (~0.5 s: sympy + math-verify) is not charged to ``timeout`` (the
 child says "ready" first). Past ``timeout`` the child is SIGKILLed, the pair is retried (see ``math_equal``) or False and a new
 child starts at once in the background; a crashed child is also False and replaced. ``atexit``
-kills it; it exits on EOF if the parent dies. Measured per call (warm, 2-core CPU): IPC + trivial
-parse ~0.3 ms; "3" vs "3.0" ~3 ms; ``\\sqrt{5}`` vs ``5^{1/2}`` ~5 ms; ``x^2+4x+4`` vs ``(x+2)^2``
-~20 ms (0.2 s the first time); a repeated pair ~30 us (bounded LRU cache of decided pairs only:
-a timeout is retried at 4x, then counted in ``UNDECIDED``, never cached). Without math-verify, or if no worker can start,
+kills it; it exits on EOF if the parent dies. Decided pairs are kept in a bounded LRU cache; a
+timeout is retried at 4x, then counted in ``UNDECIDED``, never cached. Without math-verify, or if no worker can start,
 ``math_equal`` falls back to normalized + numeric equality.
 """
 from __future__ import annotations
@@ -37,13 +38,9 @@ import threading
 from collections import OrderedDict
 from fractions import Fraction
 from multiprocessing.connection import Connection
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:  # no runtime import of the package: keeps the worker's start-up light
-    from paced.tasks.base import Example
-
-__all__ = ["extract_boxed", "extract_answer", "normalize", "numeric_equal", "math_equal",
-           "verify_exact", "verify_numeric", "verify_math"]
+__all__ = ["extract_boxed", "normalize", "parse_number", "numeric_equal", "math_equal", "set_math_timeout",
+           "math_timeout", "take_undecided", "UNDECIDED", "TEXT_WRAP"]
 
 MAX_MATH_LEN = 1000      # characters of an extracted answer that math-verify may see
 MAX_DEPTH = 50           # bracket nesting depth
@@ -53,7 +50,6 @@ _CACHE_SIZE = 65_536
 
 _BOX_TOK = re.compile(r"\\(?:boxed|fbox)\s*\{|\\.|[{}]", re.S)
 _BOX_START = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
 
 
 def extract_boxed(text: str) -> str | None:
@@ -75,60 +71,7 @@ def extract_boxed(text: str) -> str | None:
     return None if start is None or end is None else text[start:end]
 
 
-def extract_answer(text: str) -> str | None:
-    """The model's explicit final-answer markers before stray numbers: the last non-empty box;
-    else the line after the last ``####``; else what follows the last "answer is" / "answer:" (a
-    leading number, else the line: "The answer is 3, not 4" reads 3); else the rest of the line
-    after the last ``=``; else the last number. Stripped; None when nothing non-empty is found."""
-    if not isinstance(text, str) or not text:
-        return None
-    box = extract_boxed(text)
-    if box is not None and box.strip():
-        return box.strip()
-    i = text.rfind("####")
-    if i >= 0 and text[i + 4:].strip():
-        return text[i + 4:].strip().split("\n", 1)[0].strip()   # its line: what follows is not the answer
-    said = _answer_is(text)
-    if said:
-        return said
-    i = text.rfind("=")
-    rest = text[i + 1:].split("\n", 1)[0].strip() if i >= 0 else ""
-    if rest:   # "= 60, not 68." reads 60; "= 2 \cdot 3" stays whole
-        lead = _LEAD_ANSWER.match(rest)
-        return lead.group(1).rstrip(",") if lead else rest
-    tail = text[-4096:]   # the last number is almost always in the tail: avoid scanning 1 MB
-    nums = [m for m in _NUM.finditer(tail)]
-    if not nums or (nums[-1].start() == 0 and len(tail) < len(text)):
-        nums = [m for m in _NUM.finditer(text)][-1:]
-    return nums[-1].group().rstrip(",") if nums else None
-
-
-# a number that ends the answer: then the end, punctuation, or a word of prose (not an operator,
-# a LaTeX command or a variable)
-_LEAD_ANSWER = re.compile(r"(-?\d[\d,]*(?:\.\d+)?(?:/\d+)?)(?=$|[,;!)]|\.(?:\s|$)|\s+[A-Za-z]{2,}\b)")
-_FILLER = re.compile(r"^(?:simply|just|exactly|indeed|then|now)\s+", re.I)
-
-
-def _answer_is(text: str) -> str | None:
-    """What follows the last "answer is" / "answer:", when it is an answer and not prose: it
-    starts with a number or ``\\frac``, or is one short token ("Your answer is correct, but ..."
-    and "the answer is written after ..." are not answers)."""
-    try:   # lazy, and absent in the math worker, which loads this file alone
-        from paced.tasks.formats import extract_answer_is
-    except ImportError:
-        return None
-    said = extract_answer_is(text)
-    if not said:
-        return None
-    said = _FILLER.sub("", said.strip().strip("\"'*`$ ").strip())
-    if re.match(r"[+-]?\.?\d|\\frac", said):
-        m = _NUM.match(said.lstrip("+"))
-        return m.group().rstrip(",") if m and not re.match(r"[\d,.]*\s*[-+*/^]", said[m.end():] or " ") \
-            and said[m.end():m.end() + 1] in ("", " ", ",", ".", ";", ")", "!") else said
-    return said if len(said) <= 20 and " " not in said else None
-
-
-_TEXT_WRAP = re.compile(r"\\(?:text|textbf|textrm|textit|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
+TEXT_WRAP = re.compile(r"\\(?:text|textbf|textrm|textit|mathrm|mathbf|mbox)\s*\{([^{}]*)\}")
 _SPACING = re.compile(r"\\left(?![A-Za-z])|\\right(?![A-Za-z])|\\[!,;:](?![A-Za-z])")
 _THOUSANDS = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?")
 
@@ -148,7 +91,7 @@ def normalize(ans: str) -> str:
             s = s[len(a):len(s) - len(b)].strip()
             break
     s = s.replace("\\dfrac", "\\frac").replace("\\tfrac", "\\frac").replace("{,}", ",")
-    s = _TEXT_WRAP.sub(r"\1", _SPACING.sub("", s))
+    s = TEXT_WRAP.sub(r"\1", _SPACING.sub("", s))
     s = re.sub(r"(?<![A-Za-z0-9]) | (?![A-Za-z0-9])", "", re.sub(r"\s+", " ", s).strip())
     s = s.rstrip(".").strip()
     return s.replace(",", "") if _THOUSANDS.fullmatch(s) else s
@@ -159,7 +102,7 @@ _FRAC = re.compile(r"([+-]?)\\frac\{([^{}]+)\}\{([^{}]+)\}")
 _SLASH = re.compile(r"([+-]?)\(?([^/()]+)\)?/\(?([^/()]+)\)?")
 
 
-def _parse_number(s: str) -> Fraction | None:
+def parse_number(s: str) -> Fraction | None:
     s = normalize(s) if len(s) <= 200 else s
     if not s or len(s) > 50:
         return None
@@ -167,7 +110,7 @@ def _parse_number(s: str) -> Fraction | None:
         s = s[:-2] if s.endswith("\\%") else s[:-1]
     m = _FRAC.fullmatch(s) or _SLASH.fullmatch(s)
     if m:
-        num, den = _parse_number(m.group(2)), _parse_number(m.group(3))
+        num, den = parse_number(m.group(2)), parse_number(m.group(3))
         if num is None or not den:
             return None
         return -num / den if m.group(1) == "-" else num / den
@@ -182,7 +125,7 @@ def numeric_equal(a: str, b: str, rel_tol: float = 1e-6) -> bool | None:
     """Two plain numbers (ints, decimals, 1e-3, a/b, \\frac{a}{b}, 50\\%) equal exactly or within
     ``rel_tol`` (relative); None when either side is not a plain number."""
     try:
-        x, y = _parse_number(a), _parse_number(b)
+        x, y = parse_number(a), parse_number(b)
         if x is None or y is None:
             return None
         return x == y or abs(x - y) <= Fraction(rel_tol) * max(abs(x), abs(y))
@@ -404,104 +347,3 @@ def math_equal(pred: str, gold: str, timeout: float | None = None) -> bool:
         return res
     except Exception:
         return False
-
-
-def _extract(completion: str, example: Example) -> str | None:
-    """The answer read with the example's ``answer_format``; ``auto`` is ``extract_answer``."""
-    fmt = getattr(example, "answer_format", "auto")
-    if fmt == "auto":
-        return extract_answer(completion)
-    from paced.tasks.formats import extract  # lazy: the worker loads this file without the package
-    return extract(completion, fmt, getattr(example, "answer_regex", None))
-
-
-def verify_exact(completion: str, example: Example) -> bool:
-    """Text after the last ``=`` (or the whole completion), stripped, equals the answer; with an
-    ``answer_format`` other than auto, the answer that format reads, stripped, equals it."""
-    if not isinstance(completion, str):
-        return False
-    if getattr(example, "answer_format", "auto") != "auto":
-        return (_extract(completion, example) or "") == str(example.answer).strip() != ""
-    return completion[completion.rfind("=") + 1:].strip() == str(example.answer).strip()
-
-
-_EQUIV = re.compile(r",?\s+or\s+(?:equivalently|an\s+equivalent\s+form\s+such\s+as)\s+", re.I)
-_POLAR = re.compile(r"^\W*(yes|no)\b", re.I)
-_LEAD_NUM = re.compile(r"^\s*(-?\d+(?:\.\d+)?)\s+(?:is\b|\(|pairs?\b|solutions?\b|values?\b|roots?\b|ways?\b)")
-_WORDS = re.compile(r"\\[A-Za-z]+|\b(?:sqrt|floor|ceil|sum|prod|binom|log|ln|exp|sin|cos|tan|pi|C|P)\b")
-
-
-def gold_forms(gold: str) -> list[str]:
-    """The answers a gold accepts, for golds written as prose: "X, or equivalently Y" -> [X, Y];
-    "0 is the only possible value" / "0 (i.e., none)" / "0 pairs" -> ["0"]; else [gold]."""
-    forms = [f.strip() for f in _EQUIV.split(gold) if f.strip()]
-    out = []
-    for f in forms:
-        m = _LEAD_NUM.match(f)
-        out.append(m.group(1) if m else f)
-    return out or [gold]
-
-
-def polarity(s: str) -> str | None:
-    """"yes" / "no" when ``s`` starts with that word ("No integer solutions" is a no)."""
-    m = _POLAR.match(_TEXT_WRAP.sub(r"\1", s)) if isinstance(s, str) else None
-    return m.group(1).lower() if m else None
-
-
-def has_free_variable(s: str) -> bool:
-    """A single-letter name outside commands and ``\text{}`` (n in ``2^floor(n/2)``)."""
-    bare = _WORDS.sub(" ", _TEXT_WRAP.sub(" ", s))
-    return re.search(r"(?<![A-Za-z])[A-Za-z](?![A-Za-z])", bare) is not None
-
-
-_MATH_WORDS = frozenset("sqrt sin cos tan cot sec csc arcsin arccos arctan sinh cosh tanh log ln exp lg "
-                        "floor ceil sum prod binom choose max min gcd lcm mod pmod infty inf det".split())
-
-
-def is_prose(s: str) -> bool:
-    """A word of three or more letters that is not a math name (LaTeX commands, ``\text{}``
-    wrappers and names like ``sqrt`` aside): "60, not 68.", "3<junk>", "5 apples"."""
-    bare = re.sub(r"\\[A-Za-z]+", " ", _TEXT_WRAP.sub(r" \1 ", s))
-    return any(w.lower() not in _MATH_WORDS for w in re.findall(r"[A-Za-z]{3,}", bare))
-
-
-def _verify(completion: str, example: Example, symbolic: bool) -> bool:
-    """Precedence: the extracted answer against each of ``gold_forms``; a yes/no gold by the
-    answer's (or else the completion's first word's) polarity; a plain number never equals a gold
-    with a free variable (math-verify would read ``sum_(i=1)^n i^3`` as a number and accept 1)."""
-    pred = _extract(completion, example) if isinstance(completion, str) else None
-    gold = str(example.answer).strip()
-    if not gold:
-        return False
-    want = polarity(gold) if symbolic else None
-    if want is not None:
-        got = polarity(pred or "") or polarity(completion if isinstance(completion, str) else "")
-        return got == want
-    if pred is None:
-        return False
-    return any(_equal(pred, g, symbolic) for g in gold_forms(gold))
-
-
-def _equal(pred: str, gold: str, symbolic: bool) -> bool:
-    if normalize(pred) == normalize(gold):
-        return True
-    num = numeric_equal(pred, gold)
-    if num is not None or not symbolic:
-        return bool(num)
-    if _parse_number(pred) is not None and has_free_variable(gold):
-        return False
-    if is_prose(pred):   # math-verify reads a number out of prose ("60, not 68." as 68): never
-        return False
-    return math_equal(pred, gold)
-
-
-def verify_numeric(completion: str, example: Example) -> bool:
-    """The example's answer format's extractor (auto: extract_answer), then normalized string
-    equality or numeric_equal."""
-    return _verify(completion, example, symbolic=False)
-
-
-def verify_math(completion: str, example: Example) -> bool:
-    """The format's extractor (auto: extract_answer); normalized equality; numeric_equal if both
-    are numbers; else math_equal."""
-    return _verify(completion, example, symbolic=True)

@@ -268,7 +268,7 @@ def _row_to_example(row, fields: Fields, verifier: str, stem: str, source: str, 
 def _row_format(row: dict, loc: str) -> tuple[str, str | None]:
     """A row's own ``answer_format`` (default "auto") and ``answer_regex``, checked."""
     fmt = row.get("answer_format") or "auto"
-    if fmt not in ANSWER_FORMATS:
+    if not isinstance(fmt, str) or fmt not in ANSWER_FORMATS:
         raise DataError(f"{loc}: field 'answer_format' is {fmt!r}, not one of {', '.join(ANSWER_FORMATS)}")
     rx = row.get("answer_regex")
     if rx is not None:
@@ -276,8 +276,10 @@ def _row_format(row: dict, loc: str) -> tuple[str, str | None]:
             raise DataError(f"{loc}: field 'answer_regex' must be a non-empty string")
         try:
             compile_regex(rx)
-        except re.error as e:
-            raise DataError(f"{loc}: field 'answer_regex' {rx!r} does not compile: {e}") from None
+        except (re.error, RecursionError, OverflowError) as e:   # nested too deep; a{10**15}
+            shown = rx if len(rx) <= 80 else rx[:77] + "..."
+            raise DataError(f"{loc}: field 'answer_regex' {shown!r} does not compile: "
+                            f"{e or type(e).__name__}") from None
     return fmt, rx
 
 

@@ -6,7 +6,7 @@ is a small pure total function: never raises, never ``eval``s, and is linear and
 text (1 MB strings, 100,000 nested braces), as ``paced.tasks.answers`` promises.
 
 ``auto``
-    ``answers.extract_answer``: the last box, else the line after the last ``####``, else what
+    ``extract_answer``: the last box, else the line after the last ``####``, else what
     follows the last "answer is" (when it is an answer, not prose), else the rest of the line after
     the last ``=``, else the last number. Made for the compact families' ``"...=answer"``.
 ``boxed``
@@ -36,9 +36,9 @@ import re
 from functools import lru_cache
 from typing import Callable
 
-from paced.tasks.answers import extract_answer, extract_boxed
+from paced.tasks.answers import extract_boxed
 
-__all__ = ["ANSWER_FORMATS", "INSTRUCTIONS", "TAIL", "extract", "compile_regex", "apply_template",
+__all__ = ["extract_answer", "ANSWER_FORMATS", "INSTRUCTIONS", "TAIL", "extract", "compile_regex", "apply_template",
            "has_final_answer"]
 
 TAIL = 4096  # characters of the completion's end that last_number and regex search
@@ -64,8 +64,60 @@ def _lead(rest: str) -> str | None:
     return line or None
 
 
+_NUM = re.compile(r"-?\d[\d,]*(?:\.\d+)?(?:/\d+)?")
+
+
+def extract_answer(text: str) -> str | None:
+    """The model's explicit final-answer markers before stray numbers: the last non-empty box;
+    else the line after the last ``####``; else what follows the last "answer is" / "answer:" (a
+    leading number, else the line: "The answer is 3, not 4" reads 3); else the rest of the line
+    after the last ``=``; else the last number. Stripped; None when nothing non-empty is found."""
+    if not isinstance(text, str) or not text:
+        return None
+    box = extract_boxed(text)
+    if box is not None and box.strip():
+        return box.strip()
+    i = text.rfind("####")
+    if i >= 0 and text[i + 4:].strip():
+        return text[i + 4:].strip().split("\n", 1)[0].strip()   # its line: what follows is not the answer
+    said = _answer_is(text)
+    if said:
+        return said
+    i = text.rfind("=")
+    rest = text[i + 1:].split("\n", 1)[0].strip() if i >= 0 else ""
+    if rest:   # "= 60, not 68." reads 60; "= 2 \cdot 3" stays whole
+        lead = _LEAD_ANSWER.match(rest)
+        return lead.group(1).rstrip(",") if lead else rest
+    tail = text[-4096:]   # the last number is almost always in the tail: avoid scanning 1 MB
+    nums = [m for m in _NUM.finditer(tail)]
+    if not nums or (nums[-1].start() == 0 and len(tail) < len(text)):
+        nums = [m for m in _NUM.finditer(text)][-1:]
+    return nums[-1].group().rstrip(",") if nums else None
+
+
+# a number that ends the answer: then the end, punctuation, or a word of prose (not an operator,
+# a LaTeX command or a variable)
+_LEAD_ANSWER = re.compile(r"(-?\d[\d,]*(?:\.\d+)?(?:/\d+)?)(?=$|[,;!)]|\.(?:\s|$)|\s+[A-Za-z]{2,}\b)")
+_FILLER = re.compile(r"^(?:simply|just|exactly|indeed|then|now)\s+", re.I)
+
+
+def _answer_is(text: str) -> str | None:
+    """What follows the last "answer is" / "answer:", when it is an answer and not prose: it
+    starts with a number or ``\\frac``, or is one short token ("Your answer is correct, but ..."
+    and "the answer is written after ..." are not answers)."""
+    said = extract_answer_is(text)
+    if not said:
+        return None
+    said = _FILLER.sub("", said.strip().strip("\"'*`$ ").strip())
+    if re.match(r"[+-]?\.?\d|\\frac", said):
+        m = _NUM.match(said.lstrip("+"))
+        return m.group().rstrip(",") if m and not re.match(r"[\d,.]*\s*[-+*/^]", said[m.end():] or " ") \
+            and said[m.end():m.end() + 1] in ("", " ", ",", ".", ";", ")", "!") else said
+    return said if len(said) <= 20 and " " not in said else None
+
+
 def extract_auto(text: str, pattern: str | None = None) -> str | None:
-    """Today's chain (``answers.extract_answer``)."""
+    """``extract_answer``."""
     return extract_answer(text)
 
 

@@ -19,7 +19,7 @@ import math
 from typing import Callable
 
 from paced.tasks.base import Example
-from paced.tasks.synthetic import _LARGE, _MOD_PRIMES, _apply, _rng, countdown_chain
+from paced.tasks.draws import LARGE, MOD_PRIMES, apply_op, countdown_chain, rng_for
 
 __all__ = ["FINAL_LINES", "NATURAL", "final_line"]
 
@@ -73,7 +73,7 @@ def _digits(name: str, op: str) -> Callable[..., Example]:
     mul1, a >= b for sub); solution ``"57 + 35 = 92.\\n" + final_line``."""
 
     def make(seed: int, index: int, d: int, hint_level: int, fmt: str = "auto") -> Example:
-        rng = _rng(f"{name}/natural", seed, index, d)
+        rng = rng_for(f"{name}/natural", seed, index, d)
         lo = 0 if d == 1 else 10 ** (d - 1)  # exactly d digits
         a = rng.randrange(lo, 10**d)
         b = rng.randrange(10) if op == "*" else rng.randrange(lo, 10**d)
@@ -90,13 +90,13 @@ def _digits(name: str, op: str) -> Callable[..., Example]:
 def _make_modular(seed: int, index: int, d: int, hint_level: int, fmt: str = "auto") -> Example:
     """"Start with 3. Add 4, then multiply by 5, ..., working modulo 7 (take the remainder after
     each step). What number do you end with?"; solution one ``"(3 + 4) mod 7 = 0."`` line per step."""
-    rng = _rng("modular/natural", seed, index, d)
-    m = rng.choice(_MOD_PRIMES)
+    rng = rng_for("modular/natural", seed, index, d)
+    m = rng.choice(MOD_PRIMES)
     x = rng.randrange(m)
     start, words, steps = x, [], []
     for _ in range(d):
         op, k = rng.choice("+-*"), rng.randint(1, 9)
-        y = _apply(x, op, k) % m
+        y = apply_op(x, op, k) % m
         words.append(_OP_WORDS[op].format(k=k))
         steps.append(f"({x} {op} {k}) mod {m} = {y}")
         x = y
@@ -113,8 +113,8 @@ def _make_countdown(seed: int, index: int, d: int, hint_level: int, fmt: str = "
     """"Use the numbers 3, 25 and 7 (each at most once) with +, - and * to make 82. ..."; the
     solution is the steps ``"25 * 3 = 75, 75 + 7 = 82"`` (verify_countdown's format, which has no
     final-answer line: ``answer_format`` does not change it). Sources and target are in ``meta``."""
-    rng = _rng("countdown/natural", seed, index, d)
-    nums = [rng.choice(_LARGE) if rng.random() < 0.25 else rng.randint(1, 10) for _ in range(d)]
+    rng = rng_for("countdown/natural", seed, index, d)
+    nums = [rng.choice(LARGE) if rng.random() < 0.25 else rng.randint(1, 10) for _ in range(d)]
     chain, target = countdown_chain(rng, nums)
     steps = [f"{x} {op} {y} = {z}" for x, op, y, z in chain]
     listed = ", ".join(map(str, nums[:-1])) + f" and {nums[-1]}"

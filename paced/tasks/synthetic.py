@@ -26,7 +26,7 @@ Formats, with ``rev(x, w)`` = ``x`` zero-padded to ``w`` digits and reversed:
     Solution: the running values after each operation joined by ``","``, then ``"="`` and the
     final value (``"1,2,2=2"``); answer = final value. Hint: ``f"starts {v1},...,{vk}"`` with
     ``k = max(1, min(level, d - 1))`` running values, so it never states the answer except at d = 1.
-    ``m`` comes from ``_MOD_PRIMES`` = (7,): with six moduli (7..23) a 1.1M-parameter model stayed
+    ``m`` comes from ``MOD_PRIMES`` = (7,): with six moduli (7..23) a 1.1M-parameter model stayed
     at chance (pass@1 0.07 at every d) after 2,000 SFT steps; with m = 7 alone it reached 0.95 at
     d = 1 after 800 steps, falling to 0.1-0.3 at d >= 2.
 ``countdown`` (d = number of source numbers, 2..6)
@@ -71,14 +71,13 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 from paced.tasks.base import Example
+from paced.tasks.draws import LARGE, MOD_PRIMES, apply_op, countdown_chain, rng_for
+from paced.tasks.natural import NATURAL
 
 __all__ = ["Family", "FAMILIES", "make_example", "generate", "verify_countdown"]
 
 MAX_HINT_LEVEL = 3
 WIDTH = 8  # fixed operand width of the digit families
-_MOD_PRIMES = (7,)
-_LARGE = (25, 50, 75, 100)
-_COUNTDOWN_MAX = 10**6
 
 # Hostile-input limits for verify_countdown.
 _MAX_COMPLETION_CHARS = 2000
@@ -94,11 +93,6 @@ class Family:
     make: Callable[[int, int, int, int], Example]  # (seed, index, difficulty, hint_level)
     difficulty_range: tuple[int, int]               # inclusive (lo, hi)
     description: str
-
-
-def _rng(family: str, seed: int, index: int, difficulty: int) -> random.Random:
-    """The only source of randomness for one example."""
-    return random.Random(f"{family}:{seed}:{index}:{difficulty}")
 
 
 def _rev(x: int, width: int) -> str:
@@ -134,7 +128,7 @@ def _digits_family(name: str, op: str) -> Callable[[int, int, int, int], Example
     """Factory for the fixed-width, LSB-first digit families ``add``, ``sub`` and ``mul1``."""
 
     def make(seed: int, index: int, d: int, hint_level: int) -> Example:
-        rng = _rng(name, seed, index, d)
+        rng = rng_for(name, seed, index, d)
         lo = 0 if d == 1 else 10 ** (d - 1)  # exactly d digits
         a = rng.randrange(lo, 10**d)
         if op == "*":
@@ -154,22 +148,17 @@ def _digits_family(name: str, op: str) -> Callable[[int, int, int, int], Example
     return make
 
 
-def _apply(x: int, op: str, k: int) -> int:
-    """``x op k`` on Python ints, for op in ``+-*``."""
-    return x + k if op == "+" else x - k if op == "-" else x * k
-
-
 def _make_modular(seed: int, index: int, d: int, hint_level: int) -> Example:
     """Left-to-right chain of ``d`` single-digit operations modulo ``m``."""
-    rng = _rng("modular", seed, index, d)
-    m = rng.choice(_MOD_PRIMES)
+    rng = rng_for("modular", seed, index, d)
+    m = rng.choice(MOD_PRIMES)
     x = rng.randrange(m)
     prompt = str(x)
     values: list[str] = []
     for _ in range(d):
         op, k = rng.choice("+-*"), rng.randint(1, 9)
         prompt += f"{op}{k}"
-        x = _apply(x, op, k) % m
+        x = apply_op(x, op, k) % m
         values.append(str(x))
     prompt += f"%{m}="
     answer = values[-1]
@@ -178,38 +167,10 @@ def _make_modular(seed: int, index: int, d: int, hint_level: int) -> Example:
                     hint=_steps_hint(values, hint_level, d - 1), meta={"m": m})
 
 
-def _countdown_ops(x: int, y: int) -> list[str]:
-    """Operations allowed on ``x >= y`` that keep the result in 1..10**6 and are not no-ops."""
-    ops = []
-    if x + y <= _COUNTDOWN_MAX:
-        ops.append("+")
-    if x > y:
-        ops.append("-")
-    if y > 1 and x * y <= _COUNTDOWN_MAX:
-        ops.append("*")
-    return ops
-
-
-def countdown_chain(rng: random.Random, nums: list[int]) -> tuple[list[tuple[int, str, int, int]], int]:
-    """Combine ``nums`` two at a time (random pair, random allowed op) until one number is left:
-    the steps (x, op, y, z) with x >= y, and the target z of the last one."""
-    pool, chain = list(nums), []
-    while len(pool) > 1:
-        i, j = rng.sample(range(len(pool)), 2)
-        x, y = max(pool[i], pool[j]), min(pool[i], pool[j])
-        op = rng.choice(_countdown_ops(x, y) or ["-"])  # "-" on equal values yields 0 >= 0
-        z = _apply(x, op, y)
-        for k in sorted((i, j), reverse=True):
-            pool.pop(k)
-        pool.append(z)
-        chain.append((x, op, y, z))
-    return chain, pool[0]
-
-
 def _make_countdown(seed: int, index: int, d: int, hint_level: int) -> Example:
     """Combine all ``d`` source numbers with ``+ - *`` into a target; solution lists the steps."""
-    rng = _rng("countdown", seed, index, d)
-    nums = [rng.choice(_LARGE) if rng.random() < 0.25 else rng.randint(1, 10) for _ in range(d)]
+    rng = rng_for("countdown", seed, index, d)
+    nums = [rng.choice(LARGE) if rng.random() < 0.25 else rng.randint(1, 10) for _ in range(d)]
     chain, target = countdown_chain(rng, nums)
     steps = [f"{x}{op}{y}={z}" for x, op, y, z in chain]
     return _example("countdown", seed, index, d,
@@ -258,7 +219,6 @@ def make_example(family: str, seed: int, index: int, difficulty: int,
     if not 0 <= hint_level <= MAX_HINT_LEVEL:
         raise ValueError(f"hint_level must be in [0, {MAX_HINT_LEVEL}], got {hint_level!r}")
     if style == "natural":
-        from paced.tasks.natural import NATURAL  # natural imports this module's helpers
         return NATURAL[family](seed, index, difficulty, hint_level, answer_format)
     if style != "compact":
         raise ValueError(f"unknown style {style!r}; valid styles: compact, natural")
@@ -339,7 +299,7 @@ def verify_countdown(completion: str, example: Example) -> bool:
         x, op, y, z = int(step.group(1)), step.group(2), int(step.group(3)), int(step.group(4))
         pool[x] -= 1
         pool[y] -= 1
-        if pool[x] < 0 or pool[y] < 0 or _apply(x, op, y) != z:
+        if pool[x] < 0 or pool[y] < 0 or apply_op(x, op, y) != z:
             return False
         pool[z] += 1
     return z == target

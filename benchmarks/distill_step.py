@@ -80,7 +80,7 @@ VmRSS (the resting state: weights, optimizer state, libraries, and the teacher c
 warm-up steps over all 4 batches), runs 3 steps and reads VmHWM.
 step delta = VmHWM - resting VmRSS (the memory a step adds) and peak = VmHWM are both reported,
 as ratios to ``sft``: a student-only SFT step (token-mean cross-entropy via
-``paced.train.sft.sft_loss``) on the same prompts + cached teacher responses (target <= 1.5x).
+``paced.losses.sft_loss``) on the same prompts + cached teacher responses (target <= 1.5x).
 The absolute peak is dominated by the Python/torch runtime (~0.4 GB) at this size; the step
 delta is the meaningful ratio. tracemalloc does not see torch's allocations, hence RSS.
 
@@ -126,14 +126,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 from common import have_trl, machine, proc_memory  # noqa: E402
-from paced.config import StageCfg  # noqa: E402
 from paced.models import char_tokenizer, encode_prompts, logits_head, tiny_model  # noqa: E402
 from paced.rollout import SamplingParams, sample  # noqa: E402
 from paced.runlog import write_json  # noqa: E402
 from paced.tasks.synthetic import generate  # noqa: E402
 from paced.teacher import TeacherHiddenCache, TeacherPromptCache, teacher_hidden  # noqa: E402
-from paced.train.distill import distill_step, loss_kwargs, pack  # noqa: E402
-from paced.train.sft import IGNORE, make_optimizer, sft_loss  # noqa: E402
+from paced.losses import loss_kwargs  # noqa: E402
+from paced.train.batches import pack  # noqa: E402
+from paced.train.distill import distill_step  # noqa: E402
+from paced.losses import IGNORE, sft_loss  # noqa: E402
+from paced.train.optimization import make_optimizer  # noqa: E402
 from paced.weighting import normalize  # noqa: E402
 
 LR, BETAS, WD, CLIP, CHUNK = 1e-3, (0.9, 0.99), 0.0, 1.0, 256
@@ -205,7 +207,7 @@ def ours(setup: Setup, loss_type: str, cache: bool = True):
     student, teacher = setup.student(), setup.teacher()
     s_clock, t_clock = ForwardClock(student), ForwardClock(teacher.get_decoder())
     opt = make_optimizer(student.parameters(), "adamw", LR, WD, *BETAS)
-    kw = loss_kwargs(StageCfg(loss_type=loss_type))
+    kw = loss_kwargs(loss_type)
     on_policy = loss_type == "reverse_kl"
     # the loop's caches at its default teacher_cache_mib (1 GiB each)
     teacher_cache = (TeacherPromptCache if on_policy else TeacherHiddenCache)(1024 * 2 ** 20)

@@ -51,9 +51,9 @@ from paced.models import logits_head  # noqa: E402
 from paced.rl_losses import LOSS_TYPES, chunked_logprobs, clipped_surrogate, entropy_from_logits  # noqa: E402
 from paced.runlog import write_json  # noqa: E402
 from paced.teacher import response_hidden  # noqa: E402
-from paced.train.distill import pack  # noqa: E402
+from paced.train.batches import pack  # noqa: E402
 from paced.train.rl_parts import completion_logprobs, train_mode_without_dropout  # noqa: E402
-from paced.train.sft import IGNORE, sft_loss  # noqa: E402
+from paced.losses import IGNORE, sft_loss  # noqa: E402
 
 ROWS, PROMPT = 16, 40
 KINDS = ["rl_before", "rl_chunked_head", "rl_after", "sft"]

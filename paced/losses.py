@@ -1,4 +1,5 @@
-"""Token-level, full-vocabulary distillation losses (docs/methods.md §1, "L_distill").
+"""Token-level losses: SFT's cross-entropy and the full-vocabulary distillation losses
+(docs/methods.md §1, "L_distill").
 
 Every loss takes student and teacher logits (B, T, V) at the *same* positions (the caller has
 already shifted them: position t predicts token t+1) and returns the per-token loss (B, T), with
@@ -20,6 +21,19 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torch.utils.checkpoint import checkpoint
+
+
+IGNORE = -100   # the label of a position no loss is taken at (prompt, padding), as Hugging Face's
+
+
+def sft_loss(logits: Tensor, labels: Tensor) -> tuple[Tensor, int]:
+    """Token-mean next-token cross-entropy over labelled positions; returns (loss, n_tokens)."""
+    logits = logits[:, :-1].float()                                           # (B, T-1, V)
+    targets = labels[:, 1:]                                                   # (B, T-1)
+    n = int((targets != IGNORE).sum())
+    loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE,
+                           reduction="sum")
+    return loss / max(n, 1), n
 
 
 # ---------------------------------------------------------------------------------------------
@@ -147,6 +161,19 @@ def akl(student_logits: Tensor, teacher_logits: Tensor, mu: float = 0.5,
 
 DISTILL_LOSSES = {"forward_kl": forward_kl, "reverse_kl": reverse_kl, "jsd": generalized_jsd,
                   "akl": akl}
+
+# Whose responses a loss is computed on when a stage says "auto" (the paper's pairing).
+DEFAULT_RESPONSES = {"forward_kl": "teacher", "akl": "teacher", "reverse_kl": "student", "jsd": "student"}
+
+
+def loss_kwargs(loss_type: str, temperature: float = 1.0, beta: float = 0.5, mu: float = 0.5) -> dict:
+    """The keyword arguments ``DISTILL_LOSSES[loss_type]`` takes beyond the two logits."""
+    kw = {"temperature": temperature}
+    if loss_type == "jsd":
+        kw["beta"] = beta
+    if loss_type == "akl":
+        kw["mu"] = mu
+    return kw
 
 
 # ---------------------------------------------------------------------------------------------

@@ -23,7 +23,7 @@ Algorithm:
 Deviations and choices: gradients of a parameter subset (regex ``snr.params``; the full
 gradient of a 1B+ model times N problems does not fit in memory; (N, P) fp32 is kept on the
 CPU); the student runs in eval mode (no dropout: the gradient is the deterministic one of the
-loss); the loss's own knobs (KL temperature 1, JSD β 0.5, AKL μ 0.5) are ``StageCfg``'s
+loss); the loss's own knobs (KL temperature 1, JSD β 0.5, AKL μ 0.5) are ``losses.loss_kwargs``'s
 defaults; one response per problem, so g_i also carries the response's sampling noise. Tied
 weights (lm_head = embed_tokens) count once, under the first of their names the regex matches.
 """
@@ -37,16 +37,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import SNRConfig, StageCfg
+from .config import SNRConfig
 from .ledger import Ledger, histogram
-from .losses import DISTILL_LOSSES, chunked_token_loss, masked_mean
+from .losses import DEFAULT_RESPONSES, DISTILL_LOSSES, chunked_token_loss, loss_kwargs, masked_mean
 from .models import (check_logits_head, encode_prompts, load_model_and_tokenizer, logits_head, prompt_room,
                      stop_token_ids)
 from .passrate import estimate, histogram_text
 from .rollout import SamplingParams, sample
 from .runlog import console, write_json
 from .teacher import check_vocab, response_hidden, teacher_hidden
-from .train.distill import DEFAULT_RESPONSES, loss_kwargs, pack
+from .train.batches import pack
 
 CHUNK_SIZE = 256        # response positions per logits chunk
 SAMPLING_BATCH = 256    # sequences per sampler call
@@ -258,7 +258,7 @@ def run(cfg: SNRConfig) -> dict:
         raise ValueError(f"snr: {len(pool)} problems x {n_params:,} parameters is "
                          f"{len(pool) * n_params * 4 / 2**30:.1f} GiB of fp32 gradients (limit "
                          f"{MAX_GRAD_BYTES / 2**30:.0f} GiB); narrow snr.params or lower snr.max_problems")
-    kw = loss_kwargs(StageCfg(loss_type=s.loss_type))
+    kw = loss_kwargs(s.loss_type)
     grads = per_problem_grads(student, teacher, s_prompts, t_prompts, responses, tok.pad_token_id,
                               params, DISTILL_LOSSES[s.loss_type], kw)
     bins = snr_by_bin(grads, p_hat, s.bins)

@@ -45,7 +45,7 @@ def response_hidden(model, ids, mask, pos, P: int, R: int) -> torch.Tensor:
     return out.hidden_states[-1][:, P - 1: P + R - 1]
 
 
-def _backbone(model):
+def backbone(model):
     """The transformer body without the head (e.g. LlamaModel; its output is normalised), or None."""
     body = model.get_decoder() if hasattr(model, "get_decoder") else None
     return None if body is None or body is model else body
@@ -57,7 +57,7 @@ def teacher_hidden(teacher, ids, mask, pos, P: int, R: int) -> torch.Tensor:
 
     Runs the backbone alone, so neither logits nor every layer's hidden states are materialised.
     """
-    body = _backbone(teacher)
+    body = backbone(teacher)
     if body is None:
         return response_hidden(teacher, ids, mask, pos, P, R)
     h = body(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=False).last_hidden_state
@@ -138,7 +138,7 @@ class TeacherPromptCache:
                  t_batch, R: int) -> torch.Tensor:
         from transformers import DynamicCache
 
-        body = _backbone(teacher)
+        body = backbone(teacher)
         device = t_batch[0].device
         if (body is None or not hasattr(DynamicCache(), "layers")             # unsupported model,
                 or hybrid_cache_layers(teacher)):                             # or a hybrid one

@@ -10,7 +10,7 @@ import transformers as T
 from paced.models import check_logits_head, logits_head, tiny_model
 from paced.rollout import SamplingParams, sample
 from paced.teacher import TeacherPromptCache, teacher_hidden
-from paced.train.distill import pack
+from paced.train.batches import pack
 from paced.train.rl_parts import completion_logprobs
 
 ARCHS = {  # name -> (config class, model class, config fields); vocab 50 for all

@@ -7,7 +7,8 @@ import torch
 
 from paced.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
 from paced.models import char_tokenizer, tiny_model
-from paced.train.sft import batch_indices, make_scheduler
+from paced.train.batches import batch_indices
+from paced.train.optimization import make_scheduler
 
 
 def _setup():

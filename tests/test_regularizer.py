@@ -13,7 +13,8 @@ from paced.models import build_tiny, load_model_and_tokenizer
 from paced.optim import diagonal_fisher
 from paced.train import distill as D
 from paced.train import regularizer as Rg
-from paced.train import sft
+from paced.losses import sft_loss
+from paced.train import batches, sft
 
 torch.set_num_threads(1)
 SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke"
@@ -78,12 +79,12 @@ def test_fisher_is_the_sft_loss_fisher_at_the_starting_weights(tmp_path):
     fisher, anchor = pooled.tasks[0]
     # by hand: 16 examples, shuffled by FISHER_SEED, 4 batches of 4, mean of squared gradients
     from paced.tasks import load_sources
-    data = [sft.tokenize_sft(tok, e.prompt, e.solution, 128)
+    data = [batches.tokenize_sft(tok, e.prompt, e.solution, 128)
             for e in load_sources(r("pooled", two).fisher_data)]
-    batches = [sft.collate([data[j] for j in sft.batch_indices(16, Rg.FISHER_SEED, 4 * b, 4)], tok.pad_token_id)
-               for b in range(4)]
-    want = diagonal_fisher(model, batches,
-                           lambda m, b: sft.sft_loss(m(input_ids=b[0], attention_mask=b[1]).logits, b[2])[0])
+    mini = [batches.collate([data[j] for j in batches.batch_indices(16, Rg.FISHER_SEED, 4 * b, 4)], tok.pad_token_id)
+            for b in range(4)]
+    want = diagonal_fisher(model, mini,
+                           lambda m, b: sft_loss(m(input_ids=b[0], attention_mask=b[1]).logits, b[2])[0])
     assert fisher.keys() == want.keys() and len(fisher) == len(list(model.parameters()))
     for n in want:
         torch.testing.assert_close(fisher[n], want[n], rtol=0, atol=0)

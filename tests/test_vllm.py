@@ -18,7 +18,7 @@ from paced.models import build_tiny, load_model_and_tokenizer
 from paced.rollout import SAMPLERS, SamplingParams, filter_logits, sample
 from paced.runlog import read_jsonl
 from paced.train import rl as RL
-from paced.train.distill import pack
+from paced.train.batches import pack
 from paced.train.rl_parts import completion_logprobs
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -40,7 +40,7 @@ from ..checkpoint import latest_checkpoint, load_checkpoint, resume_or_fresh, sa
 from ..config import DistillConfig, StageCfg, to_dict
 from ..evaluate import evaluate
 from ..ledger import Ledger, gather_counts, histogram, tally
-from ..losses import DISTILL_LOSSES, chunked_token_loss, masked_mean
+from ..losses import DEFAULT_RESPONSES, DISTILL_LOSSES, chunked_token_loss, loss_kwargs, masked_mean
 from ..models import (check_logits_head, encode_prompts, load_model_and_tokenizer, logits_head, prompt_room,
                       save_pretrained, stop_token_ids)
 from ..passrate import estimate
@@ -52,22 +52,8 @@ from ..tasks.answers import take_undecided
 from ..teacher import TeacherHiddenCache, TeacherPromptCache, check_vocab, response_hidden, teacher_hidden
 from ..weighting import normalize, problem_weights
 from .regularizer import regularizer_from
-from .sft import make_scheduler, optimizer_from, update
-
-# Which responses a loss is computed on when the stage says "auto" (the paper's pairing).
-DEFAULT_RESPONSES = {"forward_kl": "teacher", "akl": "teacher", "reverse_kl": "student", "jsd": "student"}
-
-
-def pack(prompts: list[list[int]], responses: list[list[int]], pad: int):
-    """Left-padded prompts + right-padded responses: ids, attention mask, position ids (B, P+R),
-    and P, the column where every response starts."""
-    P, R = max(map(len, prompts)), max(map(len, responses))
-    ids = torch.full((len(prompts), P + R), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        ids[i, P - len(p):P], ids[i, P:P + len(r)] = torch.tensor(p), torch.tensor(r)
-        mask[i, P - len(p):P + len(r)] = 1
-    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), P
+from .batches import pack
+from .optimization import make_scheduler, optimizer_from, update
 
 
 def distill_step(student, h_t, head_t, s_batch, resp_mask, weights, loss_type: str, loss_kw: dict,
@@ -84,15 +70,6 @@ def distill_step(student, h_t, head_t, s_batch, resp_mask, weights, loss_type: s
     loss = (weights * per_problem).sum()
     agreement = float((agree * resp_mask).sum() / resp_mask.sum().clamp(min=1))
     return loss, per_problem.detach(), agreement
-
-
-def loss_kwargs(stage: StageCfg) -> dict:
-    kw = {"temperature": stage.temperature}
-    if stage.loss_type == "jsd":
-        kw["beta"] = stage.beta
-    if stage.loss_type == "akl":
-        kw["mu"] = stage.akl_mu
-    return kw
 
 
 def train(cfg: DistillConfig, resume: bool = False) -> dict:
@@ -238,7 +215,7 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
             stage_start = stage_end
             continue
         who = DEFAULT_RESPONSES[stage.loss_type] if stage.responses == "auto" else stage.responses
-        kw = loss_kwargs(stage)
+        kw = loss_kwargs(stage.loss_type, stage.temperature, stage.beta, stage.akl_mu)
         every = stage.reestimate_every or stage.max_steps
         est_at = stage_start + ((step - stage_start) // every) * every  # the estimate in force
         p_hat, w = weights_at(stage_i, stage, est_at, stage_start)

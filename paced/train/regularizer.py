@@ -5,7 +5,7 @@
 
 Once, at start-up, before the first update (and, on resume, before the checkpoint loads):
     θ*  <- the starting weights (model.path / student.path, or the preset's initialisation)
-    F   <- (1/B) Σ_b (∇_θ L_b(θ*))²   L_b = paced.train.sft's loss (token-mean cross-entropy on the
+    F   <- (1/B) Σ_b (∇_θ L_b(θ*))²   L_b = paced.losses.sft_loss (token-mean cross-entropy on the
            reference solution) of mini-batch b of regularizer.fisher_data, B = fisher_batches
            (0: one pass). mode pooled: batches mix every source (a seeded shuffle); separate: one
            Fisher per source, summed (Avalanche's "separate" mode with one shared anchor)
@@ -33,10 +33,11 @@ from pathlib import Path
 import torch
 
 from ..config import RegularizerCfg, to_dict
+from ..losses import sft_loss
 from ..optim import EWC, diagonal_fisher
 from ..runlog import console
 from ..tasks import load_sources
-from .sft import batch_indices, collate, sft_loss, tokenize_sft
+from .batches import batch_indices, collate, tokenize_sft
 
 FILE = "ewc.pt"
 FISHER_SEED = 0  # the Fisher's batch order: fixed, so F depends on the config and θ* only

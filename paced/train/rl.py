@@ -66,9 +66,10 @@ from ..tasks import load_sources
 from ..tasks.answers import take_undecided
 from ..weighting import problem_weights
 from .regularizer import regularizer_from
-from .rl_parts import (ValueModel, completion_logprobs, critic_values, pack_rows, pick_prompts,
-                       ref_logprobs, roll, seed_of, train_mode_without_dropout)
-from .sft import make_scheduler, optimizer_from, update
+from .batches import pack_rows
+from .optimization import make_scheduler, optimizer_from, update
+from .rl_parts import (ValueModel, completion_logprobs, critic_values, pick_prompts, ref_logprobs, roll, seed_of,
+                       train_mode_without_dropout)
 
 
 def train(cfg: RLConfig, resume: bool = False) -> dict:

@@ -17,9 +17,8 @@ from ..rewards import compute_rewards, verifier_reward
 from ..rl_losses import chunked_logprobs
 from ..rollout import SAMPLERS, SamplingParams
 from ..tasks import verify
-from ..teacher import _backbone, response_hidden
-from .distill import pack
-from .sft import batch_indices
+from ..teacher import backbone, response_hidden
+from .batches import batch_indices
 
 
 def pick_prompts(n_pool: int, count: int, seed: int, start: int, weights=None, key=()) -> list[int]:
@@ -73,7 +72,7 @@ def completion_hidden(model, ids, mask, pos, P: int, R: int) -> torch.Tensor:
     taken by a forward hook, so every layer's hidden states (``output_hidden_states``) are never
     collected. A model without a separate backbone falls back to ``response_hidden``.
     """
-    body = _backbone(model.module if hasattr(model, "module") else model)
+    body = backbone(model.module if hasattr(model, "module") else model)
     if body is None:
         return response_hidden(model, ids, mask, pos, P, R)
     seen = []
@@ -107,11 +106,6 @@ def train_mode_without_dropout(model) -> None:
             m.p = 0.0
         for k in [k for k, v in vars(m).items() if "dropout" in k and isinstance(v, float)]:
             setattr(m, k, 0.0)
-
-
-def pack_rows(prompts, completions, rows, pad, dev):
-    ids, mask, pos, P = pack([prompts[i] for i in rows], [completions[i] for i in rows], pad)
-    return ids.to(dev), mask.to(dev), pos.to(dev), P, ids.shape[1] - P
 
 
 @torch.no_grad()
@@ -148,7 +142,7 @@ class ValueModel(torch.nn.Module):
 
     def __init__(self, policy):
         super().__init__()
-        self.body = copy.deepcopy(_backbone(policy))
+        self.body = copy.deepcopy(backbone(policy))
         self.head = torch.nn.Linear(policy.config.hidden_size, 1)
         torch.nn.init.zeros_(self.head.weight)
         torch.nn.init.zeros_(self.head.bias)

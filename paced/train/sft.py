@@ -32,13 +32,14 @@ import torch
 from ..checkpoint import latest_checkpoint, load_checkpoint, resume_or_fresh, save_checkpoint
 from ..config import SFTConfig, to_dict
 from ..guide import template_fields
-from ..models import render_chat, render_prompt, save_pretrained, stop_token_ids
+from ..losses import sft_loss
+from ..models import save_pretrained, stop_token_ids
 from ..run import load_model, start_run
 from ..runlog import Progress, RunLog, console
 from ..tasks import load_sources
-
-IGNORE = -100
-
+from .batches import batch_indices, collate, tokenize_sft
+from .optimization import make_scheduler, optimizer_from, update
+from .regularizer import regularizer_from
 
 def sft_prompts(examples, train_cfg, seed: int) -> list[tuple[int, str]]:
     """(example index, prompt) pairs to train on. A seeded ``privileged_share`` of the examples
@@ -59,115 +60,11 @@ def sft_prompts(examples, train_cfg, seed: int) -> list[tuple[int, str]]:
     return [(i, privileged.get(i, p)) for i, p in plain]
 
 
-def tokenize_sft(tokenizer, prompt: str, response: str, max_length: int, system_prompt: str = "default",
-                 stops: list[int] | None = None) -> tuple[list[int], list[int]]:
-    """(input_ids, labels) for one chat turn; labels are IGNORE on the prompt.
-
-    With a chat template the response is the template's assistant turn, cut after its first stop
-    token (``stops``, default the tokenizer's eos): ChatML's turn ends ``<|im_end|>\\n`` and the
-    model must learn to emit ``<|im_end|>``, not what the template writes after it. Without a
-    template the response is followed by eos."""
-    prompt_text = render_prompt(tokenizer, prompt, system_prompt)
-    stops = stops or [tokenizer.eos_token_id]
-    if getattr(tokenizer, "chat_template", None):
-        full_text = render_chat(tokenizer, [{"role": "user", "content": prompt},
-                                            {"role": "assistant", "content": response}], system_prompt)
-        if not full_text.startswith(prompt_text):
-            raise ValueError("the chat template renders the user turn differently with and without "
-                             "the assistant turn; cannot locate the response tokens")
-        response_text = full_text[len(prompt_text):]
-        p_ids = tokenizer(prompt_text, add_special_tokens=False)["input_ids"]
-        r_ids = tokenizer(response_text, add_special_tokens=False)["input_ids"]
-        end = next((i for i, t in enumerate(r_ids) if t in stops), None)
-        r_ids = r_ids[:end + 1] if end is not None else r_ids + [stops[0]]
-    else:
-        p_ids = tokenizer(prompt_text)["input_ids"]
-        r_ids = tokenizer(response, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
-    ids = (p_ids + r_ids)[:max_length]
-    labels = ([IGNORE] * len(p_ids) + r_ids)[:max_length]
-    return ids, labels
-
-
-def collate(rows: list[tuple[list[int], list[int]]], pad_id: int):
-    """Right-pad to the longest row: input_ids, attention_mask, labels, each (B, T)."""
-    T = max(len(ids) for ids, _ in rows)
-    ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    labels = torch.full((len(rows), T), IGNORE, dtype=torch.long)
-    mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for i, (x, y) in enumerate(rows):
-        ids[i, : len(x)], labels[i, : len(y)], mask[i, : len(x)] = torch.tensor(x), torch.tensor(y), 1
-    return ids, mask, labels
-
-
-def sft_loss(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, int]:
-    """Token-mean next-token cross-entropy over labelled positions; returns (loss, n_tokens)."""
-    logits = logits[:, :-1].float()                                           # (B, T-1, V)
-    targets = labels[:, 1:]                                                   # (B, T-1)
-    n = int((targets != IGNORE).sum())
-    loss = torch.nn.functional.cross_entropy(
-        logits.reshape(-1, logits.size(-1)), targets.reshape(-1), ignore_index=IGNORE, reduction="sum")
-    return loss / max(n, 1), n
-
-
-def batch_indices(n_examples: int, seed: int, start: int, size: int) -> list[int]:
-    """Indices of the global batch that starts at sample ``start`` of an endless, per-epoch
-    shuffled stream; a pure function of its arguments (this is what makes resume exact)."""
-    out = []
-    while len(out) < size:
-        epoch, offset = divmod(start + len(out), n_examples)
-        perm = np.random.default_rng([seed, epoch]).permutation(n_examples)
-        out += perm[offset: offset + size - len(out)].tolist()
-    return out
-
-
-def make_optimizer(params, name: str, lr: float, weight_decay: float, beta1: float, beta2: float,
-                   classp_p: float = 1.0, classp_threshold: float = 0.0, classp_eps: float = 1e-5):
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, betas=(beta1, beta2), weight_decay=weight_decay)
-    if name == "sgd":
-        return torch.optim.SGD(params, lr=lr, momentum=beta1, weight_decay=weight_decay)
-    if name == "classp":
-        from ..optim import CLASSP
-        return CLASSP(params, lr=lr, p=classp_p, threshold=classp_threshold, eps=classp_eps,
-                      weight_decay=weight_decay)
-    raise ValueError(f"optim.name: unknown optimizer {name!r}")
-
-
-def optimizer_from(params, o) -> torch.optim.Optimizer:
-    """The optimizer an ``OptimCfg`` section names (its fields spelt out, no config inside)."""
-    return make_optimizer(params, o.name, o.lr, o.weight_decay, o.beta1, o.beta2,
-                          o.classp_p, o.classp_threshold, o.classp_eps)
-
-
-def make_scheduler(optimizer, kind: str, warmup: int, total: int):
-    def factor(step: int) -> float:
-        if step < warmup:
-            return (step + 1) / warmup
-        frac = (step - warmup) / max(1, total - warmup)
-        return {"constant": 1.0, "linear": 1.0 - frac,
-                "cosine": 0.5 * (1.0 + math.cos(math.pi * frac))}[kind]
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def update(accelerator, model, optimizer, scheduler, max_grad_norm: float) -> tuple[torch.Tensor, float]:
-    """Clip the gradient norm (0: no clipping, norm nan), optimizer and scheduler step, zero the
-    gradients; returns (grad norm before clipping, the lr this step used)."""
-    grad_norm = (accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
-                 if max_grad_norm > 0 else torch.tensor(float("nan")))
-    lr = scheduler.get_last_lr()[0]
-    optimizer.step()
-    scheduler.step()
-    optimizer.zero_grad(set_to_none=True)
-    return grad_norm, lr
-
-
 def train(cfg: SFTConfig, resume: bool = False, optimizer_state: dict | None = None) -> dict:
     """``optimizer_state``: an optimizer ``state_dict`` (e.g. a checkpoint's) whose per-parameter
     state (CLASSP's accumulators, Adam's moments) this run starts from; the hyper-parameters
     stay the config's. For continual fine-tuning, one task per run (benchmarks/continual_lm.py)."""
     from accelerate import Accelerator
-
-    from .regularizer import regularizer_from
 
     # cpu=True on a CPU machine: one process, or gloo DDP under torchrun / accelerate launch
     accelerator = Accelerator(cpu=not torch.cuda.is_available())

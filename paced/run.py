@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .runlog import atomic_write_text
 from .config import save_config
 from .models import build_tiny, load_model_and_tokenizer
 from .tasks.answers import set_math_timeout
@@ -62,14 +63,17 @@ def start_run(cfg, save: bool = True, resume: bool = False) -> Path:
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"run.dir {str(run_dir)!r} is a file, not a directory: choose another run.dir")
     run_dir.mkdir(parents=True, exist_ok=True)
+    threads = cfg.run.threads or auto_threads()
     if resume and (run_dir / "config.yaml").is_file():
         changed = check_resume_config(cfg, run_dir / "config.yaml")
         if changed and save:
             from .runlog import console
             console.print(f"[yellow]--resume: changed since the run started: {', '.join(changed)}[/]")
+        threads = cfg.run.threads or started_threads(run_dir) or threads
     if save:
         save_config(cfg, run_dir / "config.yaml")
-    torch.set_num_threads(cfg.run.threads or auto_threads())
+        atomic_write_text(run_dir / THREADS_FILE, f"{threads}\n")
+    torch.set_num_threads(threads)
     seed_everything(cfg.run.seed)
     set_math_timeout(cfg.run.math_timeout)
     engine = getattr(cfg, "engine", None)
@@ -79,6 +83,18 @@ def start_run(cfg, save: bool = True, resume: bool = False) -> Path:
         vllm_engine.configure(engine.vllm_gpu_memory_utilization, engine.vllm_kv_cache_gb,
                               engine.vllm_max_model_len, engine.vllm_enforce_eager, cfg.run.seed)
     return run_dir
+
+
+THREADS_FILE = "threads"   # the CPU threads the run computes with (run.threads 0 resolved)
+
+
+def started_threads(run_dir: Path) -> int | None:
+    """The thread count a run started with: a resumed run with run.threads 0 keeps it, because
+    another count changes the floating-point sums, and so the weights, of every later step."""
+    try:
+        return max(1, int((run_dir / THREADS_FILE).read_text().strip()))
+    except (OSError, ValueError):
+        return None
 
 
 def auto_threads() -> int:

@@ -1,4 +1,5 @@
 """Checkpoints: atomic layout, exact state round trip, and no code execution on load."""
+from pathlib import Path
 import os
 import pickle
 
@@ -86,3 +87,28 @@ def test_batch_indices_is_a_pure_epoch_stream():
     assert sorted(a[:10]) == list(range(10)) and sorted(a[10:20]) == list(range(10))
     assert batch_indices(10, seed=3, start=7, size=5) == a[7:12]
     assert batch_indices(10, seed=4, start=0, size=10) != a[:10]
+
+
+def test_a_resumed_run_keeps_the_thread_count_it_started_with(tmp_path, monkeypatch):
+    """run.threads 0 resolves by the machine's load (run.auto_threads); a resumed run must compute
+    with the count the run started with, or its floating-point sums (and weights) change."""
+    import torch
+
+    from paced import run as R
+    from paced.config import SFTConfig, load_config
+    smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke" / "sft.yaml"
+    before = torch.get_num_threads()
+    try:
+        cfg = load_config(SFTConfig, smoke, ["run.threads=0"], run_dir=tmp_path)
+        monkeypatch.setattr(R, "auto_threads", lambda: 2)
+        R.start_run(cfg)
+        assert (tmp_path / "threads").read_text() == "2\n" and torch.get_num_threads() == 2
+        monkeypatch.setattr(R, "auto_threads", lambda: 1)           # the machine got busy
+        R.start_run(cfg, resume=True)
+        assert torch.get_num_threads() == 2 and (tmp_path / "threads").read_text() == "2\n"
+        R.start_run(load_config(SFTConfig, smoke, ["run.threads=1"], run_dir=tmp_path), resume=True)
+        assert torch.get_num_threads() == 1                           # an explicit count wins
+        R.start_run(cfg)                                              # a fresh run resolves anew
+        assert torch.get_num_threads() == 1 and (tmp_path / "threads").read_text() == "1\n"
+    finally:
+        torch.set_num_threads(before)

@@ -432,6 +432,9 @@ class DemoConfig:
     run: RunCfg = F(RunCfg(dir="runs/demo", threads=2), "")   # pinned: the printed tables repeat anywhere
 
 
+CONTINUAL_METHODS = ("sgd", "adam", "ewc", "classp_p1", "classp_p2", "mas")   # = paced.continual.METHODS' keys
+
+
 @dataclass
 class ContinualCfg:
     benchmark: str = F("permuted", "task sequence from sklearn's digits: permuted (a pixel permutation "
@@ -440,9 +443,8 @@ class ContinualCfg:
     num_tasks: int = F(5, "number of tasks (split: 2 or 5, the 10 classes shared equally)", min=1)
     scenario: str = F("task", "split only: task-incremental (score the task's own classes) or "
                       "class-incremental (score all 10)", choices=("task", "class"))
-    methods: list[str] = F(["sgd", "adam", "ewc", "classp_p1", "classp_p2", "mas"],
-                           "methods run, keys of paced.continual.METHODS: sgd, adam, ewc, classp_p1, "
-                           "classp_p2, mas")
+    methods: list[str] = F(list(CONTINUAL_METHODS), "methods run (paced.continual.METHODS)",
+                           choices=CONTINUAL_METHODS)
     epochs: int = F(5, "epochs per task", min=1)
     batch_size: int = F(32, "images per mini-batch", min=1)
     hidden: int = F(100, "hidden width of the MLP 64 -> hidden (-> hidden)* -> 10", min=1)

@@ -210,3 +210,13 @@ def test_cli_smoke(tmp_path):
     assert "classp_p1" in proc.stderr and "avg accuracy" in proc.stderr   # the table
     # a learned first task: better than chance (0.1) right after training on it
     assert np.mean([r["R"][0][0] for r in out["methods"]["adam"]["runs"]]) > 0.3
+
+
+def test_config_choices_are_the_methods():
+    """continual.methods is checked at load against config.CONTINUAL_METHODS (the config does not
+    import the runner): it must name exactly METHODS' builders, and a typo is refused at load."""
+    from paced.config import CONTINUAL_METHODS
+    from paced.configtools import ConfigError
+    assert CONTINUAL_METHODS == tuple(METHODS)
+    with pytest.raises(ConfigError, match=r"continual.methods\[1\]: 'ewk' is not one of .*did you mean 'ewc'"):
+        load_config(ContinualConfig, None, ["continual.methods=[sgd, ewk]"])

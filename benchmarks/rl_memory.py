@@ -17,7 +17,7 @@ zero_grad(set_to_none). Configurations:
   layer's hidden states, a KV cache) then ``logits_head(h).float() / T``, log_softmax over the
   full (B, R, V) logits, and ``entropy_from_logits`` of the detached logits;
 - ``rl_chunked_head``: ``response_hidden`` + ``chunked_logprobs`` (the head in chunks only);
-- ``rl_after``: ``paced.train.rl_parts.completion_logprobs`` (backbone output by a hook, no KV
+- ``rl_after``: ``paced.train.logprobs.completion_logprobs`` (backbone output by a hook, no KV
   cache, ``chunked_logprobs`` with its default chunk);
 - ``sft``: paced's SFT step at equal tokens (``model(ids, mask).logits`` -> ``sft_loss``, full
   (B, T, V) logits: what ``paced sft`` does), for reference.
@@ -52,7 +52,8 @@ from paced.rl_losses import LOSS_TYPES, chunked_logprobs, clipped_surrogate, ent
 from paced.runlog import write_json  # noqa: E402
 from paced.teacher import response_hidden  # noqa: E402
 from paced.train.batches import pack  # noqa: E402
-from paced.train.rl_parts import completion_logprobs, train_mode_without_dropout  # noqa: E402
+from paced.models import train_mode_without_dropout  # noqa: E402
+from paced.train.logprobs import completion_logprobs  # noqa: E402
 from paced.losses import IGNORE, sft_loss  # noqa: E402
 
 ROWS, PROMPT = 16, 40

@@ -134,7 +134,7 @@ def vllm_checks(model, ids, stops, pad) -> dict:
     """|vLLM − trainer| log-probs of sampled tokens (T = 1), and what weight syncs cost."""
     from paced import vllm_engine
     from paced.train.batches import pack
-    from paced.train.rl_parts import completion_logprobs
+    from paced.train.logprobs import completion_logprobs
     ro = SAMPLERS["vllm"](model, ids[:8], SamplingParams(n=2, temperature=1.0, max_tokens=32, seed=0),
                           eos_token_id=stops, pad_token_id=pad)
     comps = [c[:int(k)] for c, k in zip(ro.completion_ids.tolist(), ro.lengths)]

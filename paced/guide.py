@@ -71,6 +71,15 @@ def all_fail(correct, n: int) -> Tensor:
     return ~c.view(-1, n).any(-1)                                # (G,)
 
 
+def replace_groups(plain, hinted, stuck: list[int], n: int):
+    """Guide's replacement: group ``stuck[k]`` of ``plain`` (N rows, groups of n contiguous rows:
+    a list, or a tensor with N rows) becomes group k of ``hinted``; a new list / tensor."""
+    out = plain.clone() if isinstance(plain, Tensor) else list(plain)
+    for k, j in enumerate(stuck):
+        out[j * n:(j + 1) * n] = hinted[k * n:(k + 1) * n]
+    return out
+
+
 # ---------------------------------------------------------------------------------------------
 # The ratio and its shaping
 # ---------------------------------------------------------------------------------------------

@@ -315,3 +315,16 @@ def check_logits_head(model, what: str) -> None:
             f"itself (chunked distillation losses, RL log-probs). Known post-head steps: "
             f"final_logit_softcapping, logit_scale, logits_scaling, lm_head_multiplier; this "
             f"architecture does something else and is not supported")
+
+
+def train_mode_without_dropout(model) -> None:
+    """``model.train()`` with every dropout off, as TRL's ``disable_dropout``: Hugging Face's
+    activation checkpointing runs in train mode only, while the policy otherwise trains in eval
+    mode (its log-probs then match the sampler's). Sets ``nn.Dropout.p`` and every float module
+    attribute whose name contains "dropout" (e.g. attention_dropout) to 0."""
+    model.train()
+    for m in model.modules():
+        if isinstance(m, torch.nn.Dropout):
+            m.p = 0.0
+        for k in [k for k, v in vars(m).items() if "dropout" in k and isinstance(v, float)]:
+            setattr(m, k, 0.0)

@@ -357,3 +357,13 @@ def whiten(x: Tensor, mask: Tensor, eps: float = 1e-8) -> Tensor:
         return centred
     var = (centred ** 2).sum() / (k - 1)
     return centred * torch.rsqrt(var + eps)
+
+
+def engine_terms(trainer_logp, engine_logp, mask, cap: float):
+    """TRL's truncated importance sampling against the rollout engine's numerics: the detached
+    per-token weight min(exp(trainer − engine), cap) (1 where ``mask`` is 0), and
+    |engine − trainer| over the ``mask`` tokens (its max, sum and token count, for the log)."""
+    d = (trainer_logp.detach() - engine_logp) * mask                         # (b, R)
+    w = torch.where(mask > 0, d.exp().clamp(max=cap), torch.ones_like(d))
+    return w.detach(), {"engine/logprob_diff_max": float(d.abs().max()) if d.numel() else 0.0,
+                        "engine/logprob_diff_sum": float(d.abs().sum()), "engine/logprob_tokens": float(mask.sum())}

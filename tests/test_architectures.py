@@ -11,7 +11,7 @@ from paced.models import check_logits_head, logits_head, tiny_model
 from paced.rollout import SamplingParams, sample
 from paced.teacher import TeacherPromptCache, teacher_hidden
 from paced.train.batches import pack
-from paced.train.rl_parts import completion_logprobs
+from paced.train.logprobs import completion_logprobs
 
 ARCHS = {  # name -> (config class, model class, config fields); vocab 50 for all
     "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=32, n_layer=2, n_head=2, n_positions=64)),

@@ -292,7 +292,7 @@ def test_math_timeout_is_a_config_key_and_undecided_is_logged(tmp_path, monkeypa
     pair that times out at both is counted in that step's metrics row ('undecided'), never cached."""
     from paced.config import RLConfig
     from paced.tasks import answers
-    from paced.train import rl_parts
+    from paced.train import rollouts
     cfg = load_config(RLConfig, SMOKE / "rl.yaml", ["run.math_timeout=0.5", "rl.max_steps=2", "rl.eval_steps=0"],
                       run_dir=tmp_path / "r")
     budgets = []
@@ -304,7 +304,7 @@ def test_math_timeout_is_a_config_key_and_undecided_is_logged(tmp_path, monkeypa
     def symbolic_verify(text, example, finished=True):   # every completion reaches math-verify
         return answers.math_equal("1", f"\\sqrt{{{len(budgets) + 2}}}")
     monkeypatch.setattr(answers._WORKER, "call", times_out)
-    monkeypatch.setattr(rl_parts, "verify", symbolic_verify)
+    monkeypatch.setattr(rollouts, "verify", symbolic_verify)
     answers.take_undecided()
     try:
         from paced.train import rl

@@ -163,13 +163,13 @@ def test_trigger_replacement_and_scoring_without_the_hint(tmp_path, policy, monk
     scripted = Scripted(policy, load_sources(cfg.data.train))
     monkeypatch.setitem(SAMPLERS, "hf", scripted)
     seen = []
-    real = RL.micro_loss
+    real = RL.policy_loss
 
-    def spy(policy_, critic, b, rows, adv, keep, old_logp, hinted, *a, **k):
-        seen.append((b[0].clone(), b[3], hinted[rows].clone(), old_logp[rows].clone()))
-        return real(policy_, critic, b, rows, adv, keep, old_logp, hinted, *a, **k)
+    def spy(policy_, critic, b, rows, t, *a, **k):
+        seen.append((b[0].clone(), b[3], t.hinted[rows].clone(), t.old_logp[rows].clone()))
+        return real(policy_, critic, b, rows, t, *a, **k)
 
-    monkeypatch.setattr(RL, "micro_loss", spy)
+    monkeypatch.setattr(RL, "policy_loss", spy)
     RL.train(cfg)
     plain, hinted_call = scripted.calls                         # one plain round, one hinted call
     even = [t for t in plain if scripted.by_prompt[t][0] % 2 == 0]

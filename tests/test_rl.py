@@ -67,13 +67,13 @@ def test_rollouts_fill_the_ledger(tmp_path, policy):
 
 def test_dynamic_sampling_keeps_only_varied_groups(tmp_path, policy, monkeypatch):
     kept = []
-    real = RL.micro_loss
+    real = RL.policy_loss
 
-    def spy(policy_, critic, b, rows, adv, keep, *a, **k):
-        kept.append(adv[rows].clone())
-        return real(policy_, critic, b, rows, adv, keep, *a, **k)
+    def spy(policy_, critic, b, rows, t, *a, **k):
+        kept.append(t.adv[rows].clone())
+        return real(policy_, critic, b, rows, t, *a, **k)
 
-    monkeypatch.setattr(RL, "micro_loss", spy)
+    monkeypatch.setattr(RL, "policy_loss", spy)
     RL.train(rl_cfg(tmp_path, policy, "rl.advantage=grpo", "rl.dynamic_sampling=true",
                     "rl.max_sampling_rounds=6", "rl.max_steps=2", "data.eval=[]"))
     rows = metrics(tmp_path)

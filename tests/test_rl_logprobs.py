@@ -15,7 +15,7 @@ from paced.models import _TransformedHead, logits_head, tiny_model
 from paced.rl_losses import chunked_logprobs, entropy_from_logits
 from paced.teacher import response_hidden
 from paced.train.batches import pack
-from paced.train.rl_parts import completion_hidden, completion_logprobs, ref_logprobs
+from paced.train.logprobs import completion_hidden, completion_logprobs, ref_logprobs
 
 torch.set_num_threads(1)
 

@@ -19,7 +19,8 @@ from paced.rollout import SAMPLERS, SamplingParams, filter_logits, sample
 from paced.runlog import read_jsonl
 from paced.train import rl as RL
 from paced.train.batches import pack
-from paced.train.rl_parts import completion_logprobs
+from paced.rl_losses import engine_terms
+from paced.train.logprobs import completion_logprobs
 
 ROOT = Path(__file__).resolve().parents[1]
 needs_vllm = pytest.mark.skipif(importlib.util.find_spec("vllm") is None,
@@ -63,9 +64,9 @@ def test_truncated_importance_weight():
     trainer = torch.tensor([[-1.0, -2.0, -0.5]])
     engine = torch.tensor([[-1.5, -1.0, -9.0]])
     mask = torch.tensor([[1.0, 1.0, 0.0]])
-    w, d = RL.engine_terms(trainer, engine, mask, 2.0)
+    w, d = engine_terms(trainer, engine, mask, 2.0)
     assert torch.allclose(w, torch.tensor([[torch.e ** 0.5, torch.e ** -1, 1.0]]))
-    assert RL.engine_terms(trainer + 5, engine, mask, 2.0)[0][0, 0] == 2.0          # truncated at the cap
+    assert engine_terms(trainer + 5, engine, mask, 2.0)[0][0, 0] == 2.0          # truncated at the cap
     assert d["engine/logprob_diff_max"] == pytest.approx(1.0) and d["engine/logprob_tokens"] == 2
     assert d["engine/logprob_diff_sum"] == pytest.approx(1.5)
 

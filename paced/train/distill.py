@@ -32,12 +32,13 @@ import copy
 import json
 import math
 import time
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
 from ..checkpoint import latest_checkpoint, load_checkpoint, resume_or_fresh, save_checkpoint
-from ..config import DistillConfig, StageCfg, to_dict
+from ..config import DistillConfig, to_dict
 from ..evaluate import evaluate
 from ..ledger import Ledger, gather_counts, histogram, tally
 from ..losses import DEFAULT_RESPONSES, DISTILL_LOSSES, chunked_token_loss, loss_kwargs, masked_mean
@@ -51,9 +52,131 @@ from ..tasks import load_sources, verify
 from ..tasks.answers import take_undecided
 from ..teacher import TeacherHiddenCache, TeacherPromptCache, check_vocab, response_hidden, teacher_hidden
 from ..weighting import normalize, problem_weights
-from .regularizer import regularizer_from
 from .batches import pack
 from .optimization import make_scheduler, optimizer_from, update
+from .regularizer import regularizer_from
+
+
+# ---------------------------------------------------------------------------------------------
+# p̂ and w: the stage's estimate, from the ledger or fresh rollouts
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class PassRater:
+    """How the student's p̂ is estimated: K rollouts per problem at ``temperature``."""
+    model: torch.nn.Module
+    tok: object
+    k: int
+    temperature: float
+    max_tokens: int
+    seed: int
+    batch_size: int
+    system: str
+    backend: str
+    long_prompts: str
+
+
+def stage_weights(pr: PassRater, ledger: Ledger, tag: str, name: str, pool: list, weighting: str, alpha: float,
+                  beta: float, estimator: str, online: bool, at: int, start: int):
+    """p̂ and w for every pool problem, estimated at global step ``at`` (reused if the ledger has
+    it: a resumed run samples nothing again); ``online``: the stage-start estimate plus the
+    verified responses of steps ≤ at. Weighting uniform uses no p̂: nothing is sampled, p̂ is NaN."""
+    if weighting == "uniform":
+        return np.full(len(pool), np.nan), np.ones(len(pool))
+    base = start if online else at
+    counts = ledger.counts(model=tag, stage=name, step=base)
+    if len(counts) < len(pool):  # not yet estimated (or a kill cut the estimate short)
+        params = SamplingParams(temperature=pr.temperature, max_tokens=pr.max_tokens, seed=pr.seed * 7919 + base)
+        todo = [e for e in pool if e.id not in counts]
+        counts.update(estimate(pr.model, pr.tok, todo, ledger, pr.k, params, tag, name, step=base,
+                               batch_size=pr.batch_size, system_prompt=pr.system, backend=pr.backend,
+                               long_prompts=pr.long_prompts))
+    extra = ledger.counts(model=tag, stage=f"{name}:online", before_step=at + 1) if online else {}
+    c = np.array([counts[e.id][0] + extra.get(e.id, (0, 0))[0] for e in pool])
+    k = np.array([counts[e.id][1] + extra.get(e.id, (0, 0))[1] for e in pool])
+    return c / k, problem_weights(c, k, weighting, alpha, beta, estimator)
+
+
+def pick_batch(w: np.ndarray, seed: int, step: int, per_device: int, world: int, rank: int, by_weight: bool):
+    """This process's slice of one global batch of pool indices from the problems with w > 0,
+    and their raw weights: uniform draws weighted by w, or draws ∝ w weighted 1
+    (``sample_by_weight``). At least one problem per process, with replacement if fewer are live."""
+    live = np.flatnonzero(w > 0)
+    rng = np.random.default_rng([seed, step])
+    size = max(min(per_device * world, live.size), world)
+    short = live.size < world
+    if by_weight:
+        pick = rng.choice(live, size, replace=short, p=w[live] / w[live].sum())
+        raw_w = np.ones(size)
+    else:
+        pick = rng.choice(live, size, replace=short)
+        raw_w = w[pick]
+    return pick[rank::world], raw_w[rank::world]
+
+
+# ---------------------------------------------------------------------------------------------
+# Responses: the teacher's (greedy ones cached) or the student's
+# ---------------------------------------------------------------------------------------------
+@dataclass
+class Responder:
+    """Who writes a stage's responses, with which prompts and temperatures; the greedy teacher's
+    responses are deterministic and kept in ``cache`` by problem id."""
+    teacher: torch.nn.Module
+    student: torch.nn.Module
+    t_prompts: dict
+    s_prompts: dict
+    stops: list[int]
+    pad: int
+    max_tokens: int
+    teacher_temperature: float
+    student_temperature: float
+    seed: int
+    backend: str
+    cache: dict = field(default_factory=dict)
+
+
+def responses_for(rs: Responder, ids: list[str], who: str, at: int) -> list[list[int]]:
+    """Token ids of one response per problem ``ids``, by ``who`` (teacher | student) at step ``at``."""
+    if who == "teacher" and rs.teacher_temperature == 0:  # greedy: deterministic, cached
+        todo = [i for i in ids if i not in rs.cache]
+        if todo:
+            ro = sample(rs.teacher, [rs.t_prompts[i] for i in todo],
+                        SamplingParams(temperature=0.0, max_tokens=rs.max_tokens), eos_token_id=rs.stops,
+                        pad_token_id=rs.pad)
+            for i, row, n in zip(todo, ro.completion_ids.tolist(), ro.lengths.tolist()):
+                rs.cache[i] = row[:n]
+        return [rs.cache[i] for i in ids]
+    model, prompts, temp = ((rs.teacher, rs.t_prompts, rs.teacher_temperature) if who == "teacher"
+                            else (rs.student, rs.s_prompts, rs.student_temperature))
+    draw = sample if who == "teacher" else SAMPLERS[rs.backend]   # the engine serves the student
+    ro = draw(model, [prompts[i] for i in ids], SamplingParams(temperature=temp, max_tokens=rs.max_tokens,
+                                                               seed=rs.seed * 1000003 + at),
+              eos_token_id=rs.stops, pad_token_id=rs.pad)
+    return [row[:n] for row, n in zip(ro.completion_ids.tolist(), ro.lengths.tolist())]
+
+
+def record_online(ledger: Ledger, tok, by_id: dict, stops: list[int], world: int, tag: str, name: str,
+                  ids: list[str], resp: list[list[int]], at: int) -> None:
+    """online_passrate: the student's responses, verified, as ledger rows of stage ``name``
+    (a response cut at the length limit counts only with an explicit final answer)."""
+    texts = tok.batch_decode(resp, skip_special_tokens=True)
+    done = [bool(r) and r[-1] in stops for r in resp]      # ended at a stop token, not cut
+    counts = tally(ids, [verify(t, by_id[i], f) for i, t, f in zip(ids, texts, done)])
+    ledger.record(gather_counts(counts, world), model=tag, stage=name, step=at)
+
+
+# ---------------------------------------------------------------------------------------------
+# One step: packed batches, the teacher's hidden states, the weighted loss
+# ---------------------------------------------------------------------------------------------
+def pack_pair(s_prompts: list, t_prompts: list | None, resp: list[list[int]], pad: int, dev):
+    """The student's batch (ids, mask, pos, P) on device, the teacher's (its own prompts when
+    privileged, else the same batch), the response mask (B, R) and R."""
+    s_ids, s_mask, s_pos, Ps = pack(s_prompts, resp, pad)
+    s_batch = (s_ids.to(dev), s_mask.to(dev), s_pos.to(dev), Ps)
+    t_batch = s_batch
+    if t_prompts is not None:
+        t_ids, t_mask, t_pos, Pt = pack(t_prompts, resp, pad)
+        t_batch = (t_ids.to(dev), t_mask.to(dev), t_pos.to(dev), Pt)
+    return s_batch, t_batch, s_mask[:, Ps:].float(), s_ids.shape[1] - Ps
 
 
 def distill_step(student, h_t, head_t, s_batch, resp_mask, weights, loss_type: str, loss_kw: dict,
@@ -72,26 +195,18 @@ def distill_step(student, h_t, head_t, s_batch, resp_mask, weights, loss_type: s
     return loss, per_problem.detach(), agreement
 
 
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
 def train(cfg: DistillConfig, resume: bool = False) -> dict:
     from accelerate import Accelerator
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
-    main = accelerator.is_main_process
+    main, world, rank, dev = (accelerator.is_main_process, accelerator.num_processes, accelerator.process_index,
+                              accelerator.device)
     run_dir = start_run(cfg, save=main, resume=resume)
     d = cfg.distill
-    with accelerator.main_process_first():
-        student, tok, student_path = load_model(cfg.student.path, cfg.student.preset,
-                                                cfg.student.init_seed, cfg.student.dtype, run_dir,
-                                                cfg.student.gradient_checkpointing)
-    if cfg.teacher.path == "self":  # self-distillation: a frozen copy of the starting student
-        teacher, t_tok = copy.deepcopy(student), tok
-    else:
-        teacher, t_tok = load_model_and_tokenizer(cfg.teacher.path, cfg.teacher.dtype)
-    check_vocab(tok, t_tok, student, teacher)
-    check_logits_head(student, "student")
-    check_logits_head(teacher, "teacher")
-    teacher.eval().requires_grad_(False).to(accelerator.device)
-
+    student, tok, teacher = load_pair(cfg, run_dir, accelerator)
     pool = load_sources(cfg.data.train, "data.train")
     by_id = {e.id: e for e in pool}
     held_out = {"target": load_sources(cfg.data.eval, "data.eval"),
@@ -104,24 +219,19 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
         room, long, list(by_id))))
     stops = stop_token_ids(student, tok)
     total_steps = sum(s.max_steps for s in d.stages)
-
     optimizer = optimizer_from(student.parameters(), cfg.optim)
     scheduler = make_scheduler(optimizer, cfg.optim.lr_scheduler_type, cfg.optim.warmup_steps, total_steps)
     student, optimizer = accelerator.prepare(student, optimizer)
     raw = accelerator.unwrap_model(student)
-    # regularizer.name=ewc: Fisher and anchor of the starting weights, before a checkpoint loads
-    ewc = regularizer_from(cfg.regularizer, raw, tok, run_dir, resume, save=main)
+    ewc = regularizer_from(cfg.regularizer, raw, tok, run_dir, resume, save=main)   # before a checkpoint loads
     # Under DDP every process estimates p̂ identically (same seeds); only the main one records
     # into the shared ledger, the others into a private file.
-    world, rank = accelerator.num_processes, accelerator.process_index
     ledger = Ledger(cfg.ledger.path or run_dir / "ledger.sqlite") if main else \
         Ledger(run_dir / f".ledger-rank{rank}.sqlite")
     tag = cfg.ledger.model or f"{run_dir.resolve()}:student"
-
-    step = 0
     ckpt, state = resume_or_fresh(run_dir, resume, lambda c: load_checkpoint(c, raw, optimizer, scheduler))
+    step = state["step"] if ckpt is not None else 0
     if ckpt is not None:
-        step = state["step"]
         console.print(f"resumed from {ckpt} at step {step}")
     log = RunLog(run_dir, cfg.run.report_to, d.logging_steps, resume_step=step if ckpt else None,
                  enabled=main, config=to_dict(cfg))
@@ -144,63 +254,14 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
         before = held_out_eval("before")
         if main:
             write_json(run_dir / "before.json", before)
-
-    def weights_at(stage_i: int, stage: StageCfg, at: int, start: int):
-        """p̂ and w for every pool problem, estimated at global step ``at`` (reused if recorded);
-        online_passrate: the stage-start estimate plus the verified responses of steps ≤ at.
-        weighting uniform uses no p̂: nothing is sampled, p̂ is NaN."""
-        if stage.weighting == "uniform":
-            return np.full(len(pool), np.nan), np.ones(len(pool))
-        name = f"{stage_i}:{stage.name}"
-        base = start if stage.online_passrate else at
-        counts = ledger.counts(model=tag, stage=name, step=base)
-        if len(counts) < len(pool):  # not yet estimated (or a kill cut the estimate short)
-            params = SamplingParams(temperature=d.passrate_temperature,
-                                    max_tokens=d.max_completion_length, seed=cfg.run.seed * 7919 + base)
-            todo = [e for e in pool if e.id not in counts]
-            counts.update(estimate(raw, tok, todo, ledger, d.num_generations, params, tag, name,
-                                   step=base, batch_size=d.sampling_batch_size, system_prompt=system,
-                                   backend=cfg.engine.backend, long_prompts=long))
-        online = ledger.counts(model=tag, stage=f"{name}:online", before_step=at + 1) \
-            if stage.online_passrate else {}
-        c = np.array([counts[e.id][0] + online.get(e.id, (0, 0))[0] for e in pool])
-        k = np.array([counts[e.id][1] + online.get(e.id, (0, 0))[1] for e in pool])
-        w = problem_weights(c, k, stage.weighting, stage.weight_alpha, stage.weight_beta,
-                            stage.weight_estimator)
-        return c / k, w
-
-    teacher_cache: dict[str, list[int]] = {}
-
-    def responses_for(ids: list[str], who: str, at: int) -> list[list[int]]:
-        eos, pad = stops, tok.pad_token_id
-        if who == "teacher" and d.teacher_temperature == 0:  # greedy: deterministic, cached
-            todo = [i for i in ids if i not in teacher_cache]
-            if todo:
-                ro = sample(teacher, [t_prompts[i] for i in todo],
-                            SamplingParams(temperature=0.0, max_tokens=d.max_completion_length),
-                            eos_token_id=eos, pad_token_id=pad)
-                for i, row, n in zip(todo, ro.completion_ids.tolist(), ro.lengths.tolist()):
-                    teacher_cache[i] = row[:n]
-            return [teacher_cache[i] for i in ids]
-        model, prompts, temp = ((teacher, t_prompts, d.teacher_temperature) if who == "teacher"
-                                else (raw, s_prompts, d.student_temperature))
-        draw = sample if who == "teacher" else SAMPLERS[cfg.engine.backend]   # engine: the student's
-        ro = draw(model, [prompts[i] for i in ids],
-                  SamplingParams(temperature=temp, max_tokens=d.max_completion_length,
-                                 seed=cfg.run.seed * 1000003 + at), eos_token_id=eos, pad_token_id=pad)
-        return [row[:n] for row, n in zip(ro.completion_ids.tolist(), ro.lengths.tolist())]
-
-    def record_online(name: str, ids: list[str], resp: list[list[int]], at: int) -> None:
-        texts = tok.batch_decode(resp, skip_special_tokens=True)
-        done = [bool(r) and r[-1] in stops for r in resp]      # ended at a stop token, not cut
-        counts = tally(ids, [verify(t, by_id[i], f) for i, t, f in zip(ids, texts, done)])
-        ledger.record(gather_counts(counts, world), model=tag, stage=name, step=at)
-
+    pr = PassRater(raw, tok, d.num_generations, d.passrate_temperature, d.max_completion_length, cfg.run.seed,
+                   d.sampling_batch_size, system, cfg.engine.backend, long)
+    rs = Responder(teacher, raw, t_prompts, s_prompts, stops, tok.pad_token_id, d.max_completion_length,
+                   d.teacher_temperature, d.student_temperature, cfg.run.seed, cfg.engine.backend)
     # a resumed run redoes the steps past its checkpoint: their online rows go (a fresh run: all)
     for i, st in enumerate(d.stages):
         if st.online_passrate:
             ledger.forget_from(tag, f"{i}:{st.name}:online", step + 1 if ckpt is not None else 0)
-
     # What the frozen teacher computes on repeated inputs (paced/teacher.py): hidden states on
     # greedy teacher responses (off-policy), prompt KV caches (otherwise).
     hidden_cache = TeacherHiddenCache(d.teacher_cache_mib * 2 ** 20)
@@ -210,7 +271,7 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
     bar = Progress(total_steps, "distill", cfg.run.progress and main, initial=step)
     stage_start = 0
     for stage_i, stage in enumerate(d.stages):
-        stage_end = stage_start + stage.max_steps
+        stage_end, name = stage_start + stage.max_steps, f"{stage_i}:{stage.name}"
         if step >= stage_end:
             stage_start = stage_end
             continue
@@ -218,55 +279,36 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
         kw = loss_kwargs(stage.loss_type, stage.temperature, stage.beta, stage.akl_mu)
         every = stage.reestimate_every or stage.max_steps
         est_at = stage_start + ((step - stage_start) // every) * every  # the estimate in force
-        p_hat, w = weights_at(stage_i, stage, est_at, stage_start)
+        weigh = (stage.weighting, stage.weight_alpha, stage.weight_beta, stage.weight_estimator, stage.online_passrate)
+        p_hat, w = stage_weights(pr, ledger, tag, name, pool, *weigh, est_at, stage_start)
         console.print(f"stage {stage_i} '{stage.name}': {stage.loss_type} on {who} responses, "
                       f"weighting {stage.weighting}; {int((w > 0).sum())}/{len(pool)} problems "
                       f"with w > 0 (p̂ = 0: {int((p_hat == 0).sum())}, p̂ = 1: {int((p_hat == 1).sum())})")
+        cache = hidden_cache if who == "teacher" and d.teacher_temperature == 0 else prompt_cache
         while step < stage_end:
             t_step = time.perf_counter()
             if step > est_at and (step - stage_start) % every == 0:
                 est_at = step
-                p_hat, w = weights_at(stage_i, stage, est_at, stage_start)
-            live = np.flatnonzero(w > 0)
-            if live.size == 0:
+                p_hat, w = stage_weights(pr, ledger, tag, name, pool, *weigh, est_at, stage_start)
+            if not (w > 0).any():
                 raise ValueError(f"stage {stage.name!r}: every problem has weight 0 at step {step} "
                                  f"(p̂ all 0 or 1 under {stage.weighting}); nothing to train on. "
                                  f"The last checkpoint is {latest_checkpoint(run_dir)}")
-            rng = np.random.default_rng([cfg.run.seed, step])  # one global batch; each process its slice
-            # at least one problem per process, drawn with replacement if fewer are live
-            size = max(min(d.per_device_train_batch_size * world, live.size), world)
-            short = live.size < world
-            if stage.sample_by_weight:
-                pick = rng.choice(live, size, replace=short, p=w[live] / w[live].sum())
-                raw_w = np.ones(size)
-            else:
-                pick = rng.choice(live, size, replace=short)
-                raw_w = w[pick]
-            pick, raw_w = pick[rank::world], raw_w[rank::world]
+            pick, raw_w = pick_batch(w, cfg.run.seed, step, d.per_device_train_batch_size, world, rank,
+                                     stage.sample_by_weight)
             ids = [pool[i].id for i in pick]
-            resp = responses_for(ids, who, step)
+            resp = responses_for(rs, ids, who, step)
             if stage.online_passrate:  # the responses drawn anyway, verified: p̂ rows for later
-                record_online(f"{stage_i}:{stage.name}:online", ids, resp, step + 1)
+                record_online(ledger, tok, by_id, stops, world, tag, f"{name}:online", ids, resp, step + 1)
             resp = [r if r else [tok.eos_token_id] for r in resp]
-            dev = accelerator.device
-            s_ids, s_mask, s_pos, Ps = pack([s_prompts[i] for i in ids], resp, tok.pad_token_id)
-            s_batch = (s_ids.to(dev), s_mask.to(dev), s_pos.to(dev), Ps)
-            t_batch = s_batch
-            if t_prompts is not s_prompts:  # privileged teacher: its own prompts, its own batch
-                t_ids, t_mask, t_pos, Pt = pack([t_prompts[i] for i in ids], resp, tok.pad_token_id)
-                t_batch = (t_ids.to(dev), t_mask.to(dev), t_pos.to(dev), Pt)
-            R = s_ids.shape[1] - Ps
-            resp_mask = s_mask[:, Ps:].float()                                   # (B, R)
+            s_batch, t_batch, resp_mask, R = pack_pair([s_prompts[i] for i in ids], None if t_prompts is s_prompts
+                                                       else [t_prompts[i] for i in ids], resp, tok.pad_token_id, dev)
             factors = torch.as_tensor(normalize(raw_w, stage.normalize), dtype=torch.float32, device=dev)
-            cache = hidden_cache if who == "teacher" and d.teacher_temperature == 0 else prompt_cache
-            if d.teacher_cache_mib > 0:
-                h_t = cache(teacher, ids, [t_prompts[i] for i in ids], resp, t_batch, R)   # (B, R, H)
-            else:
-                h_t = teacher_hidden(teacher, *t_batch, R)                                  # (B, R, H)
+            h_t = cache(teacher, ids, [t_prompts[i] for i in ids], resp, t_batch, R) if d.teacher_cache_mib > 0 \
+                else teacher_hidden(teacher, *t_batch, R)                                  # (B, R, H)
             student.train()
-            loss, per_problem, agreement = distill_step(
-                student, h_t, head_t, s_batch, resp_mask.to(dev), factors,
-                stage.loss_type, kw, d.chunk_size)
+            loss, per_problem, agreement = distill_step(student, h_t, head_t, s_batch, resp_mask.to(dev), factors,
+                                                        stage.loss_type, kw, d.chunk_size)
             penalty = ewc.penalty(raw) if ewc is not None else None           # λ Σ F (θ − θ*)², 0-dim
             total = loss if penalty is None else loss + penalty
             if not math.isfinite(total.item()):
@@ -306,6 +348,24 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
     log.summary(summary)
     log.close()
     return summary
+
+
+def load_pair(cfg, run_dir, accelerator):
+    """The student (built or loaded), its tokenizer, and the frozen teacher on the device
+    (``teacher.path: self``: a frozen copy of the starting student); vocabularies and logits
+    heads checked."""
+    with accelerator.main_process_first():
+        student, tok, _ = load_model(cfg.student.path, cfg.student.preset, cfg.student.init_seed, cfg.student.dtype,
+                                     run_dir, cfg.student.gradient_checkpointing)
+    if cfg.teacher.path == "self":
+        teacher, t_tok = copy.deepcopy(student), tok
+    else:
+        teacher, t_tok = load_model_and_tokenizer(cfg.teacher.path, cfg.teacher.dtype)
+    check_vocab(tok, t_tok, student, teacher)
+    check_logits_head(student, "student")
+    check_logits_head(teacher, "teacher")
+    teacher.eval().requires_grad_(False).to(accelerator.device)
+    return student, tok, teacher
 
 
 def _save(accelerator, run_dir, step, student, tok, optimizer, scheduler, keep) -> None:

@@ -1,7 +1,7 @@
 """The machinery behind paced's typed configs: dataclass fields with help and ranges, YAML +
 ``key=value`` overrides, validation that names the key, and ``--help`` text.
 
-``paced.config`` declares the sections and the command roots with ``F``; nothing here knows them.
+``paced.config`` declares the sections and the command roots with ``option``; nothing here knows them.
 """
 from __future__ import annotations
 
@@ -71,7 +71,7 @@ def safe_yaml(text: str):
     return data
 
 
-def F(default, help: str, *, min=None, max=None, choices=None):
+def option(default, help: str, *, min=None, max=None, choices=None):
     """A config field: default, help text and optional range/choices checked at load."""
     meta = {"help": help, "min": min, "max": max, "choices": choices}
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):

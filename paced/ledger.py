@@ -72,7 +72,7 @@ def unbiased_power(c, k, a: int, b: int):
     return falling(c, int(a)) * falling(k - c, int(b)) / falling(k, int(a + b))
 
 
-ESTIMATORS = {"plain": plain, "beta_mean": beta_mean}
+PASS_RATE_ESTIMATORS = {"plain": plain, "beta_mean": beta_mean}   # p̂ of (c, K): paced ledger's estimator
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:
@@ -215,4 +215,4 @@ class Ledger:
         ids = list(counts)
         c = np.array([counts[i][0] for i in ids])
         k = np.array([counts[i][1] for i in ids])
-        return dict(zip(ids, ESTIMATORS[estimator](c, k).tolist()))
+        return dict(zip(ids, PASS_RATE_ESTIMATORS[estimator](c, k).tolist()))

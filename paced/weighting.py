@@ -53,7 +53,7 @@ def uniform(p):
 
 
 WEIGHTINGS = {"uniform": uniform, "hard_filter": hard_filter, "beta": beta_kernel}
-ESTIMATORS = ("plugin", "unbiased")
+WEIGHT_ESTIMATORS = ("plugin", "unbiased")   # w of (c, K): plugin w(c/K), or unbiased
 
 
 def problem_weights(successes, trials, weighting: str, alpha: float = 1.0, beta: float = 1.0,
@@ -69,8 +69,8 @@ def problem_weights(successes, trials, weighting: str, alpha: float = 1.0, beta:
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; choose one of {sorted(WEIGHTINGS)}")
-    if estimator not in ESTIMATORS:
-        raise ValueError(f"unknown estimator {estimator!r}; choose one of {list(ESTIMATORS)}")
+    if estimator not in WEIGHT_ESTIMATORS:
+        raise ValueError(f"unknown estimator {estimator!r}; choose one of {list(WEIGHT_ESTIMATORS)}")
     c = np.asarray(successes, dtype=float)
     k = np.asarray(trials, dtype=float)
     if np.any(k < 1) or np.any(c < 0) or np.any(c > k):

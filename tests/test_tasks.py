@@ -5,7 +5,7 @@ import time
 import pytest
 
 from paced.config import DataCfg, load_config
-from paced.tasks import TaskSet, load_source, load_sources, verify
+from paced.tasks import load_source, load_sources, verify
 from paced.tasks.files import DataError
 
 
@@ -17,10 +17,9 @@ def test_synthetic_source_and_verify():
     (src,) = sources({"source": "modular", "n": 20, "difficulty": [1, 4], "seed": 3})
     exs, skipped = load_source(src)
     assert len(exs) == 20 and skipped == 0
-    task = TaskSet("modular", exs)
-    for e in task.examples():
-        assert task.verify(e.solution, e)
-        assert not task.verify(e.solution + "0", e)
+    for e in exs:
+        assert verify(e.solution, e)
+        assert not verify(e.solution + "0", e)
 
 
 def test_single_difficulty_and_verifier_override():

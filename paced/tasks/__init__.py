@@ -8,11 +8,11 @@ example's ``answer_format`` (``formats.ANSWER_FORMATS``). Files and CHAMP go thr
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 from . import files, formats, synthetic, verifiers
-from .base import Example, Task
+from .base import Example
 
 VERIFIERS = {
     "exact": verifiers.verify_exact,
@@ -35,19 +35,6 @@ def verify(completion: str, example: Example, finished: bool = True) -> bool:
         return bool(VERIFIERS[example.verifier](completion, example))
     except Exception:  # a verifier bug must not kill a training run: count it as wrong
         return False
-
-
-@dataclass
-class TaskSet:
-    """A named list of examples that verifies each completion with the example's own verifier."""
-    name: str
-    items: list[Example]
-
-    def examples(self) -> list[Example]:
-        return self.items
-
-    def verify(self, completion: str, example: Example) -> bool:
-        return verify(completion, example)
 
 
 def _with_format(exs: list[Example], src) -> list[Example]:
@@ -123,4 +110,4 @@ def load_sources(sources, what: str = "data") -> list[Example]:
     return out
 
 
-__all__ = ["Example", "Task", "TaskSet", "VERIFIERS", "verify", "load_source", "load_sources"]
+__all__ = ["Example", "VERIFIERS", "verify", "load_source", "load_sources"]

@@ -5,7 +5,6 @@ reference ``answer``, and optionally a ``hint`` (free text, used by Guide) and a
 ``solution`` (used by SFT and as the teacher's response format). ``answer_format`` (and
 ``answer_regex``) say where the final answer is read from a completion (``paced.tasks.formats``).
 
-A ``Task`` is anything with ``name``, ``examples`` and ``verify(completion, example) -> bool``.
 Synthetic families, data files and CHAMP all produce ``Example`` objects; which verifier checks a
 completion is carried by the example itself (``example.verifier``, a key of ``VERIFIERS`` in
 ``paced.tasks``), so that a mixed pool of families and files is checked correctly row by row.
@@ -13,7 +12,6 @@ completion is carried by the example itself (``example.verifier``, a key of ``VE
 from __future__ import annotations
 
 from dataclasses import dataclass, field, asdict
-from typing import Protocol
 
 
 @dataclass(frozen=True)
@@ -36,11 +34,3 @@ class Example:
         row = asdict(self)
         return {k: v for k, v in row.items()
                 if v not in (None, {}, "") and not (k == "answer_format" and v == "auto")}
-
-
-class Task(Protocol):
-    name: str
-
-    def examples(self) -> list[Example]: ...
-
-    def verify(self, completion: str, example: Example) -> bool: ...

@@ -9,6 +9,8 @@ tensors. Pure functions of token ids and numbers (no configs, no models).
 """
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import numpy as np
 import torch
 
@@ -67,7 +69,24 @@ def collate(rows: list[tuple[list[int], list[int]]], pad_id: int):
     return ids, mask, labels
 
 
-def pack(prompts: list[list[int]], responses: list[list[int]], pad: int):
+class Packed(NamedTuple):
+    """Left-padded prompts + right-padded responses. A tuple: ``ids, mask, pos, P = pack(...)``."""
+    ids: torch.Tensor     # (B, P + R) token ids, pad outside each row's prompt + response
+    mask: torch.Tensor    # (B, P + R) attention mask
+    pos: torch.Tensor     # (B, P + R) position ids (0 at each row's first real token)
+    P: int                # the column where every response starts
+
+
+class PackedRows(NamedTuple):
+    """``Packed`` on a device, with R (the response columns): one RL micro-batch."""
+    ids: torch.Tensor
+    mask: torch.Tensor
+    pos: torch.Tensor
+    P: int
+    R: int
+
+
+def pack(prompts: list[list[int]], responses: list[list[int]], pad: int) -> Packed:
     """Left-padded prompts + right-padded responses: ids, attention mask, position ids (B, P+R),
     and P, the column where every response starts."""
     P, R = max(map(len, prompts)), max(map(len, responses))
@@ -76,9 +95,10 @@ def pack(prompts: list[list[int]], responses: list[list[int]], pad: int):
     for i, (p, r) in enumerate(zip(prompts, responses)):
         ids[i, P - len(p):P], ids[i, P:P + len(r)] = torch.tensor(p), torch.tensor(r)
         mask[i, P - len(p):P + len(r)] = 1
-    return ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), P
+    return Packed(ids, mask, (mask.cumsum(-1) - 1).clamp(min=0), P)
 
 
-def pack_rows(prompts, completions, rows, pad, dev):
+def pack_rows(prompts, completions, rows: list[int], pad: int, dev) -> PackedRows:
+    """``pack`` of the batch rows ``rows`` (prompt i with completion i), on ``dev``."""
     ids, mask, pos, P = pack([prompts[i] for i in rows], [completions[i] for i in rows], pad)
-    return ids.to(dev), mask.to(dev), pos.to(dev), P, ids.shape[1] - P
+    return PackedRows(ids.to(dev), mask.to(dev), pos.to(dev), P, ids.shape[1] - P)

@@ -52,7 +52,7 @@ from ..tasks import load_sources, verify
 from ..tasks.answers import take_undecided
 from ..teacher import TeacherHiddenCache, TeacherPromptCache, check_vocab, response_hidden, teacher_hidden
 from ..weighting import normalize, problem_weights
-from .batches import pack
+from .batches import Packed, pack
 from .optimization import make_scheduler, optimizer_from, update
 from .regularizer import regularizer_from
 
@@ -170,13 +170,13 @@ def record_online(ledger: Ledger, tok, by_id: dict, stops: list[int], world: int
 def pack_pair(s_prompts: list, t_prompts: list | None, resp: list[list[int]], pad: int, dev):
     """The student's batch (ids, mask, pos, P) on device, the teacher's (its own prompts when
     privileged, else the same batch), the response mask (B, R) and R."""
-    s_ids, s_mask, s_pos, Ps = pack(s_prompts, resp, pad)
-    s_batch = (s_ids.to(dev), s_mask.to(dev), s_pos.to(dev), Ps)
+    s = pack(s_prompts, resp, pad)
+    s_batch = Packed(s.ids.to(dev), s.mask.to(dev), s.pos.to(dev), s.P)
     t_batch = s_batch
     if t_prompts is not None:
-        t_ids, t_mask, t_pos, Pt = pack(t_prompts, resp, pad)
-        t_batch = (t_ids.to(dev), t_mask.to(dev), t_pos.to(dev), Pt)
-    return s_batch, t_batch, s_mask[:, Ps:].float(), s_ids.shape[1] - Ps
+        t = pack(t_prompts, resp, pad)
+        t_batch = Packed(t.ids.to(dev), t.mask.to(dev), t.pos.to(dev), t.P)
+    return s_batch, t_batch, s.mask[:, s.P:].float(), s.ids.shape[1] - s.P
 
 
 def distill_step(student, h_t, head_t, s_batch, resp_mask, weights, loss_type: str, loss_kw: dict,

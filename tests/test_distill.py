@@ -30,8 +30,9 @@ def distill_cfg(run_dir, student, *overrides):
         "run.progress=false", *overrides], run_dir=run_dir)
 
 
-@pytest.mark.parametrize("loss_type", ["forward_kl", "reverse_kl", "jsd", "akl"])
-@pytest.mark.parametrize("weighting", ["uniform", "hard_filter", "beta"])
+# every DISTILL_LOSSES entry and every weighting in one smoke run each (not the cross product)
+@pytest.mark.parametrize("loss_type, weighting", [("forward_kl", "uniform"), ("reverse_kl", "hard_filter"),
+                                                  ("jsd", "beta"), ("akl", "beta")])
 def test_every_loss_and_weighting(tmp_path, student, loss_type, weighting):
     cfg = distill_cfg(tmp_path, student, "data.eval=[]", "data.forgetting=[]",
                       f"distill.stages=[{{name: s, loss_type: {loss_type}, max_steps: 2, "
@@ -39,7 +40,7 @@ def test_every_loss_and_weighting(tmp_path, student, loss_type, weighting):
     summary = D.train(cfg)
     assert summary["steps"] == 2
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    assert len(rows) == 2 and all(r["zero_weight_forwards"] == 0 for r in rows)
+    assert len(rows) == 2   # zero-weight problems never reach a forward: the spy test below
     assert all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     assert rows[0]["loss"] > 0  # privileged teacher: the KL is not trivially zero
     if weighting != "uniform":

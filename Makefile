@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN     = $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 
-.PHONY: demo test test-core test-vllm bench install clean
+.PHONY: demo test test-core test-fast test-vllm bench install clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ test: test-core test-vllm
 
 test-core: $(VENV)/.installed
 	$(BIN)/python -m pytest -q $(ARGS)
+
+# while developing: the suite without the tests marked slow (end-to-end subprocesses, torchrun,
+# the architecture sweep, the real model); `make test` stays the whole suite
+test-fast: $(VENV)/.installed
+	$(BIN)/python -m pytest -q -m "not slow" $(ARGS)
 
 bench: $(VENV)/.installed
 	$(BIN)/python benchmarks/rollout_throughput.py $(ARGS)

@@ -13,6 +13,8 @@ from paced.teacher import TeacherPromptCache, teacher_hidden
 from paced.train.batches import pack
 from paced.train.logprobs import completion_logprobs
 
+pytestmark = pytest.mark.slow   # 22 architectures end to end: `make test-fast` skips them
+
 ARCHS = {  # name -> (config class, model class, config fields); vocab 50 for all
     "gpt2": ("GPT2Config", "GPT2LMHeadModel", dict(n_embd=32, n_layer=2, n_head=2, n_positions=64)),
     "qwen2": ("Qwen2Config", "Qwen2ForCausalLM", dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2,

@@ -11,6 +11,8 @@ import pytest
 import yaml
 from safetensors.torch import load_file
 
+pytestmark = pytest.mark.slow   # the CLI end to end in subprocesses, torchrun: `make test-fast` skips them
+
 ROOT = Path(__file__).resolve().parents[1]
 SMOKE = ROOT / "configs" / "smoke"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"}

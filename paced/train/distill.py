@@ -28,7 +28,6 @@ compute" means equal numbers of problems actually trained on (docs/methods.md, p
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import time
@@ -42,15 +41,14 @@ from ..config import DistillConfig, to_dict
 from ..evaluate import evaluate
 from ..ledger import Ledger, gather_counts, histogram, tally
 from ..losses import DEFAULT_RESPONSES, DISTILL_LOSSES, chunked_token_loss, loss_kwargs, masked_mean
-from ..models import (check_logits_head, encode_prompts, load_model_and_tokenizer, logits_head, prompt_room,
-                      save_pretrained, stop_token_ids)
+from ..models import encode_prompts, logits_head, prompt_room, save_pretrained, stop_token_ids
 from ..passrate import estimate
 from ..rollout import SAMPLERS, SamplingParams, sample
 from ..run import load_model, start_run
 from ..runlog import Progress, RunLog, console, write_json
 from ..tasks import load_sources, verify
 from ..tasks.answers import take_undecided
-from ..teacher import TeacherHiddenCache, TeacherPromptCache, check_vocab, response_hidden, teacher_hidden
+from ..teacher import TeacherHiddenCache, TeacherPromptCache, load_teacher, response_hidden, teacher_hidden
 from ..weighting import normalize, problem_weights
 from .batches import Packed, pack
 from .optimization import make_scheduler, optimizer_from, update
@@ -357,14 +355,7 @@ def load_pair(cfg, run_dir, accelerator):
     with accelerator.main_process_first():
         student, tok, _ = load_model(cfg.student.path, cfg.student.preset, cfg.student.init_seed, cfg.student.dtype,
                                      run_dir, cfg.student.gradient_checkpointing)
-    if cfg.teacher.path == "self":
-        teacher, t_tok = copy.deepcopy(student), tok
-    else:
-        teacher, t_tok = load_model_and_tokenizer(cfg.teacher.path, cfg.teacher.dtype)
-    check_vocab(tok, t_tok, student, teacher)
-    check_logits_head(student, "student")
-    check_logits_head(teacher, "teacher")
-    teacher.eval().requires_grad_(False).to(accelerator.device)
+    teacher = load_teacher(cfg.teacher.path, cfg.teacher.dtype, student, tok).to(accelerator.device)
     return student, tok, teacher
 
 

@@ -22,14 +22,24 @@ from .tasks.answers import take_undecided
 def estimate(model, tokenizer, examples, ledger: Ledger, k: int, params: SamplingParams,
              model_name: str, stage: str, step: int = 0, batch_size: int = 256,
              progress: bool = False, backend: str = "hf",
-             system_prompt: str = "default", long_prompts: str = "error") -> dict[str, tuple[int, int]]:
-    """Draw K rollouts per example, verify, record; returns {id: (successes, K)}."""
+             system_prompt: str = "default", long_prompts: str = "error",
+             recorded: dict | None = None) -> dict[str, tuple[int, int]]:
+    """Draw K rollouts per example, verify, record; returns {id: (successes, K)}.
+
+    Batches and their seeds are fixed by the positions in ``examples``; a batch whose problems
+    are all in ``recorded`` (ledger counts a killed run already wrote: one transaction per batch)
+    is taken from it and not sampled again, so a resumed estimate equals an uninterrupted one."""
     per_call = max(1, batch_size // k)           # prompts per sampler call
     out: dict[str, tuple[int, int]] = {}
+    recorded = recorded or {}
     starts = range(0, len(examples), per_call)
     bar = Progress(len(starts), "pass rates", progress)
     for s in starts:
         batch = examples[s: s + per_call]
+        if all(e.id in recorded for e in batch):
+            out.update({e.id: recorded[e.id] for e in batch})
+            bar.update()
+            continue
         p = SamplingParams(n=k, temperature=params.temperature, top_p=params.top_p,
                            top_k=params.top_k, max_tokens=params.max_tokens, seed=params.seed + s)
         _, _, rewards = rollout_and_verify(model, tokenizer, batch, p, batch_size, backend=backend,

@@ -159,3 +159,23 @@ def test_paced_ledger_shows_paced_weights_with_the_unbiased_estimator(tmp_path, 
     assert cli.main([str(a) for a in base + ["weight_estimator=unbiased", "weight_alpha=0.5"]]) == 2
     assert capsys.readouterr().err.strip() == ("paced ledger: config error: weight_estimator: 'unbiased' "
                                                "needs integer weight_alpha and weight_beta")
+
+
+def test_a_killed_estimate_resumes_to_the_uninterrupted_counts(tmp_path):
+    """passrate.estimate records one transaction per sampler batch and seeds each batch by its
+    position in the pool: a run killed after some batches, resumed with the recorded counts,
+    samples only the missing batches, with their own seeds, and ends with the same ledger."""
+    from paced.passrate import estimate
+    from paced.rollout import SamplingParams
+    from paced.run import load_model
+    from paced.tasks.synthetic import generate
+    model, tok, _ = load_model(None, "nano", 0, "float32", tmp_path)
+    pool = generate("add", 10, 0, (1, 2))
+    p = SamplingParams(temperature=1.0, max_tokens=6, seed=5)
+    kw = dict(k=4, params=p, model_name="m", stage="s", batch_size=8)    # 2 problems per sampler call
+    full = estimate(model, tok, pool, Ledger(tmp_path / "a.sqlite"), **kw)
+    killed = Ledger(tmp_path / "b.sqlite")
+    estimate(model, tok, pool[:4], killed, **kw)                          # 2 of 5 batches, then killed
+    resumed = estimate(model, tok, pool, killed, **kw, recorded=killed.counts(model="m", stage="s"))
+    assert resumed == full and killed.counts(model="m", stage="s") == full
+    assert sum(k for _, k in killed.counts(model="m", stage="s").values()) == 10 * 4   # nothing twice

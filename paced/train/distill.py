@@ -84,10 +84,9 @@ def stage_weights(pr: PassRater, ledger: Ledger, tag: str, name: str, pool: list
     counts = ledger.counts(model=tag, stage=name, step=base)
     if len(counts) < len(pool):  # not yet estimated (or a kill cut the estimate short)
         params = SamplingParams(temperature=pr.temperature, max_tokens=pr.max_tokens, seed=pr.seed * 7919 + base)
-        todo = [e for e in pool if e.id not in counts]
-        counts.update(estimate(pr.model, pr.tok, todo, ledger, pr.k, params, tag, name, step=base,
-                               batch_size=pr.batch_size, system_prompt=pr.system, backend=pr.backend,
-                               long_prompts=pr.long_prompts))
+        counts = estimate(pr.model, pr.tok, pool, ledger, pr.k, params, tag, name, step=base,
+                          batch_size=pr.batch_size, system_prompt=pr.system, backend=pr.backend,
+                          long_prompts=pr.long_prompts, recorded=counts)   # a killed estimate resumes exactly
     extra = ledger.counts(model=tag, stage=f"{name}:online", before_step=at + 1) if online else {}
     c = np.array([counts[e.id][0] + extra.get(e.id, (0, 0))[0] for e in pool])
     k = np.array([counts[e.id][1] + extra.get(e.id, (0, 0))[1] for e in pool])

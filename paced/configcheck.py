@@ -114,7 +114,7 @@ def _check_answer_format(key: str, src) -> None:
     if src.answer_regex is not None:
         try:
             compile_regex(src.answer_regex)
-        except re.error as e:
+        except (re.error, OverflowError, RecursionError) as e:   # 'a{99999999999999}': OverflowError
             raise ConfigError(f"{key}.answer_regex: {src.answer_regex!r} does not compile: {e}") from None
     try:
         fields = template_fields(src.prompt_template)

@@ -134,8 +134,13 @@ class Ledger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db, self._pid = None, None
-        with self._connect() as db:
-            db.executescript(SCHEMA)
+        try:
+            with self._connect() as db:
+                db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as e:   # a text file, random bytes, a damaged database
+            self._db = None
+            raise ValueError(f"{self.path}: not a pass-rate ledger ({e}); give ledger.path a new file "
+                             f"or a paced ledger (SQLite)") from None
 
     def _connect(self) -> sqlite3.Connection:
         """One connection per process, kept open: opening one per call (and the fsync its close

@@ -330,3 +330,18 @@ def test_text_overrides_need_no_yaml_quoting(tmp_path, capsys):
     msg = one_error(capsys, "eval", "--config", SMOKE / "eval.yaml", "data.eval[0].n=3", "--run-dir", tmp_path)
     assert msg == ("paced eval: config error: override data.eval[0].n: an item of a list cannot be set alone; "
                    "give the whole list, e.g. 'data.eval=[{source: add, n: 64}]'")
+
+
+def test_a_ledger_that_is_not_sqlite_and_an_overflowing_regex(tmp_path, capsys):
+    """Found by benchmarks/reliability.py: sqlite3's DatabaseError and re's OverflowError were
+    tracebacks; now one line each, and the file is left as it was."""
+    bad = tmp_path / "notes.sqlite"
+    bad.write_text("hello, not a db\n")
+    msg = one_error(capsys, "ledger", "--config", SMOKE / "ledger.yaml", "--path", bad, "--run-dir", tmp_path / "r")
+    assert msg == (f"paced ledger: error: {bad}: not a pass-rate ledger (file is not a database); give "
+                   f"ledger.path a new file or a paced ledger (SQLite)")
+    assert bad.read_text() == "hello, not a db\n"
+    msg = one_error(capsys, "eval", "--config", SMOKE / "eval.yaml", "--run-dir", tmp_path / "e",
+                    'data.eval=[{source: add, n: 2, answer_format: regex, answer_regex: "a{99999999999999}"}]')
+    assert msg == ("paced eval: config error: data.eval[0].answer_regex: 'a{99999999999999}' does not compile: "
+                   "the repetition number is too large")

@@ -174,7 +174,7 @@ def extract_regex(text: str, pattern: str | None = None) -> str | None:
         for last in rx.finditer(text[-TAIL:]):
             pass
         got = None if last is None else last.group(1) if rx.groups else last.group(0)
-    except (re.error, RecursionError, IndexError):
+    except (re.error, OverflowError, RecursionError, IndexError):
         return None
     return got.strip() or None if got is not None else None
 
@@ -243,7 +243,7 @@ def has_final_answer(text: str, answer_format: str = "auto", pattern: str | None
             for last in compile_regex(pattern).finditer(text[-TAIL:]):
                 pass
             return last is not None and last.end() < len(text[-TAIL:])
-        except (re.error, RecursionError):
+        except (re.error, OverflowError, RecursionError):
             return False
     return False
 

@@ -93,6 +93,21 @@ def stage_weights(pr: PassRater, ledger: Ledger, tag: str, name: str, pool: list
     return c / k, problem_weights(c, k, weighting, alpha, beta, estimator)
 
 
+def held_out_eval(pr: PassRater, held_out: dict[str, list], n: int, when: str) -> dict:
+    """mean@n and greedy accuracy of the student on each held-out set (target, forgetting probe),
+    sampled as its p̂ is; printed and returned."""
+    out = {}
+    for name, exs in held_out.items():
+        if exs:
+            r = evaluate(pr.model, pr.tok, exs, n, [1], temperature=pr.temperature, max_tokens=pr.max_tokens,
+                         greedy=True, seed=pr.seed, system_prompt=pr.system, backend=pr.backend,
+                         long_prompts=pr.long_prompts)
+            out[name] = {"mean@n": r["overall"]["mean@n"], "greedy": r["overall"]["greedy"]}
+    console.print(f"{when}: " + ", ".join(f"{k} mean@{n} {v['mean@n']:.3f} greedy {v['greedy']:.3f}"
+                                          for k, v in out.items()))
+    return out
+
+
 def pick_batch(w: np.ndarray, seed: int, step: int, per_device: int, world: int, rank: int, by_weight: bool):
     """This process's slice of one global batch of pool indices from the problems with w > 0,
     and their raw weights: uniform draws weighted by w, or draws ∝ w weighted 1
@@ -233,26 +248,14 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
     log = RunLog(run_dir, cfg.run.report_to, d.logging_steps, resume_step=step if ckpt else None,
                  enabled=main, config=to_dict(cfg))
 
-    def held_out_eval(when: str) -> dict:
-        out = {}
-        for name, exs in held_out.items():
-            if exs:
-                r = evaluate(raw, tok, exs, d.eval_n, [1], temperature=d.passrate_temperature,
-                             max_tokens=d.max_completion_length, greedy=True, seed=cfg.run.seed,
-                             system_prompt=system, backend=cfg.engine.backend, long_prompts=long)
-                out[name] = {"mean@n": r["overall"]["mean@n"], "greedy": r["overall"]["greedy"]}
-        console.print(f"{when}: " + ", ".join(f"{k} mean@{d.eval_n} {v['mean@n']:.3f} greedy "
-                                              f"{v['greedy']:.3f}" for k, v in out.items()))
-        return out
-
+    pr = PassRater(raw, tok, d.num_generations, d.passrate_temperature, d.max_completion_length, cfg.run.seed,
+                   d.sampling_batch_size, system, cfg.engine.backend, long)
     if (run_dir / "before.json").exists() and ckpt is not None:  # measured by the first run
         before = json.loads((run_dir / "before.json").read_text())
     else:
-        before = held_out_eval("before")
+        before = held_out_eval(pr, held_out, d.eval_n, "before")
         if main:
             write_json(run_dir / "before.json", before)
-    pr = PassRater(raw, tok, d.num_generations, d.passrate_temperature, d.max_completion_length, cfg.run.seed,
-                   d.sampling_batch_size, system, cfg.engine.backend, long)
     rs = Responder(teacher, raw, t_prompts, s_prompts, stops, tok.pad_token_id, d.max_completion_length,
                    d.teacher_temperature, d.student_temperature, cfg.run.seed, cfg.engine.backend)
     # a resumed run redoes the steps past its checkpoint: their online rows go (a fresh run: all)
@@ -333,7 +336,7 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
         stage_start = stage_end
     bar.close()
     _save(accelerator, run_dir, step, student, tok, optimizer, scheduler, d.save_total_limit)
-    after = held_out_eval("after")
+    after = held_out_eval(pr, held_out, d.eval_n, "after")
     summary = {"command": "distill", "steps": step, "before": before, "after": after,
                "forgetting_drop": ({k: before["forgetting"][k] - after["forgetting"][k]
                                     for k in after["forgetting"]} if "forgetting" in after else None),

@@ -224,3 +224,13 @@ def test_huge_scientific_literals_are_fast():
 ])
 def test_prose_after_the_answer(text, gold, ok):
     assert verify_math(text, Example(id="p", prompt="?", answer=gold, verifier="math")) is ok
+
+
+@pytest.mark.parametrize("hostile", ["{" * 40, "(" * 40, "\\left(" * 10, "[" * 40, "(10^100)!", "((1))" * 3 + ")"])
+def test_unbalanced_deep_and_group_factorial_answers_never_reach_sympy(hostile):
+    """Found by benchmarks/reliability.py: as a gold, each took ~11 s (two math-verify timeouts)."""
+    t = time.perf_counter()
+    for pred, gold in ((hostile, "42"), ("42", hostile), (hostile + "1", hostile)):
+        assert math_equal(pred, gold) is False
+    assert time.perf_counter() - t < 0.5
+    assert verify_math("\\boxed{(2n)!/(2^n n!)}", Example(id="f", prompt="?", answer="(2n)!/(2^n*n!)"))  # still equal

@@ -3,7 +3,7 @@
 Nothing here ``eval``s model text; every public function is total and fast on any input (1 MB of
 text, 100,000 nested braces, ``9**9**9**9``, ``\\boxed{10^{10^{10^{10}}}}``). Cheapest first:
 ``normalize`` + string equality; ``numeric_equal`` (plain numbers regex-parsed into ``Fraction``,
-<= 50 chars, |exp| < 1000); then ``math_equal``, whose guards (length <= 1000, bracket depth <= 50,
+<= 50 chars, |exp| < 1000); then ``math_equal``, whose guards (length <= 1000, balanced brackets nested <= 20 deep,
 no ``**``, <= 30 carets, no exponent that is itself a numeric power like ``9^9^9`` or
 ``x^{10^{10}}``, no numeric exponent > 100000, no literal > 100 digits, no ``1e308``-style
 exponent, no ``n!`` with n > 1000) run before math-verify. ``extract_boxed`` is here too (one
@@ -43,7 +43,7 @@ __all__ = ["extract_boxed", "normalize", "parse_number", "numeric_equal", "math_
            "math_timeout", "take_undecided", "UNDECIDED", "TEXT_WRAP"]
 
 MAX_MATH_LEN = 1000      # characters of an extracted answer that math-verify may see
-MAX_DEPTH = 50           # bracket nesting depth
+MAX_DEPTH = 20           # bracket nesting depth (real answers nest far less)
 MAX_NORMALIZE = 20_000   # longer strings are only stripped by normalize()
 _STARTUP_S = 120.0       # generous: a cold start on a loaded machine
 _CACHE_SIZE = 65_536
@@ -153,6 +153,16 @@ def _exponent_end(s: str, i: int) -> int:
     return m.end() if m else i
 
 
+def _group_start(s: str, close: int) -> int:
+    """Index of the bracket that opens the group closed at ``s[close]`` (0 if none)."""
+    depth = 0
+    for i in range(close, -1, -1):
+        depth += (s[i] in _CLOSE) - (s[i] in _OPEN)
+        if depth == 0:
+            return i
+    return 0
+
+
 def _hostile(s: str) -> bool:
     """True when ``s`` must not reach sympy: too long or deep, python power, or power towers."""
     if len(s) > MAX_MATH_LEN or "**" in s or s.count("^") > 30:
@@ -160,13 +170,19 @@ def _hostile(s: str) -> bool:
     depth = 0
     for ch in s:
         depth += (ch in _OPEN) - (ch in _CLOSE)
-        if depth > MAX_DEPTH:
+        if depth > MAX_DEPTH or depth < 0:
             return True
+    if depth:   # unbalanced brackets: no expression, and sympy can take seconds to say so
+        return True
     if re.search(r"\d\s*[eE]\s*[+-]?\s*\d{3,}", s):   # 1e308, 1E999999: sympy takes seconds
         return True
     if any(len(d) > 100 for d in re.findall(r"\d+", s)) or \
             any(int(d) > 1000 for d in re.findall(r"(\d+)\s*!", s)):
         return True
+    for m in re.finditer(r"[)\]}]\s*!", s):   # (10^100)!: a group's factorial with a power or a big number
+        group = s[_group_start(s, m.start()):m.start()]
+        if "^" in group or re.search(r"\d{4,}", group):
+            return True
     for m in re.finditer(r"\^", s):
         end = _exponent_end(s, m.end())
         while s[end:].lstrip(" ").startswith("^"):  # a^b^c: the chain is the first exponent

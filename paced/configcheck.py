@@ -13,13 +13,19 @@ from .configtools import ConfigError
 # Sizes past these are refused before any work (a typo like 10**12 would hang or exhaust memory):
 # fields whose name ends in one of the keys, anywhere in the config.
 SIZE_CAPS = {"batch_size": 65_536, "num_generations": 4_096, "max_completion_length": 131_072,
-             "max_length": 131_072, "max_prompt_length": 131_072, "eval_n": 4_096}
+             "max_length": 131_072, "max_prompt_length": 131_072, "eval_n": 4_096,
+             "gradient_accumulation_steps": 65_536}
+STEP_SEQUENCES_CAP = 1_048_576  # per_device_train_batch_size x gradient_accumulation_steps, one step
 SYNTHETIC_N_CAP = 1_000_000     # problems one synthetic source may generate
 EVAL_N_CAP = 4_096              # samples per problem in eval / passrate
 
 
 def _check_sizes(obj, prefix: str = "") -> None:
     if dataclasses.is_dataclass(obj):
+        per, acc = getattr(obj, "per_device_train_batch_size", 1), getattr(obj, "gradient_accumulation_steps", 1)
+        if isinstance(per, int) and isinstance(acc, int) and per * acc > STEP_SEQUENCES_CAP:
+            raise ConfigError(f"{prefix}gradient_accumulation_steps: {per:,} x {acc:,} sequences per step is "
+                              f"more than paced accepts ({STEP_SEQUENCES_CAP:,}); a typo?")
         for f in dataclasses.fields(obj):
             value, key = getattr(obj, f.name), f"{prefix}{f.name}"
             if isinstance(value, int) and not isinstance(value, bool):

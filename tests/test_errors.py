@@ -345,3 +345,11 @@ def test_a_ledger_that_is_not_sqlite_and_an_overflowing_regex(tmp_path, capsys):
                     'data.eval=[{source: add, n: 2, answer_format: regex, answer_regex: "a{99999999999999}"}]')
     assert msg == ("paced eval: config error: data.eval[0].answer_regex: 'a{99999999999999}' does not compile: "
                    "the repetition number is too large")
+
+
+def test_a_step_of_too_many_sequences_is_refused(tmp_path, capsys):
+    """Found by benchmarks/reliability.py: gradient_accumulation_steps=10**30 passed the caps and hung."""
+    msg = one_error(capsys, "sft", "--config", SMOKE / "sft.yaml", "train.gradient_accumulation_steps=10000000",
+                    "--run-dir", tmp_path)
+    assert msg == ("paced sft: config error: train.gradient_accumulation_steps: 8 x 10,000,000 sequences per "
+                   "step is more than paced accepts (1,048,576); a typo?")

@@ -398,7 +398,8 @@ def continual_lm() -> list[str]:
 
 REAL = ("answer_extractors.json", "rollout_throughput_real.json", "rl_step_vs_trl_real.json", "rl_memory.json",
         "rl_memory_gc.json")
-QUICK = ("guide_vs_grpo_quick.json", "nsr_passk_quick.json")
+QUICK = ("guide_vs_grpo_quick.json", "nsr_passk_quick.json", "reliability_quick.json")
+RELIABILITY = ("reliability.json",)   # its table: docs/reliability.md
 SECTIONS = (rollout_throughput, paced_vs_baselines, snr, nsr_passk, guide_vs_grpo, rl_step_vs_trl, distill_step,
             continual_digits, forgetting_in_distill, continual_lm)
 
@@ -413,10 +414,11 @@ def render() -> str:
     for render_section in SECTIONS:
         lines += render_section()
     others = [f for f in sorted(p.relative_to(RESULTS).as_posix() for p in RESULTS.rglob("*.json"))
-              if f not in LOADED | set(REAL) | set(QUICK)]
+              if f not in LOADED | set(REAL) | set(QUICK) | set(RELIABILITY)]
     lines += ["## Other result files", "", "Shown in [real-models.md](real-models.md): "
               + ", ".join(f"`{f}`" for f in REAL) + ". Quick-mode runs (one seed, minutes: a check that a script "
-              "works, not a result): " + ", ".join(f"`{f}`" for f in QUICK) + "."
+              "works, not a result): " + ", ".join(f"`{f}`" for f in QUICK) + ". The reliability harness's "
+              "table: [reliability.md](reliability.md)."
               + (" Not rendered by this report yet: " + ", ".join(f"`{f}`" for f in others) + "." if others else "")]
     return "\n".join(lines).rstrip() + "\n"
 

@@ -154,7 +154,11 @@ def _convert(value: Any, t, key: str, meta: dict, root):
                 pass
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{key}: expected a number, got {value!r}")
-        value = float(value)
+        try:
+            value = float(value)
+        except OverflowError:   # an integer past the largest float (~1.8e308)
+            raise ConfigError(f"{key}: an integer near 10^{int(value.bit_length() * 0.30103)} is too "
+                              f"large for a number") from None
     elif t is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
@@ -267,9 +271,12 @@ def load_raw(root, path: str | Path | None = None, overrides: list[str] = (), ru
             raise ConfigError(f"config file {str(path)!r} does not exist"
                               + (" (it is a directory)" if path.is_dir() else ""))
         try:
-            raw = path.read_bytes()
+            with open(path, "rb") as f:     # never more than a config may hold (a 10 GB file)
+                raw = f.read(4 * MAX_TEXT + 1)
         except OSError as e:
             raise ConfigError(f"{path}: cannot read it: {e.strerror or e}") from None
+        if len(raw) > 4 * MAX_TEXT:
+            raise ConfigError(f"{path}: more than {4 * MAX_TEXT:,} bytes, more than a config may hold")
         try:
             text = raw.decode("utf-8")
         except UnicodeDecodeError as e:

@@ -117,11 +117,18 @@ def _whole_model_dir(d: Path) -> bool:
 def build_init(preset: str, init: Path, seed: int) -> None:
     """A preset's freshly initialised model, built beside ``init`` and renamed into place, so a
     run killed while building leaves no half-written ``init/`` (one left by an older version is
-    rebuilt: it is a pure function of the preset and the seed)."""
+    rebuilt: it is a pure function of the preset and the seed). A build that fails removes its
+    temporary directory; one a killed build left is removed by the next (only the main process
+    builds)."""
     import shutil
     tmp = init.with_name(f".{init.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    build_tiny(preset, tmp, seed=seed)
+    for stale in init.parent.glob(f".{init.name}.tmp-*"):
+        shutil.rmtree(stale, ignore_errors=True)
+    try:
+        build_tiny(preset, tmp, seed=seed)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(init, ignore_errors=True)
     os.rename(tmp, init)
 

@@ -105,6 +105,21 @@ def test_run_dir_that_is_a_file(tmp_path, capsys):
     assert f.read_text() == "keep me"
 
 
+def test_integer_too_large_for_a_number(capsys):
+    msg = one_error(capsys, "eval", "--config", SMOKE / "eval.yaml", "eval.temperature=1" + "0" * 400)
+    assert msg == "paced eval: config error: eval.temperature: an integer near 10^400 is too large for a number"
+
+
+def test_huge_config_file_is_refused_unread(tmp_path, capsys):
+    f = tmp_path / "c.yaml"
+    with open(f, "wb") as fh:
+        fh.truncate(2 ** 30)                   # 1 GiB, sparse: read in full it would be held in memory
+    t0 = time.perf_counter()
+    msg = one_error(capsys, "eval", "--config", f)
+    assert time.perf_counter() - t0 < 5
+    assert msg == f"paced eval: config error: {f}: more than 16,777,216 bytes, more than a config may hold"
+
+
 def test_debug_shows_the_traceback(tmp_path):
     with pytest.raises(ConfigError):
         cli.main(["--debug", "eval", "--config", str(tmp_path)])
@@ -124,6 +139,19 @@ def test_lone_surrogate_names_the_line(tmp_path, capsys):
     assert len(load_file(f, on_error="skip")[0]) == 1
     msg = one_error(capsys, "eval", "--config", SMOKE / "eval.yaml", f"data.eval=[{{source: {f}}}]")
     assert msg.startswith("paced eval: data error: ") and "d.jsonl:2" in msg
+
+
+@pytest.mark.parametrize("row, expect", [
+    ({"answer_format": ["boxed"]}, r"d.jsonl:1: field 'answer_format' is \['boxed'\], not one of"),
+    ({"answer_format": "regex", "answer_regex": "(" * 5000 + ")" * 5000},
+     r"d.jsonl:1: field 'answer_regex' '\(\(\(.*\.\.\.' does not compile: maximum recursion depth"),
+    ({"answer_format": "regex", "answer_regex": "a{99999999999999}"},
+     r"d.jsonl:1: field 'answer_regex' 'a\{99999999999999\}' does not compile: the repetition number"),
+])
+def test_row_format_fields_of_any_type(tmp_path, row, expect):
+    f = write_rows(tmp_path / "d.jsonl", json.dumps({"prompt": "1+1=", "answer": "2", **row}))
+    with pytest.raises(DataError, match=expect):
+        load_file(f)
 
 
 def test_long_line_refused_unread(tmp_path, monkeypatch):
@@ -206,6 +234,86 @@ def test_every_checkpoint_damaged_is_an_error(tmp_path):
         resume_or_fresh(tmp_path, True, lambda c: {})
 
 
+def _flip_tensor_byte(path: Path) -> None:
+    import struct
+    b = bytearray(path.read_bytes())
+    header = struct.unpack("<Q", b[:8])[0]
+    b[8 + header + (len(b) - 8 - header) // 2] ^= 0xFF          # inside the tensor data: no header changes
+    path.write_bytes(bytes(b))
+
+
+@pytest.mark.parametrize("damage", ["tensor byte", "state value"])
+def test_silent_corruption_is_caught_by_the_checksums(tmp_path, damage):
+    from paced.checkpoint import load_checkpoint
+    model, opt = tiny_ckpts(tmp_path)
+    last = tmp_path / "checkpoints" / "step-3"
+    if damage == "tensor byte":
+        _flip_tensor_byte(last / "model.safetensors")
+    else:   # same size, still valid JSON: only the hash can tell
+        (last / "state.json").write_text((last / "state.json").read_text().replace('"step": 3', '"step": 9'))
+    assert checkpoint_problem(last) is None                            # the cheap check cannot see it
+    why = checkpoint_problem(last, verify_checksums=True)
+    assert "does not match its SHA-256 in checksums.json" in why
+    ckpt, state = resume_or_fresh(tmp_path, True, lambda c: load_checkpoint(c, model, opt, None))
+    assert ckpt.name == "step-2" and state["marker"] == 2
+
+
+def test_a_pickle_in_trainer_state_is_refused_never_run(tmp_path):
+    import hashlib
+    from paced.checkpoint import load_checkpoint
+    model, opt = tiny_ckpts(tmp_path)
+    last = tmp_path / "checkpoints" / "step-3"
+    marker = tmp_path / "RAN"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+    torch.save({"optimizer": Payload(), "scheduler": None, "rng": None}, last / "trainer_state.pt")
+    sums = json.loads((last / "checksums.json").read_text())   # as if written so: the hashes agree
+    data = (last / "trainer_state.pt").read_bytes()
+    sums["trainer_state.pt"] = {"bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+    (last / "checksums.json").write_text(json.dumps(sums))
+    assert checkpoint_problem(last, verify_checksums=True) is None
+    ckpt, state = resume_or_fresh(tmp_path, True, lambda c: load_checkpoint(c, model, opt, None))
+    assert ckpt.name == "step-2" and state["marker"] == 2
+    assert not marker.exists()
+    for older in ("step-1", "step-2"):          # nothing to fall back to: one error saying why
+        (tmp_path / "checkpoints" / older / "state.json").unlink()
+    with pytest.raises(ValueError, match=r"step-3 \(trainer_state.pt holds Python objects other than tensors: "
+                                         r"refused, not unpickled\)"):
+        resume_or_fresh(tmp_path, True, lambda c: load_checkpoint(c, model, opt, None))
+    assert not marker.exists()
+
+
+def test_a_kill_while_pruning_leaves_no_half_deleted_checkpoint(tmp_path, monkeypatch):
+    import shutil
+
+    from paced import checkpoint
+    model, opt = tiny_ckpts(tmp_path, steps=(1, 2))
+    real = shutil.rmtree
+
+    def killed_midway(path, *a, **k):       # deletes one file of the checkpoint, then the kill
+        if Path(path).name == ".del-step-1" and Path(path).exists():
+            next(p for p in Path(path).iterdir() if p.is_file()).unlink()
+            raise KeyboardInterrupt
+        return real(path, *a, **k)
+
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", killed_midway)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, 3, model, tok_of(tmp_path), opt, None, {"marker": 3}, keep=2)
+    monkeypatch.setattr(checkpoint.shutil, "rmtree", real)
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.iterdir()) == [".del-step-1", "step-2", "step-3"]
+    assert all(checkpoint_problem(c) is None for c in root.glob("step-*"))
+    save_checkpoint(tmp_path, 4, model, tok_of(tmp_path), opt, None, {"marker": 4}, keep=2)
+    assert sorted(p.name for p in root.iterdir()) == ["step-3", "step-4"]      # the leftover is cleared
+
+
+def tok_of(run_dir: Path):
+    from paced.models import load_model_and_tokenizer
+    return load_model_and_tokenizer(run_dir / "m")[1]
+
+
 def test_fresh_run_refuses_old_checkpoints(tmp_path, capsys):
     tiny_ckpts(tmp_path, steps=(6,))
     msg = one_error(capsys, "sft", "--config", SMOKE / "sft.yaml", "--run-dir", tmp_path)
@@ -224,6 +332,23 @@ def test_half_built_init_is_rebuilt(tmp_path):
     again, _, _ = load_model(None, "nano", 0, "float32", tmp_path)  # whole now: loaded, not rebuilt
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
 
+
+
+def test_failed_or_killed_init_build_leaves_no_temporary(tmp_path, monkeypatch):
+    from paced import run
+    killed = tmp_path / ".init.tmp-999999"                       # what a build killed earlier left
+    killed.mkdir()
+    (killed / "config.json").write_text("{}")
+
+    def fails(preset, out, seed=0):                              # e.g. a path the tokenizer cannot write
+        Path(out).mkdir()
+        (Path(out) / "model.safetensors").write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(run, "build_tiny", fails)
+    with pytest.raises(OSError, match="disk full"):
+        run.build_init("nano", tmp_path / "init", 0)
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".init")]
 
 
 def test_resume_with_a_changed_config(tmp_path, capsys):

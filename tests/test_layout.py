@@ -77,3 +77,26 @@ def test_the_cycle_finder_finds_a_cycle():
 def test_no_loop_imports_another_loop():
     graph = import_graph()
     assert {(m, d) for m in LOOPS for d in graph[m] if d in LOOPS} == set()
+
+
+ROOT = PACKAGE.parent
+
+
+def test_docs_benchmarks_is_generated_from_the_results():
+    """docs/benchmarks.md is what benchmarks/report.py renders from benchmarks/results/*.json."""
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "report.py"), "--check"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_every_relative_link_in_the_docs_exists():
+    import re
+    missing = []
+    for doc in [ROOT / "README.md", *(ROOT / "docs").glob("*.md")]:
+        for target in re.findall(r"\]\(([^)\s]+)\)", doc.read_text()):
+            path = target.split("#", 1)[0]
+            if path and not re.match(r"[a-z]+://", path) and not (doc.parent / path).exists():
+                missing.append(f"{doc.name}: {target}")
+    assert missing == []

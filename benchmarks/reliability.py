@@ -85,18 +85,17 @@ def part_inputs(a, tmp: Path, rows: Rows, as_nobody: bool) -> dict:
     P = "1 inputs"
     d, cf, cl = tally(res["data"]), tally(res["config"]), tally(cli_res)
     rows.add(P, f"data files generated ({len(dcases):,}), loader calls", len(res["data"]))
-    rows.add(P, "data: clear errors (DataError naming the file)", d.get("clear", 0))
-    rows.add(P, "data: accepted", d.get("accepted", 0))
-    rows.add(P, "data: unclear errors (the message does not name the file)", d.get("unclear", 0), True)
-    rows.add(P, "data: tracebacks", d.get("traceback", 0), True)
-    rows.add(P, "data: hangs", d.get("hang", 0), True, f"> {a.case_timeout:g} s")
-    rows.add(P, "data: rows dropped silently (on_error=skip: examples + skipped != rows)", len(silent), True)
-    rows.add(P, "configs / overrides generated", len(res["config"]))
-    rows.add(P, "configs: clear errors (ConfigError naming the file or key)", cf.get("clear", 0))
-    rows.add(P, "configs: accepted", cf.get("accepted", 0))
-    rows.add(P, "configs: unclear errors", cf.get("unclear", 0), True)
-    rows.add(P, "configs: tracebacks", cf.get("traceback", 0), True)
-    rows.add(P, "configs: hangs", cf.get("hang", 0), True, f"> {a.case_timeout:g} s")
+    for what, t, clear in (("data", d, "DataError naming the file"), ("configs", cf, "ConfigError naming the file or key")):
+        if what == "configs":
+            rows.add(P, "configs / overrides generated", len(res["config"]))
+        rows.add(P, f"{what}: clear errors ({clear})", t.get("clear", 0))
+        rows.add(P, f"{what}: accepted", t.get("accepted", 0))
+        rows.add(P, f"{what}: unclear errors" + (" (the message does not name the file)" if what == "data" else ""),
+                 t.get("unclear", 0), True)
+        rows.add(P, f"{what}: tracebacks", t.get("traceback", 0), True)
+        rows.add(P, f"{what}: hangs", t.get("hang", 0), True, f"> {a.case_timeout:g} s")
+        if what == "data":
+            rows.add(P, "data: rows dropped silently (on_error=skip: examples + skipped != rows)", len(silent), True)
     rows.add(P, "configs: YAML tags that ran code (marker file created)", len(markers), True)
     rows.add(P, "configs: reads past the size limit (> 64 MiB held for a 256 MiB file)", len(big_reads), True)
     rows.add(P, f"mode-000 cases skipped (running as root{'' if as_nobody else ', cannot drop to nobody'})",

@@ -241,13 +241,14 @@ def run_loader_cases(dcases, ccases, rng, timeout: float, as_nobody: bool, home:
     root_skips = 0
     res = {"data": [], "config": []}
     silent = []
+    def worker_for(c):   # mode-000 files need a user that permissions apply to (None: skip)
+        return w if c["cat"] != "mode000" or os.geteuid() != 0 else wn
+
     for c in dcases:
-        who = w
-        if c["cat"] == "mode000" and os.geteuid() == 0:
-            if wn is None:
-                root_skips += 1
-                continue
-            who = wn
+        who = worker_for(c)
+        if who is None:
+            root_skips += 1
+            continue
         for via, on_error in (("load_file", "raise"), ("load_file", "skip"), ("load_sources", rng.choice(["raise", "skip"]))):
             r = who.call({"op": "data", "path": c["path"], "on_error": on_error, "via": via, "env": c["env"]},
                          timeout=timeout)
@@ -259,12 +260,10 @@ def run_loader_cases(dcases, ccases, rng, timeout: float, as_nobody: bool, home:
             res["data"].append(r)
     markers, big_reads = [], []
     for c in ccases:
-        who = w
-        if c["cat"] == "mode000" and os.geteuid() == 0:
-            if wn is None:
-                root_skips += 1
-                continue
-            who = wn
+        who = worker_for(c)
+        if who is None:
+            root_skips += 1
+            continue
         r = who.call({"op": "config", **{k: c.get(k) for k in ("root", "path", "overrides", "run_dir", "names",
                                                                 "trace_memory")}}, timeout=timeout)
         r.update(cat=c["cat"], root=c["root"], path=c["path"], overrides=[o[:200] for o in c["overrides"]])

@@ -5,7 +5,7 @@ text, 100,000 nested braces, ``9**9**9**9``, ``\\boxed{10^{10^{10^{10}}}}``). Ch
 ``normalize`` + string equality; ``numeric_equal`` (plain numbers regex-parsed into ``Fraction``,
 <= 50 chars, |exp| < 1000); then ``math_equal``, whose guards (length <= 1000, balanced brackets nested <= 20 deep,
 no ``**``, <= 30 carets, no exponent that is itself a numeric power like ``9^9^9`` or
-``x^{10^{10}}``, no numeric exponent > 100000, no literal > 100 digits, no ``1e308``-style
+``x^{10^{10}}``, no numeric exponent > 10000, no literal > 100 digits, no ``1e308``-style
 exponent, no ``n!`` with n > 1000) run before math-verify. ``extract_boxed`` is here too (one
 linear token pass), because normalising needs no more. Reading the answer out of a completion is
 ``formats``; the verifiers that put the two together are ``verifiers``. This file imports nothing
@@ -189,7 +189,7 @@ def _hostile(s: str) -> bool:
             end = _exponent_end(s, s.index("^", end) + 1)
         exp = s[m.end():end]
         bare = exp.strip(" {}()")
-        if (bare.isdigit() and int(bare) > 100_000) or \
+        if (bare.isdigit() and int(bare) > 10_000) or \
                 ("^" in exp and not re.search(r"[A-Za-z]", _CMDS.sub("", exp))):
             return True  # a huge numeric exponent, or one that is itself a numeric power
     return False

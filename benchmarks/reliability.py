@@ -80,7 +80,7 @@ def part_inputs(a, tmp: Path, rows: Rows, as_nobody: bool) -> dict:
     ccases = config_cases(rng, a.n_config, tmp / "cfg")
     res, found = run_loader_cases(dcases, ccases, rng, a.case_timeout, as_nobody, tmp / "home")
     silent, markers, big_reads, root_skips = (found[k] for k in ("silent", "markers", "big_reads", "root_skips"))
-    cli_res, partial = cli_sample(dcases, ccases, res["config"], rng, a, tmp)
+    cli_res, partial = cli_sample(dcases, ccases, rng, a, tmp)
 
     P = "1 inputs"
     d, cf, cl = tally(res["data"]), tally(res["config"]), tally(cli_res)

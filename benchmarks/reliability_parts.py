@@ -267,6 +267,7 @@ def run_loader_cases(dcases, ccases, rng, timeout: float, as_nobody: bool, home:
         r = who.call({"op": "config", **{k: c.get(k) for k in ("root", "path", "overrides", "run_dir", "names",
                                                                 "trace_memory")}}, timeout=timeout)
         r.update(cat=c["cat"], root=c["root"], path=c["path"], overrides=[o[:200] for o in c["overrides"]])
+        c["status"] = r["status"]            # what the CLI sample picks by (skipped cases have none)
         if c.get("marker") and Path(c["marker"]).exists():
             markers.append(c["marker"])
         if r.get("peak_mb", 0) > 64:
@@ -279,7 +280,7 @@ def run_loader_cases(dcases, ccases, rng, timeout: float, as_nobody: bool, home:
     return res, {"silent": silent, "markers": markers, "big_reads": big_reads, "root_skips": root_skips}
 
 
-def cli_sample(dcases, ccases, config_res, rng, a, tmp: Path):
+def cli_sample(dcases, ccases, rng, a, tmp: Path):
     """A sample through the real CLI: data files via ``paced eval``, configs (those the loader
     refused, or ``paced ledger`` ones) via their own command, argv bytes that are not UTF-8."""
     # ---- a sample through the CLI: data files via `paced eval`, configs via their own command
@@ -298,10 +299,10 @@ def cli_sample(dcases, ccases, config_res, rng, a, tmp: Path):
                         "stderr": r["stderr"][-400:], "path": c["path"]})
         partial += [f"{run_dir}/{x}" for x in leftovers(run_dir)]
     by_status = {}
-    for c, r in zip(ccases, config_res):
+    for c in ccases:   # a config the loader accepted would run its whole command: only ledger ones
         argv_ok = "\x00" not in (c.get("run_dir") or "") and all(len(o) < 100_000 for o in c["overrides"])
-        if argv_ok and c["cat"] != "mode000" and (r["status"] != "accepted" or c["cmd"] == "ledger"):
-            by_status.setdefault((c["cat"], r["status"]), []).append(c)
+        if argv_ok and c.get("status") and c["cat"] != "mode000" and (c["status"] != "accepted" or c["cmd"] == "ledger"):
+            by_status.setdefault((c["cat"], c["status"]), []).append(c)
     pool = [v[0] for v in by_status.values()] + rng.sample([c for v in by_status.values() for c in v[1:]],
                                                            min(a.cli_config, sum(len(v) - 1 for v in by_status.values())))
     bytes_cases = [[b"eval.n=\xed\xa0\x80"], [b"\xff\xfe=1"]] + ([] if a.quick else [[b"--run-dir", b"\xff\xfe"]])

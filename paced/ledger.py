@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import os
+import random
 import sqlite3
 import time
 from pathlib import Path
@@ -127,6 +128,14 @@ def gather_counts(counts: dict, world: int) -> dict:
 # ---------------------------------------------------------------------------------------------
 # Storage
 # ---------------------------------------------------------------------------------------------
+LOCK_WAIT_S = 60   # how long opening a ledger waits for other processes' locks
+
+
+def is_busy(e: sqlite3.OperationalError) -> bool:
+    """SQLite's "database is locked" / "database is busy": another process holds the lock."""
+    return "locked" in str(e) or "busy" in str(e)
+
+
 class Ledger:
     """``Ledger(path).record({...})`` appends; ``.counts(model=...)`` aggregates to (c, K)."""
 
@@ -134,13 +143,23 @@ class Ledger:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db, self._pid = None, None
-        try:
-            with self._connect() as db:
-                db.executescript(SCHEMA)
-        except sqlite3.DatabaseError as e:   # a text file, random bytes, a damaged database
-            self._db = None
-            raise ValueError(f"{self.path}: not a pass-rate ledger ({e}); give ledger.path a new file "
-                             f"or a paced ledger (SQLite)") from None
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                with self._connect() as db:
+                    db.executescript(SCHEMA)
+                return
+            except sqlite3.OperationalError as e:
+                # Several processes creating one new ledger at once: switching it to WAL takes an
+                # exclusive lock and SQLite answers "locked" without waiting (no busy handler).
+                self._db = None
+                if not is_busy(e) or time.monotonic() > deadline:
+                    raise ValueError(f"{self.path}: cannot open the pass-rate ledger ({e})") from None
+                time.sleep(0.01 + 0.05 * random.random())
+            except sqlite3.DatabaseError as e:   # a text file, random bytes, a damaged database
+                self._db = None
+                raise ValueError(f"{self.path}: not a pass-rate ledger ({e}); give ledger.path a new file "
+                                 f"or a paced ledger (SQLite)") from None
 
     def _connect(self) -> sqlite3.Connection:
         """One connection per process, kept open: opening one per call (and the fsync its close

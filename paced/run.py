@@ -58,7 +58,8 @@ def check_resume_config(cfg, saved: Path) -> list[str]:
 
 def start_run(cfg, save: bool = True, resume: bool = False) -> Path:
     """Create the run directory, check a resumed run's config against the saved one, save the
-    resolved config, set threads and seeds."""
+    resolved config, set threads and seeds. The main process (``save``) also removes the
+    temporaries a killed run's atomic writes left (``.config.yaml.tmp<pid>``, ...)."""
     run_dir = Path(cfg.run.dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise ValueError(f"run.dir {str(run_dir)!r} is a file, not a directory: choose another run.dir")
@@ -71,6 +72,9 @@ def start_run(cfg, save: bool = True, resume: bool = False) -> Path:
             console.print(f"[yellow]--resume: changed since the run started: {', '.join(changed)}[/]")
         threads = cfg.run.threads or started_threads(run_dir) or threads
     if save:
+        for stale in run_dir.glob(".*.tmp*"):   # what a run killed mid-write left (atomic_write_text's)
+            if re.fullmatch(r"\..+\.tmp\d+", stale.name) and stale.is_file():
+                stale.unlink(missing_ok=True)
         save_config(cfg, run_dir / "config.yaml")
         atomic_write_text(run_dir / THREADS_FILE, f"{threads}\n")
     torch.set_num_threads(threads)

@@ -53,7 +53,7 @@ sys.path.insert(0, str(ROOT))
 import torch  # noqa: E402
 
 from paced.config import ContinualCfg  # noqa: E402
-from paced.continual import (METHODS, make_tasks, mean_matrix, method_hyper, results_table,  # noqa: E402
+from paced.continual import (METHODS, make_tasks, mean_matrix, method_hyper, results_table, with_hyper,  # noqa: E402
                              run_method, summarize)
 from paced.runlog import console, write_json  # noqa: E402
 
@@ -96,6 +96,11 @@ assert len({len(g) for g in [*GRIDS.values(), *SGD_REG["full"].values()]}) == 1
 assert len({len(g) for g in [*QUICK.values(), *SGD_REG["quick"].values()]}) == 1
 
 
+def on_base(c: ContinualCfg, optimizer: str) -> ContinualCfg:
+    """EWC and MAS on the base optimizer ``optimizer`` (adam or sgd)."""
+    return with_hyper(with_hyper(c, "ewc", {"ewc_optimizer": optimizer}), "mas", {"mas_optimizer": optimizer})
+
+
 def search(base: ContinualCfg, method: str, grid: list[dict], seeds: list[int]) -> tuple[dict, list[dict]]:
     """Every grid point on holdout "val" under ``seeds``; returns (best point, all scored points).
 
@@ -106,7 +111,7 @@ def search(base: ContinualCfg, method: str, grid: list[dict], seeds: list[int]) 
     tasks = {s: make_tasks(cfg, s) for s in seeds}
     scored = []
     for point in grid:
-        c = dataclasses.replace(cfg, **point)
+        c = with_hyper(cfg, method, point)
         runs = [run_method(method, tasks[s], c, s) for s in seeds]
         accs = [r["average_accuracy"] for r in runs]
         scored.append({"hyper": point, "val_accuracy": statistics.fmean(accs), "per_seed": accs,
@@ -118,7 +123,7 @@ def search(base: ContinualCfg, method: str, grid: list[dict], seeds: list[int]) 
 
 def evaluate(base: ContinualCfg, method: str, point: dict, seeds: list[int]) -> list[dict]:
     """The chosen point trained on train + val, scored on test, under every reporting seed."""
-    c = dataclasses.replace(base, holdout="test", **point)
+    c = with_hyper(dataclasses.replace(base, holdout="test"), method, point)
     return [run_method(method, make_tasks(c, s), c, s) for s in seeds]
 
 
@@ -145,12 +150,10 @@ def main() -> None:
     out = {"mode": "quick" if a.quick else "full", "threads": a.threads, "torch": torch.__version__,
            "platform": platform.platform(), "cpu_count": os.cpu_count(), "search_seeds": search_seeds,
            "seeds": seeds, "reg_optimizer": a.reg_optimizer, "grids": {m: grids[m] for m in a.methods},
-           "config": dataclasses.asdict(ContinualCfg(ewc_optimizer=a.reg_optimizer,
-                                                     mas_optimizer=a.reg_optimizer)),
+           "config": dataclasses.asdict(on_base(ContinualCfg(), a.reg_optimizer)),
            "benchmarks": {}}
     for name in a.benchmarks:
-        base = ContinualCfg(**BENCHMARKS[name], ewc_optimizer=a.reg_optimizer,
-                            mas_optimizer=a.reg_optimizer)
+        base = on_base(ContinualCfg(**BENCHMARKS[name]), a.reg_optimizer)
         t0 = time.perf_counter()
         chosen, searched, runs = {}, {}, {}
         for m in a.methods:
@@ -165,7 +168,7 @@ def main() -> None:
         out["benchmarks"][name] = {
             "settings": BENCHMARKS[name], "seconds": time.perf_counter() - t0,
             "methods": {m: {"chosen": chosen[m],
-                            "hyper": method_hyper(m, dataclasses.replace(base, **chosen[m])),
+                            "hyper": method_hyper(m, with_hyper(base, m, chosen[m])),
                             "search": searched[m], "summary": summaries[m],
                             "mean_R": mean_matrix(runs[m]), "runs": runs[m]} for m in a.methods}}
     out["seconds"] = time.perf_counter() - t_start

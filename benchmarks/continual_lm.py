@@ -67,8 +67,8 @@ BASE = [1, 1]  # the base model's difficulty, every family
 METHODS = {
     "adamw": (lambda a: {"name": "adamw", "lr": a.adamw_lr}, False, 2),
     "adamw+ewc": (lambda a: {"name": "adamw", "lr": a.adamw_lr}, True, 4),
-    "classp_p1": (lambda a: {"name": "classp", "lr": a.classp_lr, "classp_p": 1.0,
-                             "classp_threshold": a.classp_threshold}, False, 1),
+    "classp_p1": (lambda a: {"name": "classp", "lr": a.classp_lr,
+                             "classp": C.ClasspCfg(p=1.0, threshold=a.classp_threshold)}, False, 1),
 }
 
 
@@ -81,9 +81,9 @@ def sft_config(train: list, start: str | None, seed: int, steps: int, opt: dict,
         model=C.ModelCfg(path=start, preset=None if start else "tiny", init_seed=seed),
         data=C.DataCfg(train=train), regularizer=reg,
         optim=C.OptimCfg(**{"warmup_steps": 20, "lr_scheduler_type": "constant", **opt}),
-        train=C.TrainCfg(max_steps=steps, per_device_train_batch_size=a.batch, max_length=64,
-                         logging_steps=10 ** 6, save_steps=0, save_total_limit=1),
-        run=C.RunCfg(dir=str(run_dir), seed=seed, threads=a.threads, progress=False))
+        train=C.TrainCfg(max_steps=steps, per_device_train_batch_size=a.batch, max_length=64),
+        run=C.TrainRunCfg(dir=str(run_dir), seed=seed, threads=a.threads, progress=False, logging_steps=10 ** 6,
+                          save_steps=0, save_total_limit=1))
 
 
 def base_model(seed: int, a) -> str:

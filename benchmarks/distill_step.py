@@ -487,7 +487,7 @@ def zero_weight(threads: int) -> dict:
         t0 = time.perf_counter()
         S.train(load_config(SFTConfig, smoke / "sft.yaml", [
             "data.train=[{source: add, n: 200, difficulty: 1}]", "train.max_steps=150",
-            "train.per_device_train_batch_size=32", "train.save_steps=0", "optim.lr=1e-2", "train.logging_steps=150",
+            "train.per_device_train_batch_size=32", "run.save_steps=0", "optim.lr=1e-2", "run.logging_steps=150",
             f"run.threads={threads}", "run.progress=false"], run_dir=tmp / "student"))
         t_sft = time.perf_counter() - t0
         # 4 + 4 steps in both modes: longer FKL stages at this lr can leave no problem with
@@ -501,8 +501,8 @@ def zero_weight(threads: int) -> dict:
             "teacher.privileged=true", "data.eval=[]", "data.forgetting=[]",
             # seed 14: 24 distinct 1-digit prompts, so a forwarded prompt names exactly one problem
             "data.train=[{source: add, n: 24, difficulty: 1, seed: 14}, {source: add, n: 24, difficulty: 3, seed: 5}]",
-            "distill.num_generations=8", "distill.save_steps=0", f"distill.stages={stages}",
-            f"distill.logging_steps={steps}",
+            "passrate.num_generations=8", "run.save_steps=0", f"distill.stages={stages}",
+            f"run.logging_steps={steps}",
             f"run.threads={threads}", "run.progress=false"], run_dir=tmp / "distill")
         pool = load_sources(cfg.data.train)
         prompt_of = {e.id: tuple(p) for e, p in zip(pool, encode_prompts(tok, [e.prompt for e in pool]))}

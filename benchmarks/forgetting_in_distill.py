@@ -85,15 +85,15 @@ def arm_config(arm: str, setting: dict, seed: int, eval_seed: int, run_dir: Path
                        forgetting=[source(PROBE, a.heldout, eval_seed)]),
         distill=C.DistillCfg(stages=[C.StageCfg(name="start", loss_type="forward_kl", max_steps=a.steps,
                                                 weighting="beta")],
-                             num_generations=8, per_device_train_batch_size=a.batch,
-                             max_completion_length=24, eval_n=8, logging_steps=10 ** 6, save_steps=0,
-                             save_total_limit=1),
+                             per_device_train_batch_size=a.batch, eval_n=8),
+        sampling=C.SamplingCfg(max_completion_length=24, batch_size=512), passrate=C.PassrateCfg(num_generations=8),
         optim=C.OptimCfg(**{"warmup_steps": 20, "lr_scheduler_type": "constant", **opt}),
         regularizer=C.RegularizerCfg(**({"fisher_data": FISHER, "fisher_batch_size": 32, **reg}
                                         if reg else {})),
         # one ledger and model tag per seed: the first p̂ estimate is shared by every arm
         ledger=C.LedgerCfg(path=str(Path(a.out_dir) / f"ledger-{tag}.sqlite"), model=f"student-{tag}"),
-        run=C.RunCfg(dir=str(run_dir), seed=seed, threads=a.threads, progress=False))
+        run=C.TrainRunCfg(dir=str(run_dir), seed=seed, threads=a.threads, progress=False, logging_steps=10 ** 6,
+                          save_steps=0, save_total_limit=1))
 
 
 def scores(summary: dict) -> dict:

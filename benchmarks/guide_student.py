@@ -74,10 +74,10 @@ def ensure_hint_student(out_dir, steps: int = RECIPE["steps"], threads: int = 1,
             model=C.ModelCfg(path=init, preset=None if init else preset, init_seed=seed),
             data=C.DataCfg(train=hint_sources(levels)),
             optim=C.OptimCfg(lr=lr, warmup_steps=warmup, lr_scheduler_type=schedule),
-            train=C.TrainCfg(max_steps=steps, per_device_train_batch_size=64, logging_steps=250,
-                             save_steps=0, privileged_share=share, privileged_extra=share > 0,
-                             privileged_template=TEMPLATE),
-            run=C.RunCfg(dir=str(out), seed=seed, threads=threads, progress=False)))
+            train=C.TrainCfg(max_steps=steps, per_device_train_batch_size=64, privileged_share=share,
+                             privileged_extra=share > 0, privileged_template=TEMPLATE),
+            run=C.TrainRunCfg(dir=str(out), seed=seed, threads=threads, progress=False, logging_steps=250,
+                              save_steps=0)))
         (out / "wall_s.txt").write_text(f"{time.time() - t0:.1f}\n")
     return str(out / "model")
 

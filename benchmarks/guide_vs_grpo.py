@@ -48,8 +48,8 @@ from paced.models import load_model_and_tokenizer  # noqa: E402
 from paced.runlog import read_jsonl, write_json  # noqa: E402
 from paced.tasks import load_sources  # noqa: E402
 
-ARMS = {"grpo": [], "guide": ["rl.guide=true"],
-        "guide_unshaped": ["rl.guide=true", "rl.guide_shaping=none"]}   # the last: an ablation
+ARMS = {"grpo": [], "guide": ["rl.guide.enabled=true"],
+        "guide_unshaped": ["rl.guide.enabled=true", "rl.guide.shaping=none"]}   # the last: an ablation
 CURVE = ("step", "rollouts_total", "reward", "all_fail_prompts", "all_fail_now_solved",
          "guide/guided_groups", "guide/solved_with_hint", "guide/gamma", "guide/log_ratio")
 
@@ -67,8 +67,8 @@ def rl_config(arm: str, seed: int, a) -> C.RLConfig:
         "rl.advantage=grpo", "rl.loss_type=dapo", "rl.num_generations=8", "rl.dynamic_sampling=true",
         f"rl.max_sampling_rounds={a.rounds}", "rl.per_device_train_batch_size=128",
         "rl.gradient_accumulation_steps=2", "rl.max_steps=100000", f"rl.max_rollouts={a.budget}",
-        "rl.max_completion_length=24", f"rl.hint_template={json.dumps(TEMPLATE)}", "rl.logging_steps=1000000",
-        "rl.save_steps=0", f"optim.lr={a.lr}", "optim.warmup_steps=10", "optim.lr_scheduler_type=constant",
+        "sampling.max_completion_length=24", f"rl.guide.hint_template={json.dumps(TEMPLATE)}", "run.logging_steps=1000000",
+        "run.save_steps=0", f"optim.lr={a.lr}", "optim.warmup_steps=10", "optim.lr_scheduler_type=constant",
         "optim.max_grad_norm=1.0", f"run.dir={Path(a.out_dir) / f'{arm}-seed{seed}'}", f"run.seed={seed}",
         f"run.threads={a.threads}", "run.progress=false", *ARMS[arm]])
 

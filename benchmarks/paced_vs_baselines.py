@@ -86,13 +86,13 @@ def arm_config(arm: str, seed: int, share: float, a) -> C.DistillConfig:
         student=C.ModelCfg(path=str(Path(a.models) / "student" / "model")), teacher=teacher,
         data=C.DataCfg(train=pool, eval=[source(LEARNABLE, a.heldout, 100 + seed)],
                        forgetting=[source(PROBE, a.heldout, 100 + seed)]),
-        distill=C.DistillCfg(stages=stage_cfgs, num_generations=8, per_device_train_batch_size=a.batch,
-                             max_completion_length=24, eval_n=8, logging_steps=10 ** 6,
-                             save_steps=a.eval_every, save_total_limit=0),
+        distill=C.DistillCfg(stages=stage_cfgs, per_device_train_batch_size=a.batch, eval_n=8),
+        sampling=C.SamplingCfg(max_completion_length=24, batch_size=512), passrate=C.PassrateCfg(num_generations=8),
         optim=C.OptimCfg(lr=a.lr, warmup_steps=20, lr_scheduler_type="constant"),
         ledger=C.LedgerCfg(path=str(Path(a.out_dir) / f"ledger-{tag}.sqlite"), model=f"student-{tag}"),
-        run=C.RunCfg(dir=str(Path(a.out_dir) / tag / arm.replace("/", "-")), seed=seed,
-                     threads=a.threads, progress=False))
+        run=C.TrainRunCfg(dir=str(Path(a.out_dir) / tag / arm.replace("/", "-")), seed=seed,
+                          threads=a.threads, progress=False, logging_steps=10 ** 6, save_steps=a.eval_every,
+                          save_total_limit=0))
 
 
 def curve(run_dir: Path, examples, seed: int) -> list[tuple[int, float]]:

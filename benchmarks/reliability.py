@@ -184,7 +184,7 @@ def part_crash(a, tmp: Path, rows: Rows) -> dict:
     half = base / "half"
     if set(a.kills) - {"sft"}:        # a student that half-learned 1-digit addition: mixed pass rates
         cli(["sft", "--config", SMOKE / "sft.yaml", "data.train=[{source: add, n: 200, difficulty: 1}]",
-             "train.max_steps=150", "train.per_device_train_batch_size=32", "train.save_steps=0", "optim.lr=1e-2",
+             "train.max_steps=150", "train.per_device_train_batch_size=32", "run.save_steps=0", "optim.lr=1e-2",
              "run.threads=1", "--run-dir", half], timeout=600)
     rng = random.Random(a.seed + 3)
     modes = {"sft": ["checkpoint write", "after checkpoint", "random time"],

@@ -493,12 +493,12 @@ HOSTILE_VALUES = [
     "'" + "x" * 100_000 + "'", "[" + ", ".join(["1"] * 5000) + "]", "{source: add, n: 3}", "[{source: add, n: -1}]",
     "[{source: add, n: 1000000000}]", "[{source: /nonexistent.jsonl}]", "[{}]", "[5]", "4e-3", "1e-400",
 ]
-VALID = {"SFTConfig": ["optim.lr=1e-4", "train.max_steps=3", "run.seed=5", "train.save_steps=1"],
-         "EvalConfig": ["eval.n=2", "eval.ks=[1, 2]", "eval.temperature=0.5", "run.seed=2"],
+VALID = {"SFTConfig": ["optim.lr=1e-4", "train.max_steps=3", "run.seed=5", "run.save_steps=1"],
+         "EvalConfig": ["eval.n=2", "eval.ks=[1, 2]", "sampling.temperature=0.5", "run.seed=2"],
          "RLConfig": ["rl.max_steps=2", "rl.advantage=grpo", "optim.lr=1e-4"],
          "DistillConfig": ["distill.eval_n=1", "optim.lr=3e-4"], "LedgerConfig": ["bins=3"],
          "PassrateConfig": ["passrate.num_generations=2"], "ContinualConfig": ["continual.epochs=1"],
-         "DemoConfig": ["teacher_steps=2"], "SNRConfig": ["snr.bins=3"]}
+         "DemoConfig": ["demo.teacher_steps=2"], "SNRConfig": ["snr.bins=3"]}
 
 
 BAD_REGEX = ["(" * 5000 + ")" * 5000, "a{99999999999999}", "(?P<a>x)(?P<a>y)", "\\", "[", "(?<=a+)b", "*", "x" * 100_000]
@@ -519,10 +519,10 @@ def config_cases(rng, n: int, tmp: Path) -> list[dict]:
     roots = list(ROOTS)
     cats = ["wrong_type", "unknown_key", "deep_nesting", "alias_bomb", "huge_int", "huge_size", "bad_encoding",
             "path_kind", "top_level", "yaml_tag", "section_type", "run_dir", "regex", "valid"]
-    sizes = ["eval.batch_size", "eval.n", "sampling.batch_size", "sampling.max_completion_length", "train.max_length",
+    sizes = ["sampling.batch_size", "eval.n", "rl.eval_n", "sampling.max_completion_length", "train.max_length",
              "train.per_device_train_batch_size", "rl.num_generations", "rl.per_device_train_batch_size",
-             "distill.per_device_train_batch_size", "distill.num_generations", "passrate.num_generations",
-             "run.threads", "eval.max_completion_length", "rl.max_completion_length", "continual.hidden",
+             "distill.per_device_train_batch_size", "passrate.num_generations", "rl.gradient_accumulation_steps",
+             "run.threads", "distill.eval_n", "rl.max_sampling_rounds", "continual.hidden",
              "continual.batch_size", "bins", "distill.chunk_size", "train.gradient_accumulation_steps"]
     out = []
     for i in range(n):
@@ -985,15 +985,15 @@ STAGES = ("[{name: fkl, loss_type: forward_kl, max_steps: 3, weighting: beta, re
 def crash_commands(half: Path) -> dict:
     """The three trainers, checkpointing every step (the smoke configs, made a little longer)."""
     return {
-        "sft": (["sft", "--config", SMOKE / "sft.yaml", "run.threads=1", "train.max_steps=12", "train.save_steps=1",
-                 "train.save_total_limit=3"], 12, 0),
+        "sft": (["sft", "--config", SMOKE / "sft.yaml", "run.threads=1", "train.max_steps=12", "run.save_steps=1",
+                 "run.save_total_limit=3"], 12, 0),
         "distill": (["distill", "--config", SMOKE / "distill.yaml", "run.threads=1", f"student.path={half}",
                      "student.preset=null", "data.train=[{source: add, n: 24, difficulty: 1}]", "data.eval=[]",
-                     "data.forgetting=[]", f"distill.stages={STAGES}", "distill.sampling_batch_size=16",
-                     "distill.save_steps=1", "distill.save_total_limit=0"], 6, 48),
+                     "data.forgetting=[]", f"distill.stages={STAGES}", "sampling.batch_size=16",
+                     "run.save_steps=1", "run.save_total_limit=0"], 6, 48),
         "rl": (["rl", "--config", SMOKE / "rl.yaml", "run.threads=1", f"policy.path={half}", "policy.preset=null",
                 "data.train=[{source: add, n: 32, difficulty: 1}]", "data.eval=[]", "rl.max_steps=6",
-                "rl.save_steps=1", "rl.save_total_limit=2"], 6, 0)}
+                "run.save_steps=1", "run.save_total_limit=2"], 6, 0)}
 
 
 RESUMED = re.compile(r"resumed from (\S+) at step (\d+)")

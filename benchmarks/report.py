@@ -119,7 +119,7 @@ def paced_vs_baselines() -> list[str]:
         "again; it is much weaker, so do not compare with the table above.",
         baselines("paced_vs_baselines_privileged_student.json"),
         "**Competent and privileged-literate** (`paced demo train.privileged_share=0.25 train.privileged_extra=true "
-        "student_steps=1250 'distill.stages=[]' 'rl_families=[]' --run-dir runs/priv`, then `--models runs/priv "
+        "demo.student_steps=1250 'distill.stages=[]' 'demo.rl_families=[]' --run-dir runs/priv`, then `--models runs/priv "
         "--shares 0.25`): self-distillation works and the weighting decides it. Its accuracy with the answer in "
         "its prompt (0.832 in development) is not in the JSON.",
         baselines("paced_vs_baselines_competent_privileged_student.json"))

@@ -32,8 +32,8 @@ order is our loop's (``paced.train.rl.pick_prompts``); TRL gets the dataset in t
 Contenders:
   ours   ``paced.train.rl.train(cfg)`` (the real loop of ``paced rl``) with ``policy.path=<dir>
          rl.advantage=grpo rl.num_generations=8 rl.per_device_train_batch_size=64
-         rl.gradient_accumulation_steps=1 rl.max_steps=k rl.max_completion_length=16
-         rl.loss_type=dapo data.eval=[] rl.save_steps=0 run.progress=false run.threads=N``.
+         rl.gradient_accumulation_steps=1 rl.max_steps=k sampling.max_completion_length=16
+         rl.loss_type=dapo data.eval=[] run.save_steps=0 run.progress=false run.threads=N``.
          Seconds per step = ``step_time`` of metrics.jsonl (prompt choice -> optimizer step; the
          model load and the final checkpoint of each call are outside it). Phases from the same
          rows: time_sampling, time_reward, rest of time_rollout (prompt choice, ledger, grouping),
@@ -215,10 +215,10 @@ def ours_block(setup: Setup, k: int, threads: int, run_dir: Path, profile: bool 
     overrides = [f"policy.path={setup.model_dir}", f"data.train=[{json.dumps(setup.source)}]", "data.eval=[]",
                  "rl.advantage=grpo", f"rl.num_generations={setup.G}",
                  f"rl.per_device_train_batch_size={setup.prompts * setup.G}", "rl.gradient_accumulation_steps=1",
-                 f"rl.max_steps={k}", f"rl.max_completion_length={setup.max_new}", f"engine.backend={engine}",
-                 f"rl.loss_type={LOSS_TYPE}", "rl.num_iterations=1", "rl.beta=0", "rl.temperature=1.0",
-                 "rl.top_p=1.0", "rl.top_k=0", f"rl.epsilon={EPS}", "rl.scale_rewards=group",
-                 "rl.save_steps=0", "rl.logging_steps=1000", "optim.name=adamw", f"optim.lr={LR}",
+                 f"rl.max_steps={k}", f"sampling.max_completion_length={setup.max_new}", f"engine.backend={engine}",
+                 f"rl.loss_type={LOSS_TYPE}", "rl.num_iterations=1", "rl.beta=0", "sampling.temperature=1.0",
+                 "sampling.top_p=1.0", "sampling.top_k=0", f"rl.epsilon={EPS}", "rl.scale_rewards=group",
+                 "run.save_steps=0", "run.logging_steps=1000", "optim.name=adamw", f"optim.lr={LR}",
                  f"optim.beta1={BETAS[0]}", f"optim.beta2={BETAS[1]}", f"optim.weight_decay={WD}",
                  f"optim.max_grad_norm={CLIP}", "optim.lr_scheduler_type=constant", "optim.warmup_steps=0",
                  "run.progress=false", f"run.threads={threads}", f"run.seed={SEED}", f"run.dir={run_dir}"]

@@ -13,7 +13,7 @@ Algorithm (for every seed, every method; the same initial MLP and batch order fo
                          "task" scores only the task's own logits (task-incremental, one masked
                          head), "class" scores all 10 (class-incremental)
     model   <- MLP 64 -> hidden (-> hidden)* -> 10, ReLU, torch.manual_seed(seed)
-    opt     <- METHODS[method](model, cfg): sgd | adam | ewc (Adam or SGD + EWC penalty) |
+    opt     <- METHODS[method](model, continual.<method>): sgd | adam | ewc (Adam or SGD + EWC penalty) |
                classp_p1 | classp_p2 (paced.optim.CLASSP) | mas (Adam or SGD + MAS penalty)
     for task i in 0..T-1:
         for epoch, mini-batch (x, y) of task i:   L = CE(logits, y) + penalty(θ); backward; step
@@ -35,8 +35,8 @@ anchor per consolidated task in "separate" mode, one pair in "online"; MAS: impo
 the maximum over the run (EWC and MAS consolidate after every task, the last included, as
 Avalanche). Wall time: training plus consolidation, excluding the R evaluations.
 
-Choices: naive SGD has no momentum; the base optimizer of EWC and MAS is ``ewc_optimizer`` /
-``mas_optimizer``, Adam by default: on SGD a stiff penalty diverges once lr·λ·max F > 1 (its
+Choices: naive SGD has no momentum; the base optimizer of EWC and MAS is ``ewc.optimizer`` /
+``mas.optimizer``, Adam by default: on SGD a stiff penalty diverges once lr·λ·max F > 1 (its
 curvature is 2λF), so the best λ on SGD sits at the edge of divergence. MAS follows Avalanche's
 MASPlugin (importance = mean over mini-batches of |∂ mean_x ‖f(x)‖₂ / ∂θ|, Ω <- α Ω + (1−α) Ω_new
 from Ω = 0, penalty λ/2 Σ Ω (θ − θ*)²) without its constant factor len(batch) (the number of
@@ -200,7 +200,7 @@ def build_mlp(hidden: int, layers: int, seed: int) -> nn.Sequential:
 
 
 # ---------------------------------------------------------------------------------------------
-# Methods: builder(model, cfg) -> (optimizer, regulariser or None)
+# Methods: builder(model, continual.<method>) -> (optimizer, regulariser or None)
 # ---------------------------------------------------------------------------------------------
 class MAS:
     """Memory Aware Synapses (Aljundi et al. 2018, arXiv 1711.09601), Avalanche MASPlugin rules
@@ -233,41 +233,51 @@ class MAS:
         return sum(t.numel() * t.element_size() for d in (self.importance, self.anchor) for t in d.values())
 
 
-def build_sgd(model, c):
-    return torch.optim.SGD(model.parameters(), lr=c.sgd_lr), None
+def build_sgd(model, a):
+    return torch.optim.SGD(model.parameters(), lr=a.lr), None
 
 
-def build_adam(model, c):
-    return torch.optim.Adam(model.parameters(), lr=c.adam_lr), None
+def build_adam(model, a):
+    return torch.optim.Adam(model.parameters(), lr=a.lr), None
 
 
-def build_ewc(model, c):
-    base = torch.optim.Adam if c.ewc_optimizer == "adam" else torch.optim.SGD
-    return base(model.parameters(), lr=c.ewc_lr), EWC(c.ewc_lambda, mode=c.ewc_mode, decay=c.ewc_decay)
+def build_ewc(model, a):
+    base = torch.optim.Adam if a.optimizer == "adam" else torch.optim.SGD
+    return base(model.parameters(), lr=a.lr), EWC(a.ewc_lambda, mode=a.mode, decay=a.decay)
 
 
-def build_classp_p1(model, c):
-    return CLASSP(model.parameters(), lr=c.classp_p1_lr, p=1.0, threshold=c.classp_p1_threshold,
-                  eps=c.classp_p1_eps), None
+def build_classp_p1(model, a):
+    return CLASSP(model.parameters(), lr=a.lr, p=1.0, threshold=a.threshold, eps=a.eps), None
 
 
-def build_classp_p2(model, c):
-    return CLASSP(model.parameters(), lr=c.classp_p2_lr, p=2.0, threshold=c.classp_p2_threshold,
-                  eps=c.classp_p2_eps), None
+def build_classp_p2(model, a):
+    return CLASSP(model.parameters(), lr=a.lr, p=2.0, threshold=a.threshold, eps=a.eps), None
 
 
-def build_mas(model, c):
-    base = torch.optim.Adam if c.mas_optimizer == "adam" else torch.optim.SGD
-    return base(model.parameters(), lr=c.mas_lr), MAS(c.mas_lambda, c.mas_alpha)
+def build_mas(model, a):
+    base = torch.optim.Adam if a.optimizer == "adam" else torch.optim.SGD
+    return base(model.parameters(), lr=a.lr), MAS(a.mas_lambda, a.alpha)
 
 
+# method -> (model, its settings: continual.<method>) -> (optimizer, regulariser or None)
 METHODS = {"sgd": build_sgd, "adam": build_adam, "ewc": build_ewc, "classp_p1": build_classp_p1,
            "classp_p2": build_classp_p2, "mas": build_mas}
 
 
+def _flat_name(method: str, key: str) -> str:
+    return key if key.startswith(method + "_") else f"{method}_{key}"
+
+
 def method_hyper(method: str, c) -> dict:
-    """The ContinualCfg fields a method reads: those named '<method>_...'."""
-    return {f.name: getattr(c, f.name) for f in dataclasses.fields(c) if f.name.startswith(method + "_")}
+    """A method's settings (``c.<method>``) under flat names: sgd_lr, ewc_lambda, mas_alpha, ..."""
+    return {_flat_name(method, k): v for k, v in dataclasses.asdict(getattr(c, method)).items()}
+
+
+def with_hyper(c, method: str, flat: dict):
+    """``c`` with some of ``method``'s settings replaced, given by their flat names (method_hyper's)."""
+    args = getattr(c, method)
+    names = {_flat_name(method, f.name): f.name for f in dataclasses.fields(args)}
+    return dataclasses.replace(c, **{method: dataclasses.replace(args, **{names[k]: v for k, v in flat.items()})})
 
 
 def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
@@ -291,7 +301,7 @@ def batches_of(task: Task, batch_size: int, order: torch.Tensor | None = None):
 def run_method(method: str, tasks: list[Task], c, seed: int) -> dict:
     """Train ``method`` on ``tasks`` in order; returns R, the metrics, memory and timings."""
     model = build_mlp(c.hidden, c.layers, seed)
-    opt, reg = METHODS[method](model, c)
+    opt, reg = METHODS[method](model, getattr(c, method))
     gen = torch.Generator().manual_seed(seed)
     R: list[list[float]] = []
     memory = wall = evaluation = 0.0

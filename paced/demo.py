@@ -1,22 +1,22 @@
 """The end-to-end demo on CPU: a teacher and a weaker student from scratch, their pass rates.
 
-    paced demo                      # the built-in default (configs/demo.yaml says the same)
-    paced demo --config configs/demo.yaml teacher_steps=2000 --run-dir runs/demo
+    paced demo                      # the built-in default (`paced demo --help` lists it)
+    paced demo demo.student_steps=500 'distill.stages=[]' --run-dir runs/demo-short
 
 Steps, each one the same function the matching command runs, each in its own sub-directory
 (a finished step is skipped when the demo is run again, so ``--resume`` continues a killed run):
     1. teacher/  paced sft   (bigger preset, more steps) on data.train (add, mul1, modular)
-    2. student/  paced sft   (smaller preset, fewer steps) on student_train (add, sub): a weaker
+    2. student/  paced sft   (smaller preset, fewer steps) on demo.student_train (add, sub): a weaker
        student that never saw mul1
     3. passrate/ paced passrate: K student rollouts per student training problem -> ledger.sqlite
     4. eval-teacher/, eval-student/  paced eval on held-out problems (other seeds)
     5. the table: pass@1, pass@k, mean@n, greedy for both, and the student's p̂ histogram
-    6. distill/  paced distill: PACED forward KL from the teacher on a pool of ``distill_families``
+    6. distill/  paced distill: PACED forward KL from the teacher on a pool of ``demo.distill_families``
        (add, where the student's p̂ spreads, and mul1, where it is 0), measured on held-out
-       ``distill_target`` (add), with the families not distilled on (sub) as the forgetting
+       ``demo.distill_target`` (add), with the families not distilled on (sub) as the forgetting
        probe; the before/after table
     7. rl/  paced rl: a short W-REINFORCE run (+λ on correct, −1 on wrong samples) from the
-       student on ``rl_families`` (add); held-out pass@1 / pass@n / greedy before and after
+       student on ``demo.rl_families`` (add); held-out pass@1 / pass@n / greedy before and after
 """
 from __future__ import annotations
 
@@ -64,15 +64,17 @@ def run(cfg: C.DemoConfig, resume: bool = False) -> dict:
     root.mkdir(parents=True, exist_ok=True)
     C.save_config(cfg, root / "config.yaml")
     train_sources = cfg.data.train or _sources(DEFAULT_TRAIN)
-    student_sources = cfg.student_train or (_sources(DEFAULT_STUDENT_TRAIN) if not cfg.data.train else train_sources)
+    student_sources = cfg.demo.student_train or (_sources(DEFAULT_STUDENT_TRAIN) if not cfg.data.train else train_sources)
     eval_sources = cfg.data.eval or _sources(DEFAULT_EVAL)
     data = C.DataCfg(train=train_sources, eval=eval_sources)
     sft_data = {"teacher": data, "student": dataclasses.replace(data, train=student_sources)}
     run_cfg = lambda sub: dataclasses.replace(cfg.run, dir=str(root / sub))  # noqa: E731
+    plain_run = lambda sub: C.RunCfg(**{**{f.name: getattr(cfg.run, f.name)  # noqa: E731
+                                           for f in dataclasses.fields(C.RunCfg)}, "dir": str(root / sub)})
 
     models = {}
-    for who, preset, steps in (("teacher", cfg.teacher_preset, cfg.teacher_steps),
-                               ("student", cfg.student_preset, cfg.student_steps)):
+    for who, preset, steps in (("teacher", cfg.demo.teacher_preset, cfg.demo.teacher_steps),
+                               ("student", cfg.demo.student_preset, cfg.demo.student_steps)):
         sub = root / who
         if _done(sub):
             console.print(f"[dim]{who}: already trained in {sub}, skipping[/]")
@@ -87,28 +89,28 @@ def run(cfg: C.DemoConfig, resume: bool = False) -> dict:
     ledger_path = str(root / "ledger.sqlite")
     if not _done(root / "passrate"):
         console.rule("student pass rates")
-        share = max(1, cfg.passrate_pool // len(student_sources))  # the first problems of each source
+        share = max(1, cfg.demo.passrate_pool // len(student_sources))  # the first problems of each source
         pool = dataclasses.replace(data, train=[dataclasses.replace(s, n=min(s.n, share) if s.n else share)
                                                  for s in student_sources])
         run_passrate(C.PassrateConfig(
             model=C.ModelCfg(path=models["student"]), data=pool, sampling=cfg.sampling,
             passrate=cfg.passrate, ledger=C.LedgerCfg(path=ledger_path, model="student", stage="demo"),
-            run=run_cfg("passrate")))
+            run=plain_run("passrate")))
     results = {}
     for who in ("teacher", "student"):
         sub = root / f"eval-{who}"
         if not _done(sub):
             console.rule(f"evaluating the {who}")
             run_eval(C.EvalConfig(model=C.ModelCfg(path=models[who]), data=data, eval=cfg.eval,
-                                  run=run_cfg(f"eval-{who}")))
+                                  sampling=cfg.sampling, run=plain_run(f"eval-{who}")))
         results[who] = json.loads((sub / "eval.json").read_text())
     passrate = json.loads((root / "passrate" / "summary.json").read_text())
     distilled = run_distill_step(cfg, root, models, data, resume) if cfg.distill.stages else None
-    reinforced = run_rl_step(cfg, root, models, data, resume) if cfg.rl_families else None
+    reinforced = run_rl_step(cfg, root, models, data, resume) if cfg.demo.rl_families else None
 
     console.rule("demo results")
     console.print(table({w: r["overall"] for w, r in results.items()},
-                        f"held-out problems (n = {cfg.eval.n}, T = {cfg.eval.temperature})"))
+                        f"held-out problems (n = {cfg.eval.n}, T = {cfg.sampling.temperature})"))
     per_source = {f"{w}/{s}": r for w, res in results.items() for s, r in res["by_source"].items()}
     console.print(table(per_source, "per family"))
     console.print(f"student pass rates p̂ on {passrate['problems']} training problems "
@@ -127,14 +129,20 @@ def run(cfg: C.DemoConfig, resume: bool = False) -> dict:
     return summary
 
 
+def trainer_sampling(cfg: C.DemoConfig) -> C.SamplingCfg:
+    """The demo's sampling for its distillation and RL steps: sampling.batch_size of the trainers'
+    own default (512; the sampler's chunks are part of its random stream, so the tables depend on it)."""
+    return dataclasses.replace(cfg.sampling, batch_size=C.RLConfig().sampling.batch_size)
+
+
 def run_distill_step(cfg: C.DemoConfig, root: Path, models: dict, data: C.DataCfg, resume: bool) -> dict:
     """Step 6: PACED distillation teacher -> student; returns its summary (before/after)."""
     from .train.distill import train as run_distill
 
     sub = root / "distill"
     if not (sub / "summary.json").is_file():
-        fams, target = set(cfg.distill_families), set(cfg.distill_target or cfg.distill_families)
-        share = max(1, cfg.distill_pool // max(1, sum(s.source in fams for s in data.train)))
+        fams, target = set(cfg.demo.distill_families), set(cfg.demo.distill_target or cfg.demo.distill_families)
+        share = max(1, cfg.demo.distill_pool // max(1, sum(s.source in fams for s in data.train)))
         console.rule(f"PACED distillation on {sorted(fams)}: "
                      + ", ".join(f"{s.loss_type}/{s.weighting} x {s.max_steps}" for s in cfg.distill.stages))
         run_distill(C.DistillConfig(
@@ -143,7 +151,7 @@ def run_distill_step(cfg: C.DemoConfig, root: Path, models: dict, data: C.DataCf
                                   for s in data.train if s.source in fams],
                            eval=[s for s in data.eval if s.source in target],
                            forgetting=[s for s in data.eval if s.source not in fams]),
-            distill=cfg.distill, optim=cfg.distill_optim,
+            distill=cfg.distill, sampling=trainer_sampling(cfg), passrate=cfg.passrate, optim=cfg.distill_optim,
             ledger=C.LedgerCfg(path=str(root / "ledger.sqlite"), model="student-distill", stage="distill"),
             run=dataclasses.replace(cfg.run, dir=str(sub))), resume=resume)
     return json.loads((sub / "summary.json").read_text())
@@ -168,8 +176,8 @@ def distill_table(summary: dict, cfg: C.DemoConfig):
             for split in ("target", "forgetting") if split in summary["after"]
             for metric in ("mean@n", "greedy")]
     return before_after_table(
-        f"PACED distillation on {', '.join(cfg.distill_families)}: held-out target "
-        f"({', '.join(cfg.distill_target or cfg.distill_families)}) and forgetting probe "
+        f"PACED distillation on {', '.join(cfg.demo.distill_families)}: held-out target "
+        f"({', '.join(cfg.demo.distill_target or cfg.demo.distill_families)}) and forgetting probe "
         f"(the families not distilled on), mean@{n} / greedy", rows)
 
 
@@ -179,15 +187,15 @@ def run_rl_step(cfg: C.DemoConfig, root: Path, models: dict, data: C.DataCfg, re
 
     sub = root / "rl"
     if not (sub / "summary.json").is_file():
-        fams = set(cfg.rl_families)
-        share = max(1, cfg.rl_pool // max(1, sum(s.source in fams for s in data.train)))
+        fams = set(cfg.demo.rl_families)
+        share = max(1, cfg.demo.rl_pool // max(1, sum(s.source in fams for s in data.train)))
         console.rule(f"RL ({cfg.rl.advantage}) on {sorted(fams)} for {cfg.rl.max_steps} steps")
         run_rl(C.RLConfig(
             policy=C.ModelCfg(path=models["student"]),
             data=C.DataCfg(train=[dataclasses.replace(s, n=min(s.n or share, share))
                                   for s in data.train if s.source in fams],
                            eval=[s for s in data.eval if s.source in fams]),
-            rl=cfg.rl, optim=cfg.rl_optim,
+            rl=cfg.rl, sampling=trainer_sampling(cfg), optim=cfg.rl_optim,
             ledger=C.LedgerCfg(path=str(root / "ledger.sqlite"), model="student-rl", stage="rl"),
             run=dataclasses.replace(cfg.run, dir=str(sub))), resume=resume)
     return json.loads((sub / "summary.json").read_text())
@@ -199,8 +207,8 @@ def rl_table(summary: dict, cfg: C.DemoConfig):
     rows = [(k, b[f"eval/{k}"], a[f"eval/{k}"]) for k in ("pass@1", f"pass@{n}", "greedy")
             if b.get(f"eval/{k}") is not None and a.get(f"eval/{k}") is not None]
     return before_after_table(
-        f"RL ({summary['advantage']}, {summary['steps']} steps) on {', '.join(cfg.rl_families)}: "
-        f"held-out problems, n = {n} samples at T = {cfg.rl.temperature}", rows)
+        f"RL ({summary['advantage']}, {summary['steps']} steps) on {', '.join(cfg.demo.rl_families)}: "
+        f"held-out problems, n = {n} samples at T = {cfg.sampling.temperature}", rows)
 
 
 def ensure_models(models_dir) -> None:
@@ -209,4 +217,4 @@ def ensure_models(models_dir) -> None:
     if (Path(models_dir) / "student" / "model" / "config.json").exists():
         return
     console.print(f"no demo models in {models_dir}: training them with the demo's settings (minutes)")
-    run(C.load_config(C.DemoConfig, None, ["distill.stages=[]", "rl_families=[]"], run_dir=models_dir))
+    run(C.load_config(C.DemoConfig, None, ["distill.stages=[]", "demo.rl_families=[]"], run_dir=models_dir))

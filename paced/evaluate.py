@@ -152,15 +152,15 @@ def run(cfg) -> dict:
     examples = load_sources(sources, "data.eval" if cfg.data.eval else "data.train")
     model, tok, path = load_model(cfg.model.path, cfg.model.preset, cfg.model.init_seed,
                                   cfg.model.dtype, run_dir)
-    e = cfg.eval
-    result = evaluate(model, tok, examples, e.n, e.ks or None, e.temperature, e.top_p, e.top_k,
-                      e.max_completion_length, e.greedy, e.batch_size, cfg.run.seed,
+    e, s = cfg.eval, cfg.sampling
+    result = evaluate(model, tok, examples, e.n, e.ks or None, s.temperature, s.top_p, s.top_k,
+                      s.max_completion_length, e.greedy, s.batch_size, cfg.run.seed,
                       cfg.run.progress, keep_samples=e.save_samples, backend=cfg.engine.backend,
                       system_prompt=cfg.model.system_prompt, long_prompts=cfg.model.long_prompts)
     result["model"] = path
     write_json(run_dir / "eval.json", result)
     rows = {"all": result["overall"], **result["by_source"]}
-    console.print(table(rows, f"eval: {path} (n={e.n}, T={e.temperature})"))
+    console.print(table(rows, f"eval: {path} (n={e.n}, T={s.temperature})"))
     if result["undecided"]:
         console.print(f"[yellow]{result['undecided']} verdicts undecided (math-verify timed out twice; "
                       f"counted wrong): raise run.math_timeout (now {cfg.run.math_timeout} s)[/]")
@@ -168,6 +168,6 @@ def run(cfg) -> dict:
     curves = {"all": passk_from_eval(result)}
     if len(result["by_source"]) > 1:
         curves.update({s: passk_from_eval(result, s) for s in result["by_source"]})
-    if passk_curves(curves, run_dir / "passk.png", f"pass@k: {path} (n={e.n}, T={e.temperature})"):
+    if passk_curves(curves, run_dir / "passk.png", f"pass@k: {path} (n={e.n}, T={s.temperature})"):
         console.print(f"wrote {run_dir / 'passk.png'}")
     return result

@@ -12,7 +12,7 @@ Nath et al., "Adaptive Guidance Accelerates Reinforcement Learning of Reasoning 
    of the hinted ratios in the micro-batch (detached, ≥ 1e-4); hinted tokens are **not
    clipped**, plain tokens use the usual clip (``guided_surrogate``).
 
-Pure functions over tensors and numbers; the loop is paced/train/rl.py (``rl.guide: true``).
+Pure functions over tensors and numbers; the loop is paced/train/rl.py (``rl.guide.enabled: true``).
 
 Shaping strategies (``SHAPINGS``; the paper's is ``percentile``; the others are our switches,
 docs/methods.md leaves them [open]):

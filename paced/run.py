@@ -40,10 +40,9 @@ def _flat(d, prefix: str = "") -> dict:
 def check_resume_config(cfg, saved: Path) -> list[str]:
     """The keys whose values differ from the run's saved ``config.yaml`` (``key (old -> new)``);
     a ValueError when any of them is not in ``RESUMABLE``."""
-    from .config import to_dict
-    from .configtools import safe_yaml
-    try:
-        old = _flat(safe_yaml(saved.read_text()) or {})
+    from .config import RENAMED, rename_keys, safe_yaml, to_dict
+    try:   # a run started before a key was renamed saved the old name: compare under the new one
+        old = _flat(rename_keys(safe_yaml(saved.read_text()) or {}, RENAMED, str(saved), warn=None))
     except (OSError, ValueError):
         return []                           # unreadable: nothing to compare against
     new = _flat(to_dict(cfg))

@@ -7,7 +7,7 @@ g_i of the distillation loss is a bell curve in the student's pass rate p̂, ≈
 
 Algorithm:
     problems <- the first snr.max_problems of data.train
-    p̂_i      <- c_i / K from K = snr.num_generations student rollouts at snr.passrate_temperature
+    p̂_i      <- c_i / K from K = passrate.num_generations student rollouts at sampling.temperature
                 (recorded in the ledger; rows already there for (model, stage, step 0) are reused)
     y_i      <- one response per problem: teacher (greedy, or snr.teacher_temperature) or student
                 (T = 1), as DEFAULT_RESPONSES pairs them with snr.loss_type when responses = auto
@@ -47,7 +47,6 @@ from .teacher import load_teacher, response_hidden, teacher_hidden
 from .train.batches import pack
 
 CHUNK_SIZE = 256        # response positions per logits chunk
-SAMPLING_BATCH = 256    # sequences per sampler call
 MAX_GRAD_BYTES = 8 * 2**30  # the (N, P) fp32 gradient matrix is refused beyond this
 
 
@@ -199,7 +198,7 @@ def run(cfg: SNRConfig) -> dict:
     from .tasks import load_sources
 
     run_dir = start_run(cfg)
-    s = cfg.snr
+    s, smp, K = cfg.snr, cfg.sampling, cfg.passrate.num_generations
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     student, tok, path = load_model(cfg.student.path, cfg.student.preset, cfg.student.init_seed,
                                     cfg.student.dtype, run_dir)
@@ -214,30 +213,30 @@ def run(cfg: SNRConfig) -> dict:
     counts = ledger.counts(model=tag, stage=cfg.ledger.stage, step=0, problem_ids=[e.id for e in pool])
     todo = [e for e in pool if e.id not in counts]
     if todo:
-        params = SamplingParams(temperature=s.passrate_temperature, max_tokens=s.max_completion_length,
-                                seed=cfg.run.seed)
-        counts.update(estimate(student, tok, todo, ledger, s.num_generations, params, tag,
-                               cfg.ledger.stage, step=0, batch_size=SAMPLING_BATCH,
+        params = SamplingParams(temperature=smp.temperature, top_p=smp.top_p, top_k=smp.top_k,
+                                max_tokens=smp.max_completion_length, seed=cfg.run.seed)
+        counts.update(estimate(student, tok, todo, ledger, K, params, tag,
+                               cfg.ledger.stage, step=0, batch_size=smp.batch_size,
                                progress=cfg.run.progress, system_prompt=cfg.student.system_prompt,
                                long_prompts=cfg.student.long_prompts))
     p_hat = np.array([counts[e.id][0] / counts[e.id][1] for e in pool])
     hist = histogram(p_hat, bins=s.bins)
     console.print(f"p̂ of {tag} on {len(pool)} problems ({len(pool) - len(todo)} from the ledger, "
-                  f"{len(todo)} estimated with K = {s.num_generations}, T = {s.passrate_temperature}):")
+                  f"{len(todo)} estimated with K = {K}, T = {smp.temperature}):")
     console.print(histogram_text(hist))
 
     system, long, names = cfg.student.system_prompt, cfg.student.long_prompts, [e.id for e in pool]
-    room = prompt_room(s.max_completion_length, student, teacher)
+    room = prompt_room(smp.max_completion_length, student, teacher)
     s_prompts = encode_prompts(tok, [e.prompt for e in pool], system, room, long, names)
     t_prompts = encode_prompts(tok, [cfg.teacher.privileged_template.format(prompt=e.prompt, answer=e.answer)
                                      if cfg.teacher.privileged else e.prompt for e in pool], system, room, long, names)
     who = DEFAULT_RESPONSES[s.loss_type] if s.responses == "auto" else s.responses
     model, prompts, temp = ((teacher, t_prompts, s.teacher_temperature) if who == "teacher"
                             else (student, s_prompts, 1.0))
-    ro = sample(model, prompts, SamplingParams(temperature=temp, max_tokens=s.max_completion_length,
+    ro = sample(model, prompts, SamplingParams(temperature=temp, max_tokens=smp.max_completion_length,
                                                seed=cfg.run.seed + 1),
                 eos_token_id=stop_token_ids(student, tok), pad_token_id=tok.pad_token_id,
-                batch_size=SAMPLING_BATCH)
+                batch_size=smp.batch_size)
     responses = [row[:n] or [tok.eos_token_id]  # an empty response scores its EOS, as in distill
                  for row, n in zip(ro.completion_ids.tolist(), ro.lengths.tolist())]
 
@@ -271,8 +270,8 @@ def run(cfg: SNRConfig) -> dict:
     result = {"command": "snr", "model": tag, "teacher": cfg.teacher.path,
               "privileged": cfg.teacher.privileged, "loss_type": s.loss_type, "responses": who,
               "loss_kwargs": kw, "params": s.params, "param_names": names, "param_count": n_params,
-              "problems": len(pool), "num_generations": s.num_generations,
-              "passrate_temperature": s.passrate_temperature, "teacher_temperature": s.teacher_temperature,
+              "problems": len(pool), "num_generations": K,
+              "passrate_temperature": smp.temperature, "teacher_temperature": s.teacher_temperature,
               "ledger": str(ledger.path), "stage": cfg.ledger.stage, "overall_snr": _finite(overall),
               "bell": bell, "bell_debiased": bell_debiased,
               "bins": [{**b, "snr": _finite(b["snr"]), "snr_debiased": _finite(b["snr_debiased"])} for b in bins],

@@ -45,7 +45,7 @@ def half_learned_add(tmp_path_factory):
     smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke"
     cfg = load_config(SFTConfig, smoke / "sft.yaml", [
         "data.train=[{source: add, n: 200, difficulty: 1}]", "train.max_steps=150",
-        "train.per_device_train_batch_size=32", "train.save_steps=0", "optim.lr=1e-2",
+        "train.per_device_train_batch_size=32", "run.save_steps=0", "optim.lr=1e-2",
         "run.progress=false"], run_dir=run)
     sft.train(cfg)
     return run / "model"

@@ -117,7 +117,7 @@ def _weights(path):
 
 def test_sigkill_then_resume_equals_uninterrupted(tmp_path):
     args = ["--config", SMOKE / "sft.yaml", "model.preset=tiny", "train.max_steps=30",
-            "train.save_steps=2", "train.save_total_limit=0", "run.threads=1"]
+            "run.save_steps=2", "run.save_total_limit=0", "run.threads=1"]
     full = tmp_path / "full"
     paced("sft", *args, "--run-dir", full)
 
@@ -156,7 +156,7 @@ def test_nan_loss_stops_before_the_update_and_keeps_what_was_written(tmp_path, m
         return (loss * float("nan") if calls["n"] == 5 else loss), n
 
     monkeypatch.setattr(sft, "sft_loss", poisoned)
-    cfg = load_config(SFTConfig, SMOKE / "sft.yaml", ["train.save_steps=2", "run.progress=false"],
+    cfg = load_config(SFTConfig, SMOKE / "sft.yaml", ["run.save_steps=2", "run.progress=false"],
                       run_dir=tmp_path / "r")
     with pytest.raises(FloatingPointError, match="loss is nan at step 5; nothing was updated"):
         sft.train(cfg)
@@ -210,7 +210,7 @@ def test_rl_under_torchrun(tmp_path, advantage, dynamic):
         pytest.skip("torchrun not found next to the interpreter")
     proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "paced.cli", "rl", "--config",
                            str(SMOKE / "rl.yaml"), f"rl.advantage={advantage}", f"rl.dynamic_sampling={dynamic}",
-                           "rl.max_sampling_rounds=2", f"rl.guide={advantage == 'ppo'}",
+                           "rl.max_sampling_rounds=2", f"rl.guide.enabled={advantage == 'ppo'}",
                            f"rl.scale_rewards={'batch' if advantage == 'grpo' else 'group'}",  # the global std
                            "--run-dir", str(run)],
                           cwd=ROOT, env=ENV, capture_output=True, text=True, timeout=300)
@@ -250,7 +250,7 @@ def test_rl_reward_function_errors_name_the_function(tmp_path):
 def test_sft_with_classp_optimizer_and_resume(tmp_path):
     """optim.name=classp works in the trainers, and its state survives a resume."""
     args = ["--config", SMOKE / "sft.yaml", "optim.name=classp", "optim.lr=0.05",
-            "optim.classp_threshold=1e-6", "train.save_total_limit=0", "optim.lr_scheduler_type=constant",
+            "optim.classp.threshold=1e-6", "run.save_total_limit=0", "optim.lr_scheduler_type=constant",
             "optim.warmup_steps=0"]
     paced("sft", *args, "--run-dir", tmp_path / "full")
     paced("sft", *args, "train.max_steps=3", "--run-dir", tmp_path / "half")

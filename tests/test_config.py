@@ -97,6 +97,6 @@ def test_a_partly_given_section_keeps_the_roots_defaults():
                                             "optim.warmup_steps=3", "run.threads=1"])
     assert (cfg.optim.lr, cfg.optim.warmup_steps) == (3e-4, 3)
     assert (cfg.run.dir, cfg.run.threads) == ("runs/distill", 1)
-    demo = load_config(DemoConfig, None, ["run.progress=false", "distill.logging_steps=7"])
-    assert demo.run.dir == "runs/demo" and demo.distill.max_completion_length == 24
-    assert demo.distill.stages[0].name == "paced_fkl" and demo.distill.logging_steps == 7
+    demo = load_config(DemoConfig, None, ["run.progress=false", "run.logging_steps=7"])
+    assert demo.run.dir == "runs/demo" and demo.run.save_steps == 100 and demo.sampling.max_completion_length == 24
+    assert demo.distill.stages[0].name == "paced_fkl" and demo.run.logging_steps == 7

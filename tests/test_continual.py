@@ -17,7 +17,7 @@ from paced.config import ConfigError, ContinualCfg, ContinualConfig, load_config
 from paced.continual import (METHODS, average_accuracy, backward_transfer, build_mlp,  # noqa: E402
                              class_groups, forgetting, learning_accuracy, load_digits_arrays,
                              make_tasks, method_hyper, optimizer_state_bytes, permutations,
-                             run_method, split_indices, task_forgetting)
+                             run_method, split_indices, task_forgetting, with_hyper)
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]
@@ -126,34 +126,39 @@ def test_state_memory_per_method():
     assert mem["sgd"] == 0
     assert mem["adam"] == 2 * 4 * params + 4 * 6            # exp_avg, exp_avg_sq + a 0-dim step per tensor
     assert mem["classp_p1"] == mem["classp_p2"] == 4 * params
-    assert cfg.ewc_optimizer == cfg.mas_optimizer == "adam"
+    assert cfg.ewc.optimizer == cfg.mas.optimizer == "adam"
     assert mem["ewc"] == mem["adam"] + 2 * 2 * 4 * params     # separate: (F, θ*) per task, 2 tasks
     assert mem["mas"] == mem["adam"] + 2 * 4 * params         # one (Ω, θ*)
-    online = run_method("ewc", tasks, dataclasses.replace(cfg, ewc_mode="online"), 0)
+    online = run_method("ewc", tasks, with_hyper(cfg, "ewc", {"ewc_mode": "online"}), 0)
     assert online["optimizer_state_bytes"] == mem["adam"] + 2 * 4 * params
-    on_sgd = dataclasses.replace(cfg, ewc_optimizer="sgd", mas_optimizer="sgd")
+    on_sgd = with_hyper(with_hyper(cfg, "ewc", {"ewc_optimizer": "sgd"}), "mas", {"mas_optimizer": "sgd"})
     assert run_method("ewc", tasks, on_sgd, 0)["optimizer_state_bytes"] == 2 * 2 * 4 * params
     assert run_method("mas", tasks, on_sgd, 0)["optimizer_state_bytes"] == 2 * 4 * params
 
 
 def test_run_is_deterministic_and_ewc_penalty_matters():
-    cfg = ContinualCfg(num_tasks=2, epochs=2, batch_size=32, hidden=32, ewc_lr=1e-2, ewc_lambda=10.0)
+    cfg = with_hyper(ContinualCfg(num_tasks=2, epochs=2, batch_size=32, hidden=32), "ewc",
+                     {"ewc_lr": 1e-2, "ewc_lambda": 10.0})
     tasks = make_tasks(cfg, 0)
     a, b = run_method("ewc", tasks, cfg, 0), run_method("ewc", tasks, cfg, 0)
     assert a["R"][0][0] > 0.5                                 # task 0 is learned
     assert a["R"] == b["R"] and len(a["R"]) == 2 and len(a["R"][0]) == 2
     # the first task is trained identically (no penalty yet), the second differs with a huge λ
-    adam = run_method("adam", tasks, dataclasses.replace(cfg, adam_lr=cfg.ewc_lr), 0)
+    adam = run_method("adam", tasks, with_hyper(cfg, "adam", {"adam_lr": cfg.ewc.lr}), 0)
     assert adam["R"][0] == a["R"][0] and adam["R"][1] != a["R"][1]
-    stiff = run_method("ewc", tasks, dataclasses.replace(cfg, ewc_lambda=1e5), 0)
+    stiff = run_method("ewc", tasks, with_hyper(cfg, "ewc", {"ewc_lambda": 1e5}), 0)
     assert stiff["R"][1][0] > a["R"][1][0]                    # task 0 held better under a stiff penalty
     assert stiff["task_forgetting"][0] < a["task_forgetting"][0]
 
 
 def test_method_hyper_reads_its_own_fields():
     c = ContinualCfg()
-    assert method_hyper("sgd", c) == {"sgd_lr": c.sgd_lr}
+    assert method_hyper("sgd", c) == {"sgd_lr": c.sgd.lr}
     assert set(method_hyper("classp_p1", c)) == {"classp_p1_lr", "classp_p1_threshold", "classp_p1_eps"}
+    assert method_hyper("ewc", c) == {"ewc_lr": 1e-3, "ewc_optimizer": "adam", "ewc_lambda": 1000.0,
+                                      "ewc_mode": "separate", "ewc_decay": 1.0}
+    changed = with_hyper(c, "mas", {"mas_lambda": 3.0, "mas_lr": 0.5})
+    assert (changed.mas.mas_lambda, changed.mas.lr, changed.mas.alpha, changed.ewc) == (3.0, 0.5, 0.5, c.ewc)
     opt = torch.optim.Adam([torch.nn.Parameter(torch.zeros(3))])
     assert optimizer_state_bytes(opt) == 0
 
@@ -167,7 +172,8 @@ def test_method_hyper_reads_its_own_fields():
     (["continual.methods=[sgd, sgd]"], "listed twice"),
     (["continual.benchmark=split", "continual.num_tasks=3"], "2 or 5"),
     (["continual.benchmark=rotated"], "is not one of ['permuted', 'split']"),
-    (["continual.ewc_decay=0.5"], "ewc_decay"),
+    (["continual.ewc.decay=0.5"], "continual.ewc.decay: used only with mode 'online'"),
+    (["continual.ewc_decay=0.5"], "continual.ewc.decay: used only with mode 'online'"),   # the 0.1 name
     (["continual.epochs=0"], "below the minimum 1"),
 ])
 def test_config_errors(override, message):
@@ -216,7 +222,7 @@ def test_config_choices_are_the_methods():
     """continual.methods is checked at load against config.CONTINUAL_METHODS (the config does not
     import the runner): it must name exactly METHODS' builders, and a typo is refused at load."""
     from paced.config import CONTINUAL_METHODS
-    from paced.configtools import ConfigError
+    from paced.config import ConfigError
     assert CONTINUAL_METHODS == tuple(METHODS)
     with pytest.raises(ConfigError, match=r"continual.methods\[1\]: 'ewk' is not one of .*did you mean 'ewc'"):
         load_config(ContinualConfig, None, ["continual.methods=[sgd, ewk]"])

@@ -27,7 +27,7 @@ def student(half_learned_add):
 def distill_cfg(run_dir, student, *overrides):
     return load_config(DistillConfig, SMOKE / "distill.yaml", [
         f"student.path={student}", "student.preset=null", "teacher.privileged=true",
-        "data.train=[{source: add, n: 24, difficulty: 1}]", "distill.num_generations=8",
+        "data.train=[{source: add, n: 24, difficulty: 1}]", "passrate.num_generations=8",
         "run.progress=false", *overrides], run_dir=run_dir)
 
 
@@ -178,7 +178,7 @@ def test_teacher_caches_train_like_no_cache_and_resume_exactly(tmp_path, student
     loop, and a run killed mid-stage resumes (with empty caches) to the same weights."""
     stages = f"distill.stages=[{{name: s, loss_type: {loss_type}, max_steps: 6, weighting: uniform}}]"
     common = ["teacher.privileged=false", "data.eval=[]", "data.forgetting=[]", stages,
-              "distill.per_device_train_batch_size=8", "distill.save_steps=2", "distill.save_total_limit=0"]
+              "distill.per_device_train_batch_size=8", "run.save_steps=2", "run.save_total_limit=0"]
     calls = []
     real = D.teacher_hidden
     monkeypatch.setattr(D, "teacher_hidden", lambda *a, **k: calls.append(1) or real(*a, **k))
@@ -206,7 +206,7 @@ def test_online_passrate_reuses_the_stage_rollouts_and_resumes_exactly(tmp_path,
     stages = ("distill.stages=[{name: s, loss_type: reverse_kl, max_steps: 6, weighting: hard_filter, "
               "reestimate_every: 2, online_passrate: true}]")
     common = ["teacher.privileged=false", "data.eval=[]", "data.forgetting=[]", stages,
-              "distill.per_device_train_batch_size=8", "distill.save_steps=2", "distill.save_total_limit=0"]
+              "distill.per_device_train_batch_size=8", "run.save_steps=2", "run.save_total_limit=0"]
     D.train(distill_cfg(tmp_path / "full", student, *common))
     led = Ledger(tmp_path / "full" / "ledger.sqlite")
     assert {s["stage"] for s in led.summary()} == {"0:s", "0:s:online"}

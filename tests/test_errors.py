@@ -12,7 +12,7 @@ import torch
 from paced import cli
 from paced.checkpoint import checkpoint_problem, latest_checkpoint, resume_or_fresh, save_checkpoint
 from paced.config import EvalConfig, load_config
-from paced.configtools import ConfigError
+from paced.config import ConfigError
 from paced.rewards import call_reward_function, load_reward_function
 from paced.tasks.files import DataError, load_file
 from paced.tasks.synthetic import generate
@@ -72,7 +72,7 @@ def test_hostile_override(capsys):
 
 
 @pytest.mark.parametrize("override, expect", [
-    ("eval.batch_size=1000000000000", "eval.batch_size: 1,000,000,000,000 is more than paced accepts (65,536)"),
+    ("sampling.batch_size=1000000000000", "sampling.batch_size: 1,000,000,000,000 is more than paced accepts (65,536)"),
     ("data.eval=[{source: add, n: 1000000000}]", "data.eval[0].n: 1,000,000,000 problems; a source holds at most 1,000,000"),
     ("eval.n=100000", "eval.n: 100,000 is more than paced accepts (4,096)"),
     ("run.threads=100000", "run.threads: 100000 is above the maximum 1024"),
@@ -91,7 +91,7 @@ def test_threads_bounded_by_the_machine():
 
 def test_overrides_before_and_after_run_dir(tmp_path, capsys):
     rc, _ = run_cli(capsys, "eval", "--config", SMOKE / "eval.yaml", "eval.n=2", "--run-dir", tmp_path / "r",
-                    "eval.max_completion_length=4")
+                    "sampling.max_completion_length=4")
     assert rc == 0
     saved = (tmp_path / "r" / "config.yaml").read_text()
     assert "n: 2\n" in saved and "max_completion_length: 4\n" in saved
@@ -106,8 +106,8 @@ def test_run_dir_that_is_a_file(tmp_path, capsys):
 
 
 def test_integer_too_large_for_a_number(capsys):
-    msg = one_error(capsys, "eval", "--config", SMOKE / "eval.yaml", "eval.temperature=1" + "0" * 400)
-    assert msg == "paced eval: config error: eval.temperature: an integer near 10^400 is too large for a number"
+    msg = one_error(capsys, "eval", "--config", SMOKE / "eval.yaml", "sampling.temperature=1" + "0" * 400)
+    assert msg == "paced eval: config error: sampling.temperature: an integer near 10^400 is too large for a number"
 
 
 def test_huge_config_file_is_refused_unread(tmp_path, capsys):
@@ -370,7 +370,7 @@ def test_resume_with_a_changed_config(tmp_path, capsys):
     assert "optim.lr (" in msg and "-> 0.5)" in msg and "run.seed (0 -> 3)" in msg
     saved = (tmp_path / "r" / "config.yaml").read_text()
     assert "seed: 0" in saved                             # the saved config is not overwritten
-    rc, err = run_cli(capsys, *base, "--resume", "train.logging_steps=7")
+    rc, err = run_cli(capsys, *base, "--resume", "run.logging_steps=7")
     assert rc == 0                                        # reporting may change
 
 

@@ -117,7 +117,7 @@ def rl_cfg(run_dir, policy, *overrides):
     return load_config(RLConfig, SMOKE / "rl.yaml", [
         f"policy.path={policy}", "policy.preset=null", "data.eval=[]", "run.progress=false",
         "data.train=[{source: add, n: 32, difficulty: 1, hint_level: 1}]", "rl.advantage=grpo",
-        "rl.guide=true", "rl.dynamic_sampling=true", "rl.max_sampling_rounds=1", "rl.max_steps=1",
+        "rl.guide.enabled=true", "rl.dynamic_sampling=true", "rl.max_sampling_rounds=1", "rl.max_steps=1",
         *overrides], run_dir=run_dir)
 
 
@@ -198,7 +198,7 @@ def test_trigger_replacement_and_scoring_without_the_hint(tmp_path, policy, monk
 
 def test_without_guide_the_failed_groups_are_dropped(tmp_path, policy, monkeypatch):
     from paced.tasks import load_sources
-    cfg = rl_cfg(tmp_path, policy, "rl.guide=false")
+    cfg = rl_cfg(tmp_path, policy, "rl.guide.enabled=false")
     scripted = Scripted(policy, load_sources(cfg.data.train))
     monkeypatch.setitem(SAMPLERS, "hf", scripted)
     RL.train(cfg)
@@ -227,7 +227,7 @@ def test_guide_grpo_and_guide_ppo_train(tmp_path, policy, advantage):
 
 
 def test_guide_resume_equals_uninterrupted(tmp_path, policy, killed_at_update):
-    common = ["rl.max_steps=4", "rl.save_steps=2", "rl.save_total_limit=0", "rl.max_sampling_rounds=2",
+    common = ["rl.max_steps=4", "run.save_steps=2", "run.save_total_limit=0", "rl.max_sampling_rounds=2",
               "data.train=[{source: add, n: 32, difficulty: [1, 2], hint_level: 2}]"]
     RL.train(rl_cfg(tmp_path / "full", policy, *common))
     crashed = rl_cfg(tmp_path / "crash", policy, *common)
@@ -245,14 +245,14 @@ def test_guide_resume_equals_uninterrupted(tmp_path, policy, killed_at_update):
 
 
 def test_rollout_budget_stops_the_run(tmp_path, policy):
-    summary = RL.train(rl_cfg(tmp_path, policy, "rl.max_steps=50", "rl.max_rollouts=70", "rl.guide=false"))
+    summary = RL.train(rl_cfg(tmp_path, policy, "rl.max_steps=50", "rl.max_rollouts=70", "rl.guide.enabled=false"))
     rows = read_jsonl(tmp_path / "metrics.jsonl")
     assert summary["steps"] == len(rows) == 3                    # 32 rollouts a step: 32, 64, 96 >= 70
     assert rows[-1]["rollouts_total"] == 96
 
 
 @pytest.mark.parametrize("override, message", [
-    ("rl.hint_template={prompt}", "rl.hint_template"),
+    ("rl.guide.hint_template={prompt}", r"rl\.guide\.hint_template: "),
     ("data.train=[{source: add, n: 8, hint_level: 0}]", "hint_level 0"),
 ])
 def test_bad_guide_config_is_named(tmp_path, policy, override, message):
@@ -285,7 +285,7 @@ def test_hints_from_a_data_file_go_through_the_template(tmp_path, policy, monkey
 
     monkeypatch.setitem(SAMPLERS, "hf", recording)
     RL.train(rl_cfg(tmp_path / "run", policy, f"data.train=[{{source: {data}, verifier: exact}}]",
-                    "rl.hint_template='{hint}|{prompt}'", "rl.max_steps=2"))
+                    "rl.guide.hint_template='{hint}|{prompt}'", "rl.max_steps=2"))
     hinted = [p for p in prompts if "|" in p]
     assert hinted, "a half-learned model fails whole groups of 2-digit sums: some must be guided"
     assert set(hinted) <= {f"{r['hint']}|{r['prompt']}" for r in rows}

@@ -82,7 +82,7 @@ def test_sft_target_ends_at_the_turns_stop_token(smol):
 
 def test_eval_end_to_end(tmp_path):
     run("eval", "--config", REAL / "eval.yaml", f"data.eval=[{ADD % (4, 1)}]", "eval.n=2",
-        "eval.max_completion_length=24", *SMALL, "--run-dir", tmp_path)
+        "sampling.max_completion_length=24", *SMALL, "--run-dir", tmp_path)
     res = json.loads((tmp_path / "eval.json").read_text())
     assert res["overall"]["problems"] == 4 and res["model"] == NAME
     p = res["problems"][0]
@@ -101,7 +101,7 @@ def test_passrate_end_to_end(tmp_path):
 
 def test_sft_two_steps(tmp_path):
     run("sft", "--config", REAL / "sft.yaml", f"data.train=[{ADD % (8, 0)}]", "train.max_steps=2",
-        "train.per_device_train_batch_size=2", "train.max_length=96", "train.save_steps=0", *SMALL,
+        "train.per_device_train_batch_size=2", "train.max_length=96", "run.save_steps=0", *SMALL,
         "--run-dir", tmp_path)
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
@@ -113,7 +113,7 @@ def test_sft_two_steps(tmp_path):
 def test_rl_grpo_two_steps(tmp_path):
     run("rl", "--config", REAL / "rl_grpo.yaml", f"data.train=[{ADD % (8, 0)}]", "data.eval=[]",
         "rl.num_generations=2", "rl.per_device_train_batch_size=4", "rl.gradient_accumulation_steps=1",
-        "rl.max_steps=2", "rl.max_completion_length=16", "rl.save_steps=0", *SMALL, "--run-dir", tmp_path)
+        "rl.max_steps=2", "sampling.max_completion_length=16", "run.save_steps=0", *SMALL, "--run-dir", tmp_path)
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2]
     assert all(r["tokens_per_s"] > 0 and r["step_time"] > 0 for r in rows)
@@ -121,10 +121,10 @@ def test_rl_grpo_two_steps(tmp_path):
 
 def test_distill_self_reverse_kl_two_steps(tmp_path):
     run("distill", "--config", REAL / "distill_self_rkl.yaml", f"data.train=[{ADD % (4, 0)}]",
-        f"data.eval=[{ADD % (2, 1)}]", "data.forgetting=[]", "distill.num_generations=2",
+        f"data.eval=[{ADD % (2, 1)}]", "data.forgetting=[]", "passrate.num_generations=2",
         "distill.stages=[{name: rkl, loss_type: reverse_kl, max_steps: 2, weighting: uniform}]",
-        "distill.per_device_train_batch_size=2", "distill.max_completion_length=16", "distill.eval_n=1",
-        "distill.save_steps=0", *SMALL, "--run-dir", tmp_path)
+        "distill.per_device_train_batch_size=2", "sampling.max_completion_length=16", "distill.eval_n=1",
+        "run.save_steps=0", *SMALL, "--run-dir", tmp_path)
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2] and rows[0]["kl"] > 0  # the privileged teacher differs
 

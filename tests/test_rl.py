@@ -99,7 +99,7 @@ def test_prompt_weighting_uses_the_ledger(tmp_path, policy):
 
 
 def test_resume_equals_uninterrupted(tmp_path, policy, killed_at_update):
-    common = ["rl.max_steps=5", "rl.save_steps=2", "rl.save_total_limit=0", "rl.num_iterations=2",
+    common = ["rl.max_steps=5", "run.save_steps=2", "run.save_total_limit=0", "rl.num_iterations=2",
               "rl.dynamic_sampling=true", "rl.advantage=grpo", "data.eval=[]"]
     RL.train(rl_cfg(tmp_path / "full", policy, *common))
     crashed = rl_cfg(tmp_path / "crash", policy, *common)
@@ -117,7 +117,7 @@ def test_resume_equals_uninterrupted(tmp_path, policy, killed_at_update):
 
 
 def test_ppo_resume_restores_the_critic(tmp_path, policy, killed_at_update):
-    common = ["rl.advantage=ppo", "rl.max_steps=4", "rl.save_steps=2", "data.eval=[]"]
+    common = ["rl.advantage=ppo", "rl.max_steps=4", "run.save_steps=2", "data.eval=[]"]
     RL.train(rl_cfg(tmp_path / "full", policy, *common))
     crashed = rl_cfg(tmp_path / "crash", policy, *common)
     killed_at_update(lambda: RL.train(crashed), 3)

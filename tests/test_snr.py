@@ -95,8 +95,8 @@ def test_per_problem_grads_match_autograd(loss_type):
 def test_run_end_to_end(tmp_path):
     cfg = load_config(SNRConfig, None, [
         "student.preset=nano", "teacher.path=self", "teacher.privileged=true",
-        "data.train=[{source: add, n: 16, difficulty: 1}]", "snr.num_generations=4",
-        "snr.max_completion_length=10", "snr.bins=4", "snr.params=lm_head|layers\\.\\d+\\.mlp\\.down_proj", "run.progress=false"], run_dir=tmp_path)
+        "data.train=[{source: add, n: 16, difficulty: 1}]", "passrate.num_generations=4",
+        "sampling.max_completion_length=10", "snr.bins=4", "snr.params=lm_head|layers\\.\\d+\\.mlp\\.down_proj", "run.progress=false"], run_dir=tmp_path)
     result = S.run(cfg)
     out = json.loads((tmp_path / "snr.json").read_text())
     assert out["problems"] == 16 and out["responses"] == "teacher" and out["loss_type"] == "forward_kl"

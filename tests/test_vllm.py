@@ -187,7 +187,7 @@ def test_rl_on_vllm_two_steps_and_exact_resume(tmp_path, small, killed_at_update
     def cfg(run_dir):
         return load_config(RLConfig, ROOT / "configs/smoke/rl.yaml", [
             f"policy.path={path}", "policy.preset=null", "engine.backend=vllm", "rl.max_steps=2",
-            "rl.save_steps=1", "rl.save_total_limit=0", "rl.vllm_importance_sampling_correction=true",
+            "run.save_steps=1", "run.save_total_limit=0", "rl.vllm_importance_sampling_correction=true",
             "data.eval=[]", "run.progress=false"], run_dir=run_dir)
     RL.train(cfg(tmp_path / "full"))
     crashed = cfg(tmp_path / "crash")

@@ -23,7 +23,7 @@ text (1 MB strings, 100,000 nested braces), as ``paced.tasks.answers`` promises.
 ``regex``
     The last match of the user's pattern in the last 4,096 characters: its group 1 when the
     pattern has a group, else the whole match. The pattern is compiled once (cached); a bad one
-    is a config error (paced.configcheck) and None here.
+    is a config error (DataSource.check in paced/config/sections.py) and None here.
 
 All results are stripped; an empty result is None. Deviations: ``last_number`` and ``regex`` see
 only the last 4,096 characters (a bound on the work a hostile completion can cause; a number

@@ -60,11 +60,13 @@ from .regularizer import regularizer_from
 # ---------------------------------------------------------------------------------------------
 @dataclass
 class PassRater:
-    """How the student's p̂ is estimated: K rollouts per problem at ``temperature``."""
+    """How the student's p̂ is estimated: K rollouts per problem at ``temperature`` (top_p, top_k)."""
     model: torch.nn.Module
     tok: object
     k: int
     temperature: float
+    top_p: float
+    top_k: int
     max_tokens: int
     seed: int
     batch_size: int
@@ -83,7 +85,8 @@ def stage_weights(pr: PassRater, ledger: Ledger, tag: str, name: str, pool: list
     base = start if online else at
     counts = ledger.counts(model=tag, stage=name, step=base)
     if len(counts) < len(pool):  # not yet estimated (or a kill cut the estimate short)
-        params = SamplingParams(temperature=pr.temperature, max_tokens=pr.max_tokens, seed=pr.seed * 7919 + base)
+        params = SamplingParams(temperature=pr.temperature, top_p=pr.top_p, top_k=pr.top_k, max_tokens=pr.max_tokens,
+                                seed=pr.seed * 7919 + base)
         counts = estimate(pr.model, pr.tok, pool, ledger, pr.k, params, tag, name, step=base,
                           batch_size=pr.batch_size, system_prompt=pr.system, backend=pr.backend,
                           long_prompts=pr.long_prompts, recorded=counts)   # a killed estimate resumes exactly
@@ -99,7 +102,8 @@ def held_out_eval(pr: PassRater, held_out: dict[str, list], n: int, when: str) -
     out = {}
     for name, exs in held_out.items():
         if exs:
-            r = evaluate(pr.model, pr.tok, exs, n, [1], temperature=pr.temperature, max_tokens=pr.max_tokens,
+            r = evaluate(pr.model, pr.tok, exs, n, [1], temperature=pr.temperature, top_p=pr.top_p, top_k=pr.top_k,
+                         max_tokens=pr.max_tokens,
                          greedy=True, seed=pr.seed, system_prompt=pr.system, backend=pr.backend,
                          long_prompts=pr.long_prompts)
             out[name] = {"mean@n": r["overall"]["mean@n"], "greedy": r["overall"]["greedy"]}
@@ -217,14 +221,14 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
     main, world, rank, dev = (accelerator.is_main_process, accelerator.num_processes, accelerator.process_index,
                               accelerator.device)
     run_dir = start_run(cfg, save=main, resume=resume)
-    d = cfg.distill
+    d, smp = cfg.distill, cfg.sampling
     student, tok, teacher = load_pair(cfg, run_dir, accelerator)
     pool = load_sources(cfg.data.train, "data.train")
     by_id = {e.id: e for e in pool}
     held_out = {"target": load_sources(cfg.data.eval, "data.eval"),
                 "forgetting": load_sources(cfg.data.forgetting, "data.forgetting")}
     system, long = cfg.student.system_prompt, cfg.student.long_prompts
-    room = prompt_room(d.max_completion_length, student, teacher)
+    room = prompt_room(smp.max_completion_length, student, teacher)
     s_prompts = dict(zip(by_id, encode_prompts(tok, [e.prompt for e in pool], system, room, long, list(by_id))))
     t_prompts = s_prompts if not cfg.teacher.privileged else dict(zip(by_id, encode_prompts(tok, [
         cfg.teacher.privileged_template.format(prompt=e.prompt, answer=e.answer) for e in pool], system,
@@ -245,18 +249,18 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
     step = state["step"] if ckpt is not None else 0
     if ckpt is not None:
         console.print(f"resumed from {ckpt} at step {step}")
-    log = RunLog(run_dir, cfg.run.report_to, d.logging_steps, resume_step=step if ckpt else None,
+    log = RunLog(run_dir, cfg.run.report_to, cfg.run.logging_steps, resume_step=step if ckpt else None,
                  enabled=main, config=to_dict(cfg))
 
-    pr = PassRater(raw, tok, d.num_generations, d.passrate_temperature, d.max_completion_length, cfg.run.seed,
-                   d.sampling_batch_size, system, cfg.engine.backend, long)
+    pr = PassRater(raw, tok, cfg.passrate.num_generations, smp.temperature, smp.top_p, smp.top_k,
+                   smp.max_completion_length, cfg.run.seed, smp.batch_size, system, cfg.engine.backend, long)
     if (run_dir / "before.json").exists() and ckpt is not None:  # measured by the first run
         before = json.loads((run_dir / "before.json").read_text())
     else:
         before = held_out_eval(pr, held_out, d.eval_n, "before")
         if main:
             write_json(run_dir / "before.json", before)
-    rs = Responder(teacher, raw, t_prompts, s_prompts, stops, tok.pad_token_id, d.max_completion_length,
+    rs = Responder(teacher, raw, t_prompts, s_prompts, stops, tok.pad_token_id, smp.max_completion_length,
                    d.teacher_temperature, d.student_temperature, cfg.run.seed, cfg.engine.backend)
     # a resumed run redoes the steps past its checkpoint: their online rows go (a fresh run: all)
     for i, st in enumerate(d.stages):
@@ -331,11 +335,11 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
                 row["mean_p_hat"] = float(p_hat.mean())
             log.log(step, row, console_keys=("loss", "kl", "mean_weight", "zero_weight_share", "agreement"))
             bar.update()
-            if d.save_steps and step % d.save_steps == 0 and step < total_steps:
-                _save(accelerator, run_dir, step, student, tok, optimizer, scheduler, d.save_total_limit)
+            if cfg.run.save_steps and step % cfg.run.save_steps == 0 and step < total_steps:
+                _save(accelerator, run_dir, step, student, tok, optimizer, scheduler, cfg.run.save_total_limit)
         stage_start = stage_end
     bar.close()
-    _save(accelerator, run_dir, step, student, tok, optimizer, scheduler, d.save_total_limit)
+    _save(accelerator, run_dir, step, student, tok, optimizer, scheduler, cfg.run.save_total_limit)
     after = held_out_eval(pr, held_out, d.eval_n, "after")
     summary = {"command": "distill", "steps": step, "before": before, "after": after,
                "forgetting_drop": ({k: before["forgetting"][k] - after["forgetting"][k]

@@ -38,7 +38,7 @@ def make_optimizer(params, name: str, lr: float, weight_decay: float, beta1: flo
 def optimizer_from(params, o) -> torch.optim.Optimizer:
     """The optimizer an ``OptimCfg`` section names (its fields spelt out, no config inside)."""
     return make_optimizer(params, o.name, o.lr, o.weight_decay, o.beta1, o.beta2,
-                          o.classp_p, o.classp_threshold, o.classp_eps)
+                          o.classp.p, o.classp.threshold, o.classp.eps)
 
 
 def make_scheduler(optimizer, kind: str, warmup: int, total: int):

@@ -11,7 +11,7 @@ Algorithm (one pass per step; the math is paced/rl_losses.py; the loop calls its
     rollouts  <- num_generations completions per prompt (the shared sampler), old log-probs
     rewards   <- reward_funcs (the task verifiers by default); successes -> the ledger
     guide:    a group whose num_generations rollouts all fail and whose prompt has a hint is
-                 replaced by num_generations rollouts from the hinted prompt (hint_template),
+                 replaced by num_generations rollouts from the hinted prompt (rl.guide.hint_template),
                  scored and trained as completions of the plain prompt (paced/guide.py)
     dynamic_sampling: drop groups whose rewards are all exactly equal, sample more prompts
                  until the batch is full or max_sampling_rounds is spent
@@ -99,10 +99,11 @@ class LossSpec:
     is_cap: float
 
     @classmethod
-    def of(cls, r) -> LossSpec:
-        return cls(r.temperature, r.num_iterations, r.loss_type, r.epsilon, r.epsilon_high, r.beta, r.entropy_coef,
-                   r.vf_coef, r.cliprange_value, r.guide, r.guide_shaping, r.guide_quantile, r.guide_gamma,
-                   r.guide_power, r.vllm_importance_sampling_correction, r.vllm_importance_sampling_cap)
+    def of(cls, r, temperature: float) -> LossSpec:
+        g = r.guide
+        return cls(temperature, r.num_iterations, r.loss_type, r.epsilon, r.epsilon_high, r.beta, r.entropy_coef,
+                   r.ppo.vf_coef, r.ppo.cliprange_value, g.enabled, g.shaping, g.quantile, g.gamma, g.power,
+                   r.vllm_importance_sampling_correction, r.vllm_importance_sampling_cap)
 
 
 def policy_loss(policy, critic, b, rows: list[int], t: Targets, s: LossSpec, first_pass: bool):
@@ -232,7 +233,7 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
 
     accelerator = Accelerator(cpu=not torch.cuda.is_available())
     main, world, rank = accelerator.is_main_process, accelerator.num_processes, accelerator.process_index
-    r, G = cfg.rl, cfg.rl.num_generations
+    r, smp, G = cfg.rl, cfg.sampling, cfg.rl.num_generations
     funcs = [REWARDS[s] if s in REWARDS else load_reward_function(s) for s in r.reward_funcs]  # before any model
     run_dir = start_run(cfg, save=main, resume=resume)
     pool, held_out = load_sources(cfg.data.train, "data.train"), load_sources(cfg.data.eval, "data.eval")
@@ -243,9 +244,9 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
     if cfg.policy.gradient_checkpointing:  # HF checkpoints in train mode only; keep eval's numbers
         train_mode_without_dropout(policy)
     system, long = cfg.policy.system_prompt, cfg.policy.long_prompts
-    room = prompt_room(r.max_completion_length, policy)
+    room = prompt_room(smp.max_completion_length, policy)
     prompt_ids = encode_prompts(tok, [e.prompt for e in pool], system, room, long, [e.id for e in pool])
-    hint_ids = encode_hints(tok, pool, r.hint_template, system, room, long, main) if r.guide else None
+    hint_ids = encode_hints(tok, pool, r.guide.hint_template, system, room, long, main) if r.guide.enabled else None
     ref = copy.deepcopy(policy).eval().requires_grad_(False) if r.beta > 0 else None
     critic = ValueModel(policy) if r.advantage == "ppo" else None
     optimizer = optimizer_from([{"params": list(m.parameters())} for m in (policy, critic) if m is not None],
@@ -265,13 +266,13 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
     ckpt, state = resume_or_fresh(run_dir, resume, lambda c: load_checkpoint(c, raw, optimizer, scheduler))
     step, prompts_seen, rollouts_total, once_failed = restore(ckpt, state, critic, accelerator, ledger, tag,
                                                               (stage, hint_stage))
-    log = RunLog(run_dir, cfg.run.report_to, r.logging_steps, resume_step=step if ckpt else None,
+    log = RunLog(run_dir, cfg.run.report_to, cfg.run.logging_steps, resume_step=step if ckpt else None,
                  enabled=main, config=to_dict(cfg))
     ro = Roller(raw, tok, funcs, r.reward_weights or None,
-                SamplingParams(n=G, temperature=r.temperature, top_p=r.top_p, top_k=r.top_k,
-                               max_tokens=r.max_completion_length), r.sampling_batch_size,
+                SamplingParams(n=G, temperature=smp.temperature, top_p=smp.top_p, top_k=smp.top_k,
+                               max_tokens=smp.max_completion_length), smp.batch_size,
                 stop_token_ids(policy, tok), cfg.engine.backend, pool, prompt_ids, hint_ids)
-    spec = LossSpec.of(r)
+    spec = LossSpec.of(r, smp.temperature)
     adv_kw = {"grpo": {"scale_rewards": r.scale_rewards}, "w_reinforce": {"lam": r.w_reinforce_lambda}}.get(r.advantage, {})
     trainable = _Params([p for m in (policy, critic) if m is not None for p in m.parameters()])
     local = r.per_device_train_batch_size * r.gradient_accumulation_steps // G
@@ -282,8 +283,8 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
     def held_out_eval() -> dict:
         if not held_out:
             return {}
-        res = evaluate(raw, tok, held_out, r.eval_n, [1, r.eval_n], temperature=r.temperature,
-                       max_tokens=r.max_completion_length, greedy=True, seed=cfg.run.seed,
+        res = evaluate(raw, tok, held_out, r.eval_n, [1, r.eval_n], temperature=smp.temperature,
+                       max_tokens=smp.max_completion_length, greedy=True, seed=cfg.run.seed,
                        backend=cfg.engine.backend, system_prompt=system, long_prompts=long)["overall"]
         return {f"eval/{k}": v for k, v in res.items() if k != "problems"}
 
@@ -295,7 +296,7 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
                             {"prompts_seen": prompts_seen, "policy_path": policy_path,
                              "rollouts_total": rollouts_total, "once_failed": once_failed},
                             model_state_dict=accelerator.get_state_dict(policy),
-                            keep=r.save_total_limit, extra_tensors=extra)
+                            keep=cfg.run.save_total_limit, extra_tensors=extra)
 
     before = held_out_eval() if step == 0 else {}
     if before and main:
@@ -309,20 +310,21 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
             r.prompt_weighting, r.weight_alpha, r.weight_beta)
         c, prompts_seen = collect_groups(ro, step, prompts_seen, weights, local, world, rank, cfg.run.seed,
                                          r.dynamic_sampling, r.max_sampling_rounds, accelerator, ledger, tag,
-                                         stage, hint_stage if r.guide else None, once_failed)
+                                         stage, hint_stage if r.guide.enabled else None, once_failed)
         t_rollout = time.perf_counter() - t0
         batch = pack_batch(c.groups, G, r.per_device_train_batch_size, tok.pad_token_id, dev)
         rollouts_total += int(accelerator.reduce(torch.tensor(c.rollouts, device=dev), "sum"))
         t = targets_for(accelerator, raw, ref, critic, batch, G, r.advantage, adv_kw,
-                        r.advantage == "grpo" and r.scale_rewards == "batch" and world > 1, r.gamma, r.lam,
-                        r.whiten_advantages, r.temperature, cfg.engine.backend != "hf" and r.num_iterations > 1,
-                        r.max_completion_length)
+                        r.advantage == "grpo" and r.scale_rewards == "batch" and world > 1, r.ppo.gamma, r.ppo.lam,
+                        r.ppo.whiten_advantages, smp.temperature, cfg.engine.backend != "hf" and r.num_iterations > 1,
+                        smp.max_completion_length)
         t1 = time.perf_counter()
         stats, grad_norm, lr = optimise(accelerator, policy, critic, trainable, optimizer, scheduler, batch, t, spec,
                                         ewc, cfg.optim.max_grad_norm, world, step, run_dir)
         t_update = time.perf_counter() - t1
         step += 1
-        row = step_row(c, batch, t, stats, grad_norm, lr, r.num_iterations, rollouts_total, once_failed, r.guide)
+        row = step_row(c, batch, t, stats, grad_norm, lr, r.num_iterations, rollouts_total, once_failed,
+                       r.guide.enabled)
         row.update({"time_rollout": t_rollout, "time_sampling": c.t_sample, "time_reward": c.t_reward,
                     "time_update": t_update, "time_weight_sync": t_sync, "step_time": time.perf_counter() - t0})
         # generated tokens per second of the whole step (rollouts + update), all processes
@@ -336,7 +338,7 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
             row.update(held_out_eval())
         log.log(step, row, console_keys=("reward", "accuracy", "frac_reward_zero_std", "loss", "entropy"))
         bar.update()
-        if r.save_steps and step % r.save_steps == 0 and step < r.max_steps:
+        if cfg.run.save_steps and step % cfg.run.save_steps == 0 and step < r.max_steps:
             checkpoint(step)
     bar.close()
     checkpoint(step)

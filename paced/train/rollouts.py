@@ -169,7 +169,7 @@ def encode_hints(tok, pool, template: str, system: str, room, long: str, main: b
     """Guide's hinted prompts, by pool index, of the problems that have a hint."""
     hinted = [i for i, e in enumerate(pool) if e.hint]
     if not hinted:
-        raise ValueError("rl.guide: no training prompt has a hint (synthetic hint_level 0, or the "
+        raise ValueError("rl.guide.enabled: no training prompt has a hint (synthetic hint_level 0, or the "
                          "data file has no hint field: see data.train[*].hint_field)")
     if main:
         console.print(f"guide: {len(hinted)} of {len(pool)} training prompts have a hint")

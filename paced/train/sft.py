@@ -100,7 +100,7 @@ def train(cfg: SFTConfig, resume: bool = False, optimizer_state: dict | None = N
         console.print(f"resumed from {ckpt} at step {step}")
     elif resume:
         console.print(f"[yellow]--resume: no checkpoint in {run_dir}, starting fresh[/]")
-    log = RunLog(run_dir, cfg.run.report_to, cfg.train.logging_steps,
+    log = RunLog(run_dir, cfg.run.report_to, cfg.run.logging_steps,
                  resume_step=step if ckpt else None, enabled=main, config=to_dict(cfg))
 
     world, rank = accelerator.num_processes, accelerator.process_index
@@ -116,7 +116,7 @@ def train(cfg: SFTConfig, resume: bool = False, optimizer_state: dict | None = N
             save_checkpoint(run_dir, at, accelerator.unwrap_model(model), tok, optimizer, scheduler,
                             {"samples_seen": at * global_batch, "model_path": model_path},
                             model_state_dict=accelerator.get_state_dict(model),
-                            keep=cfg.train.save_total_limit)
+                            keep=cfg.run.save_total_limit)
 
     model.train()
     bar = Progress(cfg.train.max_steps, "sft", cfg.run.progress and main, initial=step)
@@ -153,7 +153,7 @@ def train(cfg: SFTConfig, resume: bool = False, optimizer_state: dict | None = N
                 console_keys=("loss", "lr", "grad_norm", "tokens_per_s"))
         t_last = now
         bar.update(1)
-        if cfg.train.save_steps and step % cfg.train.save_steps == 0 and step < cfg.train.max_steps:
+        if cfg.run.save_steps and step % cfg.run.save_steps == 0 and step < cfg.train.max_steps:
             checkpoint(step)
     bar.close()
     checkpoint(step)

@@ -1,5 +1,6 @@
 """The machinery behind paced's typed configs: dataclass fields with help and ranges, YAML +
-``key=value`` overrides, validation that names the key, and ``--help`` text.
+``key=value`` overrides, ``include:`` of other YAML files, renamed keys, validation that names
+the key, each section's own ``check``, and ``--help`` text.
 
 ``paced.config`` declares the sections and the command roots with ``option``; nothing here knows them.
 """
@@ -11,69 +12,15 @@ import types
 import typing
 from dataclasses import field
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, Literal, Union
 
-import yaml
-
-
-class ConfigError(ValueError):
-    pass
+from .yamlfiles import ConfigError, merge_dicts, read_yaml_file, rename_keys, safe_yaml  # noqa: F401
 
 
-# YAML is loaded within a budget: a config is a few hundred values, never deeply nested.
-MAX_DEPTH = 64          # nested collections
-MAX_NODES = 100_000     # values after alias expansion (a "billion laughs" expands to 10^9)
-MAX_TEXT = 4 * 2 ** 20  # characters of one config file or override
-
-
-class _BoundedLoader(yaml.SafeLoader):
-    """PyYAML's SafeLoader with a nesting limit (its composer recurses once per level)."""
-
-    def compose_node(self, parent, index):
-        self._depth = getattr(self, "_depth", 0) + 1
-        try:
-            if self._depth > MAX_DEPTH:
-                raise ConfigError(f"nested deeper than {MAX_DEPTH} levels")
-            return super().compose_node(parent, index)
-        finally:
-            self._depth -= 1
-
-
-def _expanded_size_ok(obj) -> None:
-    """Walk ``obj`` as later code will (a shared alias counted every time it is reached)."""
-    seen, stack = 0, [obj]
-    while stack:
-        x = stack.pop()
-        seen += 1
-        if seen > MAX_NODES:
-            raise ConfigError(f"more than {MAX_NODES:,} values once YAML aliases are expanded")
-        if isinstance(x, dict):
-            stack.extend(x.keys())
-            stack.extend(x.values())
-        elif isinstance(x, (list, tuple)):
-            stack.extend(x)
-
-
-def safe_yaml(text: str):
-    """``yaml.safe_load`` within the budget above; every failure a ``ConfigError`` (no position:
-    the caller names the file or override)."""
-    if len(text) > MAX_TEXT:
-        raise ConfigError(f"{len(text):,} characters, more than the {MAX_TEXT:,} a config may hold")
-    try:
-        data = yaml.load(text, Loader=_BoundedLoader)   # noqa: S506 (a SafeLoader subclass)
-    except yaml.YAMLError as e:
-        raise ConfigError("invalid YAML: " + " ".join(str(e).split())) from None
-    except RecursionError:
-        raise ConfigError(f"nested deeper than {MAX_DEPTH} levels") from None
-    except ValueError as e:             # e.g. an integer beyond Python's 4,300-digit limit
-        raise ConfigError(" ".join(str(e).split())) from None
-    _expanded_size_ok(data)
-    return data
-
-
-def option(default, help: str, *, min=None, max=None, choices=None):
-    """A config field: default, help text and optional range/choices checked at load."""
-    meta = {"help": help, "min": min, "max": max, "choices": choices}
+def option(default, help: str, *, min=None, max=None):
+    """A config field: default, help text and an optional range checked at load (choices are
+    the field's ``Literal[...]`` type)."""
+    meta = {"help": help, "min": min, "max": max}
     if isinstance(default, (list, dict)) or dataclasses.is_dataclass(default):
         return field(default_factory=lambda: _copy(default), metadata=meta)
     return field(default=default, metadata=meta)
@@ -116,12 +63,21 @@ def check_choice(key: str, value, choices) -> None:
         raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}{hint}")
 
 
-def _type_name(t) -> str:
-    return getattr(t, "__name__", None) or str(t).replace("typing.", "")
+def choices_of(t) -> tuple | None:
+    """The values of a ``Literal[...]`` type (inside ``list[...]`` or ``... | None`` too), or None."""
+    origin = typing.get_origin(t)
+    if origin is Literal:
+        return typing.get_args(t)
+    if origin in (list, Union, types.UnionType):
+        return next((c for a in typing.get_args(t) if (c := choices_of(a))), None)
+    return None
 
 
 def _convert(value: Any, t, key: str, meta: dict, root):
     origin = typing.get_origin(t)
+    if origin is Literal:
+        check_choice(key, value, typing.get_args(t))
+        return value
     if origin in (Union, types.UnionType):
         args = [a for a in typing.get_args(t) if a is not type(None)]
         if value is None:
@@ -162,8 +118,6 @@ def _convert(value: Any, t, key: str, meta: dict, root):
     elif t is str:
         if not isinstance(value, str):
             raise ConfigError(f"{key}: expected a string, got {value!r}")
-    if meta.get("choices"):
-        check_choice(key, value, meta["choices"])
     if meta.get("min") is not None and value < meta["min"]:
         raise ConfigError(f"{key}: {value!r} is below the minimum {meta['min']}")
     if meta.get("max") is not None and value > meta["max"]:
@@ -188,7 +142,7 @@ def _build(cls, data: dict, prefix: str, root):
                     f.default_factory is not dataclasses.MISSING:
                 # a section given in part keeps the root's own defaults for the rest (e.g.
                 # DistillConfig's run.dir 'runs/distill'), not the section class's
-                value = _merge(dataclasses.asdict(f.default_factory()), value)
+                value = merge_dicts(dataclasses.asdict(f.default_factory()), value)
             kwargs[name] = _convert(value, hints[name], f"{prefix}{name}", f.metadata, root)
     return cls(**kwargs)
 
@@ -230,17 +184,19 @@ def _is_text_field(t) -> bool:
     return t is str
 
 
-def parse_overrides(overrides: list[str], root) -> dict:
+def parse_overrides(overrides: list[str], root, renamed: dict | None = None) -> dict:
     """``key=value`` strings -> a nested dict. Values are YAML, except for a text option
     (``str``), which takes the text verbatim unless it is quoted YAML: ``model.system_prompt=You
     are: helpful`` and ``prompt_template={prompt} {instruction}`` need no quoting; ``null`` and
-    an empty value still mean None for an optional one."""
+    an empty value still mean None for an optional one. An old key of ``renamed`` is moved to
+    its new one with a warning."""
     data: dict = {}
+    renamed = renamed or {}
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value{_nearest(item, root)}")
         key, raw = item.split("=", 1)
-        t = _field_type(root, key.strip())
+        t = _field_type(root, renamed.get(key.strip(), key.strip()))
         if t is not None and _is_text_field(t) and raw not in ("", "null", "~") and raw[:1] not in "'\"":
             _set_dotted(data, key.strip(), raw, root)
             continue
@@ -252,56 +208,37 @@ def parse_overrides(overrides: list[str], root) -> dict:
                     "'data.train=[{source: add}]' or key='\"{prompt} {instruction}\"')")
             raise ConfigError(f"override {key}: cannot parse value {shown!r}: {e}{hint}") from None
         _set_dotted(data, key.strip(), value, root)
-    return data
+    return rename_keys(data, renamed, "override")
 
 
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for k, v in extra.items():
-        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
-    return out
-
-
-def load_raw(root, path: str | Path | None = None, overrides: list[str] = (), run_dir=None):
-    """Build and validate a ``root`` config from a YAML file, overrides and --run-dir."""
-    data: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file {str(path)!r} does not exist"
-                              + (" (it is a directory)" if path.is_dir() else ""))
-        try:
-            with open(path, "rb") as f:     # never more than a config may hold (a 10 GB file)
-                raw = f.read(4 * MAX_TEXT + 1)
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read it: {e.strerror or e}") from None
-        if len(raw) > 4 * MAX_TEXT:
-            raise ConfigError(f"{path}: more than {4 * MAX_TEXT:,} bytes, more than a config may hold")
-        try:
-            text = raw.decode("utf-8")
-        except UnicodeDecodeError as e:
-            what = "UTF-16 text" if raw[:2] in (b"\xff\xfe", b"\xfe\xff") else "not UTF-8 text"
-            raise ConfigError(f"{path}: {what} (byte {raw[e.start]:#04x} at offset {e.start}); "
-                              f"save it as UTF-8") from None
-        try:
-            data = safe_yaml(text.removeprefix("\ufeff")) or {}
-        except ConfigError as e:
-            raise ConfigError(f"{path}: {e}") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"{path}: the top level must be a mapping of sections")
-    data = _merge(data, parse_overrides(list(overrides), root))
+def load_raw(root, path: str | Path | None = None, overrides: list[str] = (), run_dir=None,
+             renamed: dict | None = None):
+    """Build a ``root`` config from a YAML file (and its includes), overrides and --run-dir;
+    types, ranges and unknown keys checked (the sections' own ``check`` is ``run_checks``)."""
+    data = read_yaml_file(Path(path), renamed) if path is not None else {}
+    data = merge_dicts(data, parse_overrides(list(overrides), root, renamed))
     if run_dir is not None:
-        data = _merge(data, {"run": {"dir": str(run_dir)}})
+        data = merge_dicts(data, {"run": {"dir": str(run_dir)}})
     return _build(root, data, "", root)
+
+
+def run_checks(cfg, key: str = "") -> None:
+    """Each section's cross-field rules, innermost first: ``section.check(key)`` where a section
+    defines one, ``key`` its dotted name ('' for the root, 'data.train[0]' for a source)."""
+    for f in dataclasses.fields(cfg):
+        value, sub = getattr(cfg, f.name), f"{key}.{f.name}" if key else f.name
+        if dataclasses.is_dataclass(value):
+            run_checks(value, sub)
+        elif isinstance(value, list):
+            for i, x in enumerate(value):
+                if dataclasses.is_dataclass(x):
+                    run_checks(x, f"{sub}[{i}]")
+    if hasattr(cfg, "check"):
+        cfg.check(key)
 
 
 def to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
-
-
-def save_config(cfg, path: str | Path) -> None:
-    from .runlog import atomic_write_text
-    atomic_write_text(path, yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def describe(root) -> str:
@@ -326,12 +263,13 @@ def describe(root) -> str:
                 if first:
                     shown.add(item)
                     for sf in dataclasses.fields(item):
-                        extra = (f" {{{', '.join(map(str, sf.metadata['choices']))}}}"
-                                 if sf.metadata.get("choices") else "")
+                        c = choices_of(typing.get_type_hints(item)[sf.name])
+                        extra = f" {{{', '.join(map(str, c))}}}" if c else ""
                         lines.append(f"      - {sf.name:<30} {sf.metadata['help']}{extra}"
                                      f" [default {getattr(item(), sf.name)!r}]")
                 continue
-            extra = f" {{{', '.join(map(str, f.metadata['choices']))}}}" if f.metadata.get("choices") else ""
+            c = choices_of(t)
+            extra = f" {{{', '.join(map(str, c))}}}" if c else ""
             lines.append(f"  {prefix + f.name:<36} {f.metadata.get('help', '')}{extra} [default {val!r}]")
 
     walk(root, default, "")

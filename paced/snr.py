@@ -195,7 +195,7 @@ def run(cfg: SNRConfig) -> dict:
     """``paced snr``: p̂, per-problem gradients, SNR per bin -> snr.json (+ snr.png)."""
     from rich.table import Table
 
-    from .run import load_model, model_tag, start_run
+    from .rundir import load_model, model_tag, start_run
     from .tasks import load_sources
 
     run_dir = start_run(cfg)

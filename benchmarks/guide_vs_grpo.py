@@ -20,7 +20,7 @@ Measured, per arm and seed:
   U that a fresh draw alone solves — the level to subtract.
 - held-out ``add`` (seed 1, same difficulty): pass@1 and pass@n (n samples, seed 1001), and
   `paced analyze`'s split of Δpass@1 against the base's counts (seed 1000) into compression and
-  capability gain (paced/analyze.py); the control row gives the split that chance alone makes.
+  capability gain (paced/analysis/compression.py); the control row gives the split that chance alone makes.
 - the training curve: rollouts so far vs ``all_fail_now_solved`` (prompts that once failed all
   8 rollouts and whose latest plain rollouts solved them), reward, guided groups, γ.
 Before training it measures the hint check docs/methods.md (pilot settings) describes: on U, the share whose 8
@@ -41,7 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from guide_student import TEMPLATE, ensure_hint_student  # noqa: E402
 
 from paced import config as C  # noqa: E402
-from paced.analyze import analyze  # noqa: E402
+from paced.analysis.compression import analyze  # noqa: E402
 from paced.evaluate import evaluate  # noqa: E402
 from paced.guide import hint_prompt  # noqa: E402
 from paced.models import load_model_and_tokenizer  # noqa: E402

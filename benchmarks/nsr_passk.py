@@ -173,7 +173,7 @@ def markdown(res: dict) -> str:
 
 
 def plot(res: dict, path: Path) -> None:
-    from paced.plots import passk_curves
+    from paced.analysis.plots import passk_curves
     table = res["table"]
     for t in TEMPS:
         curves = {arm: {int(k[5:]): v[0] for k, v in r[t].items() if k.startswith("pass@")} for arm, r in table.items()}

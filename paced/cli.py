@@ -147,7 +147,7 @@ def _dispatch(args, cfg) -> None:
         from .train.rl import train
         train(cfg, resume=args.resume)
     elif args.command == "snr":
-        from .snr import run
+        from .analysis.snr import run
         run(cfg)
     elif args.command == "continual":
         from .continual import run
@@ -165,7 +165,7 @@ def _dispatch(args, cfg) -> None:
         from .demo import run
         run(cfg, resume=args.resume)
     elif args.command == "analyze":
-        from .analyze import run
+        from .analysis.compression import run
         run(args.before, args.after, args.k, args.out)
     elif args.command == "import-gguf":
         from .hub import import_gguf

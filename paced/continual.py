@@ -384,7 +384,7 @@ def results_table(summaries: dict[str, dict], title: str):
 # ---------------------------------------------------------------------------------------------
 def run(cfg) -> dict:
     """``paced continual``: every method on every seed -> continual.json + a table."""
-    from .run import start_run
+    from .rundir import start_run
     from .runlog import console, write_json
 
     run_dir = start_run(cfg)

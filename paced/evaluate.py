@@ -142,8 +142,8 @@ def table(results: dict[str, dict], title: str = "evaluation"):
 def run(cfg) -> dict:
     """``paced eval``: evaluate ``model`` on ``data.eval`` (or ``data.train`` if no eval set);
     writes eval.json and passk.png (pass@k curves: all problems, and each source if several)."""
-    from .plots import passk_curves, passk_from_eval
-    from .run import load_model, start_run
+    from .analysis.plots import passk_curves, passk_from_eval
+    from .rundir import load_model, start_run
     from .runlog import console, write_json
     from .tasks import load_sources
 

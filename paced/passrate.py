@@ -66,7 +66,7 @@ def histogram_text(hist: dict, width: int = 40) -> str:
 
 def run(cfg) -> dict:
     """``paced passrate``."""
-    from .run import load_model, model_tag, start_run
+    from .rundir import load_model, model_tag, start_run
     from .tasks import load_sources
 
     run_dir = start_run(cfg)

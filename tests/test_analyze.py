@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from paced.analyze import CLASSES, analyze, classify, run
+from paced.analysis.compression import CLASSES, analyze, classify, run
 from paced.cli import build_parser, main
 from paced.evaluate import aggregate
 

@@ -277,7 +277,7 @@ def test_cut_completions_are_not_credited_in_eval(tmp_path):
     unless its text carries a final answer."""
     from paced.evaluate import rollout_and_verify
     from paced.rollout import SamplingParams
-    from paced.run import load_model
+    from paced.rundir import load_model
     from paced.tasks.synthetic import generate
     model, tok, _ = load_model(None, "nano", 0, "float32", tmp_path)
     exs = generate("add", 6, 0, (1, 1))

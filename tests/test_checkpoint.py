@@ -90,11 +90,11 @@ def test_batch_indices_is_a_pure_epoch_stream():
 
 
 def test_a_resumed_run_keeps_the_thread_count_it_started_with(tmp_path, monkeypatch):
-    """run.threads 0 resolves by the machine's load (run.auto_threads); a resumed run must compute
+    """run.threads 0 resolves by the machine's load (rundir.auto_threads); a resumed run must compute
     with the count the run started with, or its floating-point sums (and weights) change."""
     import torch
 
-    from paced import run as R
+    from paced import rundir as R
     from paced.config import SFTConfig, load_config
     smoke = Path(__file__).resolve().parents[1] / "configs" / "smoke" / "sft.yaml"
     before = torch.get_num_threads()

@@ -48,7 +48,7 @@ def test_an_old_and_a_new_key_with_different_values_fail_naming_both(tmp_path, c
 
 
 def test_resuming_a_run_saved_under_the_old_names_compares_them(tmp_path):
-    from paced.run import check_resume_config
+    from paced.rundir import check_resume_config
     saved = tmp_path / "config.yaml"
     cfg = load_config(C.SFTConfig, SMOKE / "sft.yaml")
     old = C.to_dict(cfg)

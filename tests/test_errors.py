@@ -321,7 +321,7 @@ def test_fresh_run_refuses_old_checkpoints(tmp_path, capsys):
 
 
 def test_half_built_init_is_rebuilt(tmp_path):
-    from paced.run import load_model
+    from paced.rundir import load_model
     init = tmp_path / "init"
     init.mkdir()
     (init / "config.json").write_text("{}")                    # what a kill while building left
@@ -335,7 +335,7 @@ def test_half_built_init_is_rebuilt(tmp_path):
 
 
 def test_failed_or_killed_init_build_leaves_no_temporary(tmp_path, monkeypatch):
-    from paced import run
+    from paced import rundir
     killed = tmp_path / ".init.tmp-999999"                       # what a build killed earlier left
     killed.mkdir()
     (killed / "config.json").write_text("{}")
@@ -345,14 +345,14 @@ def test_failed_or_killed_init_build_leaves_no_temporary(tmp_path, monkeypatch):
         (Path(out) / "model.safetensors").write_bytes(b"half")
         raise OSError("disk full")
 
-    monkeypatch.setattr(run, "build_tiny", fails)
+    monkeypatch.setattr(rundir, "build_tiny", fails)
     with pytest.raises(OSError, match="disk full"):
-        run.build_init("nano", tmp_path / "init", 0)
+        rundir.build_init("nano", tmp_path / "init", 0)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".init")]
 
 
 def test_a_killed_writes_temporaries_are_removed(tmp_path):
-    from paced.run import start_run
+    from paced.rundir import start_run
     run = tmp_path / "r"
     run.mkdir()
     for name in (".threads.tmp4242", ".config.yaml.tmp4242", ".metrics.jsonl.tmp7"):   # a kill mid-write

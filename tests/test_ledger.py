@@ -167,7 +167,7 @@ def test_a_killed_estimate_resumes_to_the_uninterrupted_counts(tmp_path):
     samples only the missing batches, with their own seeds, and ends with the same ledger."""
     from paced.passrate import estimate
     from paced.rollout import SamplingParams
-    from paced.run import load_model
+    from paced.rundir import load_model
     from paced.tasks.synthetic import generate
     model, tok, _ = load_model(None, "nano", 0, "float32", tmp_path)
     pool = generate("add", 10, 0, (1, 2))

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from paced.plots import passk_curves, passk_from_eval
+from paced.analysis.plots import passk_curves, passk_from_eval
 
 ROOT = Path(__file__).resolve().parents[1]
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from paced import snr as S
+from paced.analysis import snr as S
 from paced.config import SNRConfig, load_config
 from paced.losses import DISTILL_LOSSES
 from paced.models import char_tokenizer, encode_prompts, tiny_model

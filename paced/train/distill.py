@@ -44,7 +44,7 @@ from ..losses import DEFAULT_RESPONSES, DISTILL_LOSSES, chunked_token_loss, loss
 from ..models import encode_prompts, logits_head, prompt_room, save_pretrained, stop_token_ids
 from ..passrate import estimate
 from ..rollout import SAMPLERS, SamplingParams, sample
-from ..run import load_model, start_run
+from ..rundir import load_model, start_run
 from ..runlog import Progress, RunLog, console, write_json
 from ..tasks import load_sources, verify
 from ..tasks.answers import take_undecided

@@ -63,7 +63,7 @@ from ..models import check_logits_head, encode_prompts, prompt_room, save_pretra
 from ..rewards import REWARDS, load_reward_function
 from ..rl_losses import LOSS_TYPES, clipped_surrogate, engine_terms, kl_k3, value_loss
 from ..rollout import SamplingParams, sync_weights
-from ..run import load_model, start_run
+from ..rundir import load_model, start_run
 from ..runlog import Progress, RunLog, console
 from ..tasks import load_sources
 from ..tasks.answers import take_undecided

@@ -34,7 +34,7 @@ from ..config import SFTConfig, to_dict
 from ..guide import template_fields
 from ..losses import sft_loss
 from ..models import save_pretrained, stop_token_ids
-from ..run import load_model, start_run
+from ..rundir import load_model, start_run
 from ..runlog import Progress, RunLog, console
 from ..tasks import load_sources
 from .batches import batch_indices, collate, tokenize_sft

@@ -1,14 +1,16 @@
 """Plots from results already on disk (eval.json, ...); no training code here.
 
-    python -c "import json; from paced.plots import passk_curves, passk_from_eval; \
+    python -c "import json; from paced.analysis.plots import passk_curves, passk_from_eval; \
         passk_curves({'run': passk_from_eval(json.load(open('runs/eval/eval.json')))}, 'passk.png')"
 
-``paced eval`` writes ``passk.png`` next to ``eval.json`` with ``passk_curves``. matplotlib is
+``paced eval`` writes ``passk.png`` next to ``eval.json`` with ``passk_curves``, ``paced analyze``
+``analyze.png`` with ``gain_split`` and ``paced snr`` ``snr.png`` with ``snr_curve``. matplotlib is
 optional (``pip install 'paced[plots]'``): without it the functions print how to install it and
 return None instead of failing.
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 
@@ -20,15 +22,16 @@ def passk_from_eval(eval_json: dict, source: str | None = None) -> dict[int, flo
     return dict(sorted(out.items()))
 
 
-def _pyplot():
-    """matplotlib.pyplot on the Agg backend, or None (after saying how to install it)."""
+def _pyplot(what: str = "plot"):
+    """matplotlib.pyplot on the Agg backend, or None (after saying how to install it and that
+    there will be no ``what``)."""
     try:
         import matplotlib
         matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
-        from .runlog import console
-        console.print("matplotlib is not installed: no plot (pip install 'paced\\[plots]')")
+        from ..runlog import console
+        console.print(f"matplotlib is not installed: no {what} (pip install 'paced\\[plots]')")
         return None
     return plt
 
@@ -115,4 +118,32 @@ def gain_split(points: list[tuple[float, float, str]], contributions: dict[str, 
     bx.grid(alpha=0.3, axis="x")
     bx.set_xlabel(f"contribution to Δpass@1 (total {sum(contributions.values()):+.3f})")
     fig.suptitle(title or "capability gain vs compression")
+    return _save(plt, fig, path)
+
+
+def snr_curve(bins: list[dict], path, title: str) -> Path | None:
+    """``paced snr``'s picture: the plain and the debiased cross-problem SNR against the bin
+    centre of p̂ (``snr_by_bin``'s records; bins without an SNR, empty or of one problem, are
+    gaps), each plain point labelled with its number of problems.
+
+    Saves a PNG at ``path`` and returns it, or None when matplotlib is missing.
+    """
+    plt = _pyplot("snr.png")
+    if plt is None:
+        return None
+    x = [(b["lo"] + b["hi"]) / 2 for b in bins]
+    val = lambda b, k: b[k] if b[k] is not None and math.isfinite(b[k]) else math.nan  # noqa: E731
+    y = [val(b, "snr") for b in bins]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    ax.plot(x, y, "o-", label="plain")
+    ax.plot(x, [val(b, "snr_debiased") for b in bins], "s--", label="debiased (− tr(Cov)/N)")
+    ax.axhline(0, color="grey", lw=0.5)
+    ax.legend(fontsize=8)
+    for xi, yi, b in zip(x, y, bins):
+        if not math.isnan(yi):
+            ax.annotate(f"n={b['problems']}", (xi, yi), textcoords="offset points",
+                        xytext=(0, 6), ha="center", fontsize=8)
+    ax.set_xlabel("student pass rate p̂ (bin centre; ends: p̂ = 0 and p̂ = 1)")
+    ax.set_ylabel("‖mean g‖² / tr(Cov g)")
+    ax.set_title(f"cross-problem gradient SNR, {title}")
     return _save(plt, fig, path)

@@ -29,7 +29,7 @@ import json
 from fractions import Fraction
 from pathlib import Path
 
-from .ledger import pass_at_k
+from ..ledger import pass_at_k
 
 CLASSES = ("compression", "capability_gain", "capability_loss", "unchanged_or_worse", "unsolved")
 SHORT = {"compression": "compression", "capability_gain": "cap. gain", "capability_loss": "cap. loss",
@@ -223,7 +223,7 @@ def run(before: str | Path, after: str | Path, k: int | None = None,
     """``paced analyze``: read both eval files, print the tables and the headline, write
     ``analyze.json`` and ``analyze.png`` into ``out`` (default: AFTER's directory)."""
     from .plots import gain_split
-    from .runlog import console, write_json
+    from ..runlog import console, write_json
 
     (eb, pb), (ea, pa) = read_eval(before), read_eval(after)
     names = (str(pb), str(pa))

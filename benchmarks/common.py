@@ -6,8 +6,9 @@
   each round (slow spells of a shared machine hit all alike), after warm-up calls, within a
   time budget; ``spread(seconds)`` (median, IQR), ``median``, ``paired_ratio`` (median and IQR of
   the per-round ratios: both ran back to back, so the machine's drift cancels).
-- ``mean_std`` over seeds and ``pm`` (its "mean ± std"); ``quick_or_full`` (the ``--quick``
-  defaults); ``run_meta`` (the "meta" record of a seeded benchmark).
+- ``parser`` (``--quick``, ``--seeds``) and ``quick_or_full`` (the defaults of each mode);
+  ``mean_std`` over seeds and ``pm`` (its "mean ± std"); ``write_run``: a seeded benchmark's
+  JSON with its ``run_meta`` record, after every finished run.
 - ``write_json(name, payload)`` under benchmarks/results/ (or a path), atomically; ``read_json``;
   ``table`` (console or markdown), ``section``, ``f3``.
 - ``in_child`` / ``peak_rss``: memory of one step in a fresh process (RSS, VmHWM reset).
@@ -16,6 +17,7 @@ Imports neither torch nor paced at module level (report.py uses it).
 """
 from __future__ import annotations
 
+import argparse
 import datetime as dt
 import gc
 import json
@@ -179,6 +181,16 @@ def pm(v: list[float], d: int = 3) -> str:
     return f"{v[0]:.{d}f} ± {v[1]:.{d}f}"
 
 
+def parser(doc: str, quick: str, seeds: bool = False) -> argparse.ArgumentParser:
+    """The script's argument parser: described by its docstring's first paragraph, with
+    ``--quick`` (``quick``: what the quick mode runs) and, for a seeded benchmark, ``--seeds``."""
+    ap = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    ap.add_argument("--quick", action="store_true", help=quick)
+    if seeds:
+        ap.add_argument("--seeds", type=int, nargs="+")
+    return ap
+
+
 def quick_or_full(a, **defaults) -> None:
     """``a.<name> = quick if a.quick else full`` for each ``name=(quick, full)`` not given."""
     for name, (quick, full) in defaults.items():
@@ -191,6 +203,16 @@ def run_meta(quick: bool, done: bool, t0: float, **fields) -> dict:
     settings given, minutes so far and the machine."""
     return {"date": time.strftime("%Y-%m-%d"), "quick": quick, "complete": done, **fields,
             "minutes": round((time.time() - t0) / 60, 1), "machine": machine()}
+
+
+def write_run(name: str | Path, quick: bool, done: bool, t0: float, meta: dict, indent: int | None = 2,
+              **parts) -> Path:
+    """A seeded benchmark's JSON, rewritten after every finished run (a kill keeps them):
+    ``{"meta": run_meta(...), **parts}``; says where once ``done``."""
+    path = write_json(name, {"meta": run_meta(quick, done, t0, **meta), **parts}, indent=indent)
+    if done:
+        print(f"wrote {path}")
+    return path
 
 
 def result_path(name: str | Path) -> Path:

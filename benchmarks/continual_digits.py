@@ -41,8 +41,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import os
-import platform
 import statistics
 import sys
 import time
@@ -50,12 +48,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 import torch  # noqa: E402
 
+from common import machine, write_json  # noqa: E402
 from paced.config import ContinualCfg  # noqa: E402
 from paced.continual import (METHODS, make_tasks, mean_matrix, method_hyper, results_table, with_hyper,  # noqa: E402
                              run_method, summarize)
-from paced.runlog import console, write_json  # noqa: E402
+from paced.runlog import console  # noqa: E402
 
 BENCHMARKS = {"permuted": {"benchmark": "permuted"},
               "split": {"benchmark": "split", "scenario": "task"},
@@ -136,7 +136,7 @@ def main() -> None:
     ap.add_argument("--reg-optimizer", default="adam", choices=("adam", "sgd"),
                     help="base optimizer of ewc and mas (default adam; sgd uses SGD_REG's grids)")
     ap.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "continual_digits.json"))
+    ap.add_argument("--out", default="continual_digits.json", help="a file name in benchmarks/results/, or a path")
     a = ap.parse_args()
     torch.set_num_threads(a.threads)
     grids = dict(QUICK if a.quick else GRIDS)
@@ -147,8 +147,8 @@ def main() -> None:
     if len(seeds) < 1:
         ap.error("--seeds must be >= 1")
     t_start = time.perf_counter()
-    out = {"mode": "quick" if a.quick else "full", "threads": a.threads, "torch": torch.__version__,
-           "platform": platform.platform(), "cpu_count": os.cpu_count(), "search_seeds": search_seeds,
+    out = {"mode": "quick" if a.quick else "full", "threads": a.threads, "machine": machine(),
+           "search_seeds": search_seeds,
            "seeds": seeds, "reg_optimizer": a.reg_optimizer, "grids": {m: grids[m] for m in a.methods},
            "config": dataclasses.asdict(on_base(ContinualCfg(), a.reg_optimizer)),
            "benchmarks": {}}
@@ -172,8 +172,7 @@ def main() -> None:
                             "search": searched[m], "summary": summaries[m],
                             "mean_R": mean_matrix(runs[m]), "runs": runs[m]} for m in a.methods}}
     out["seconds"] = time.perf_counter() - t_start
-    write_json(a.out, out)
-    console.print(f"{out['seconds']:.0f} s; wrote {a.out}")
+    console.print(f"{out['seconds']:.0f} s; wrote {write_json(a.out, out)}")
 
 
 if __name__ == "__main__":

@@ -41,8 +41,6 @@ penalty stays ~0.05-0.2 while add is still wiped by sub; only λ ≥ 1e6 held su
 """
 from __future__ import annotations
 
-import argparse
-import json
 import shutil
 import statistics
 import sys
@@ -50,7 +48,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
+
+from common import mean_std, parser, pm, quick_or_full, table, write_run  # noqa: E402
 
 from paced import config as C  # noqa: E402
 from paced.checkpoint import latest_checkpoint  # noqa: E402
@@ -133,36 +134,30 @@ METRICS = {"average_accuracy": average_accuracy, "forgetting": forgetting, "bwt"
            "learning_accuracy": learning_accuracy}
 
 
-def _ms(xs):
-    return [statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0]
-
-
 def summarise(results: dict) -> dict:
     out = {}
     for method, runs in results.items():
         keys = [k for k in runs[0] if "/" in k] + ["train_wall_s"]
-        out[method] = {k: _ms([r[k] for r in runs]) for k in keys}
+        out[method] = {k: mean_std([r[k] for r in runs]) for k in keys}
         out[method]["R_mean"] = {k: [[statistics.mean(r["R"][k][i][j] for r in runs) for j in range(len(TASKS))]
                                      for i in range(len(TASKS))] for k in ("greedy", "mean@n")}
     return out
 
 
-def print_tables(table: dict, a) -> None:
-    f = lambda m: f"{m[0]:.3f} ± {m[1]:.3f}"  # noqa: E731
-    for method, r in table.items():
+def print_tables(summary: dict, a) -> None:
+    for method, r in summary.items():
         print(f"\n{method}: accuracy on each task (columns {', '.join(TASKS)}) after each task (rows), "
               f"greedy | mean@{a.eval_n}, mean over seeds")
         for i, fam in enumerate(TASKS):
             g, m = r["R_mean"]["greedy"][i], r["R_mean"]["mean@n"][i]
             print(f"  after {fam:<5} " + " ".join(f"{x:.3f}" for x in g) + "  |  "
                   + " ".join(f"{x:.3f}" for x in m))
-    print(f"\n{'method':<11}{'metric':<8}{'avg acc':>16}{'forgetting':>16}{'BWT':>16}{'learning acc':>16}"
-          f"{'state fl/param':>15}{'train s':>9}")
-    for method, r in table.items():
-        for k in ("greedy", "mean@n"):
-            print(f"{method:<11}{k:<8}{f(r[f'average_accuracy/{k}']):>16}{f(r[f'forgetting/{k}']):>16}"
-                  f"{f(r[f'bwt/{k}']):>16}{f(r[f'learning_accuracy/{k}']):>16}{METHODS[method][2]:>15}"
-                  f"{r['train_wall_s'][0]:>9.0f}")
+    print("", *table(["method", "metric", "avg acc", "forgetting", "BWT", "learning acc", "state fl/param",
+                      "train s"],
+                     [[method, k, *(pm(r[f"{m}/{k}"]) for m in ("average_accuracy", "forgetting", "bwt",
+                                                                "learning_accuracy")),
+                       METHODS[method][2], f"{r['train_wall_s'][0]:.0f}"]
+                      for method, r in summary.items() for k in ("greedy", "mean@n")]), sep="\n")
     print(f"(seeds {a.seeds}; tasks {' -> '.join(TASKS)}, difficulty {DIFFICULTY} (base: {a.base_steps} "
           f"steps at {BASE}); {a.steps} steps x {a.batch} per task; {a.heldout} held-out problems per task "
           f"(seed {a.heldout_seed}); adamw lr {a.adamw_lr}, classp lr {a.classp_lr} "
@@ -170,25 +165,17 @@ def print_tables(table: dict, a) -> None:
 
 
 def write(a, results: dict, t0: float, done: bool) -> dict:
-    table = summarise(results)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"date": time.strftime("%Y-%m-%d"), "quick": a.quick, "complete": done, "seeds": a.seeds,
-            "tasks": TASKS, "difficulty": DIFFICULTY, "base_steps": a.base_steps, "heldout_seed": a.heldout_seed,
-            "steps": a.steps, "batch": a.batch, "train_n": a.train_n,
-            "heldout": a.heldout, "eval_n": a.eval_n, "adamw_lr": a.adamw_lr, "classp_lr": a.classp_lr,
-            "classp_threshold": a.classp_threshold, "ewc_lambda": a.ewc_lambda, "fisher_n": a.fisher_n,
-            "threads": a.threads, "minutes": round((time.time() - t0) / 60, 1)}
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"meta": meta, "table": table, "runs": results}, indent=2))
-    tmp.replace(out)
-    return table
+    summary = summarise(results)
+    meta = dict(seeds=a.seeds, tasks=TASKS, difficulty=DIFFICULTY, base_steps=a.base_steps, heldout_seed=a.heldout_seed,
+                steps=a.steps, batch=a.batch, train_n=a.train_n, heldout=a.heldout, eval_n=a.eval_n,
+                adamw_lr=a.adamw_lr, classp_lr=a.classp_lr, classp_threshold=a.classp_threshold,
+                ewc_lambda=a.ewc_lambda, fisher_n=a.fisher_n, threads=a.threads)
+    write_run(a.out, a.quick, done, t0, meta, table=summary, runs=results)
+    return summary
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="1 seed, 400 steps per task, 64 held-out, mean@4")
-    ap.add_argument("--seeds", type=int, nargs="+")
+    ap = parser(__doc__, "1 seed, 400 steps per task, 64 held-out, mean@4", seeds=True)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     ap.add_argument("--base-steps", type=int, default=1000, help="SFT steps of the base model")
     ap.add_argument("--steps", type=int, help="SFT steps per task (default 400 quick, 600 full)")
@@ -200,12 +187,10 @@ def main() -> None:
     ap.add_argument("--ewc-lambda", type=float, default=1e7)
     ap.add_argument("--fisher-n", type=int, default=512, help="problems per earlier task in the EWC Fisher")
     ap.add_argument("--out-dir", default="runs/bench-continual-lm")
-    ap.add_argument("--out", default="benchmarks/results/continual_lm.json")
+    ap.add_argument("--out", default="continual_lm.json", help="a file name in benchmarks/results/, or a path")
     ap.add_argument("--threads", type=int, default=1)
     a = ap.parse_args()
-    a.seeds = a.seeds or ([0] if a.quick else [0, 1, 2])
-    a.steps = a.steps or (400 if a.quick else 600)
-    a.heldout, a.eval_n = (64, 4) if a.quick else (128, 8)
+    quick_or_full(a, seeds=([0], [0, 1, 2]), steps=(400, 600), heldout=(64, 128), eval_n=(4, 8))
     a.train_n = 20000
     torch.set_num_threads(a.threads)
     heldout = [load_sources([source(f, a.heldout, a.heldout_seed)]) for f in TASKS]
@@ -217,7 +202,6 @@ def main() -> None:
             results.setdefault(method, []).append(run_sequence(method, seed, heldout, a, log))
             write(a, results, t0, done=False)  # a kill keeps every finished sequence
     print_tables(write(a, results, t0, done=True), a)
-    print(f"wrote {a.out}")
 
 
 if __name__ == "__main__":

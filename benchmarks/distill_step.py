@@ -128,8 +128,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import (have_trl, in_child, interleaved, machine, paired_ratio, peak_rss, spread, table,  # noqa: E402
-                    write_json)
+from common import (have_trl, in_child, interleaved, machine, paired_ratio, parser, peak_rss, spread,  # noqa: E402
+                    table, write_json)
 from paced.losses import IGNORE, loss_kwargs, sft_loss  # noqa: E402
 from paced.models import char_tokenizer, encode_prompts, logits_head, tiny_model  # noqa: E402
 from paced.rollout import SamplingParams, sample  # noqa: E402
@@ -474,8 +474,7 @@ def zero_weight(threads: int) -> dict:
 
 # ---------------------------------------------------------------------------------------------
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repeats, no TRL memory (~1-6 minutes)")
+    ap = parser(__doc__, "fewer repeats, no TRL memory (~1-6 minutes)")
     ap.add_argument("--repeats", type=int, default=None, help="timed steps per contender (quick 40, full 300)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--max-new", type=int, default=16)

@@ -36,15 +36,16 @@ parameter (AdamW 2, CLASSP 1, AdamW + EWC 4). Writes benchmarks/results/forgetti
 """
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
+
+from common import mean_std, parser, quick_or_full, table, write_run  # noqa: E402
 
 from paced import config as C  # noqa: E402
 from paced.models import count_parameters, load_model_and_tokenizer  # noqa: E402
@@ -126,14 +127,10 @@ def search(a, log) -> dict:
     return {"chosen": chosen, "trials": trials}
 
 
-def _ms(xs):
-    return [statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0]
-
-
 def summarise(results: dict) -> dict:
     keys = ("target_mean8", "target_greedy", "target_gain_mean8", "target_gain_greedy",
             "probe_mean8", "probe_greedy", "probe_drop_mean8", "probe_drop_greedy")
-    return {arm: {**{k: _ms([r[k] for r in runs]) for k in keys},
+    return {arm: {**{k: mean_std([r[k] for r in runs]) for k in keys},
                   "before": {split: {m: statistics.mean(r["before"][split][m] for r in runs)
                                      for m in ("mean@n", "greedy")} for split in ("target", "forgetting")}}
             for arm, runs in results.items()}
@@ -142,18 +139,18 @@ def summarise(results: dict) -> dict:
 SHORT = {"lr": "lr", "classp_threshold": "thr", "ewc_lambda": "λ"}
 
 
-def print_table(table: dict, found: dict, a, n_params: int) -> None:
+def print_table(summary: dict, found: dict, a, n_params: int) -> None:
     f = lambda m: f"{m[0]:+.3f} ± {m[1]:.3f}" if m[0] < 0 else f"{m[0]:.3f} ± {m[1]:.3f}"  # noqa: E731
-    print(f"\n{'arm':<11}{'setting':<18}{'target m@8':>15}{'gain':>15}{'target greedy':>15}"
-          f"{'probe m@8':>15}{'drop':>15}{'probe greedy':>15}{'greedy drop':>15}{'state MiB':>10}")
-    for arm, r in table.items():
+    rows = []
+    for arm, r in summary.items():
         setting = {**{k: v for k, v in ARMS[arm][0].items() if k in SHORT}, **found["chosen"][arm]}
-        text = " ".join(f"{SHORT[k]}={v:g}" for k, v in setting.items())
-        mib = ARMS[arm][2] * n_params * 4 / 2 ** 20
-        print(f"{arm:<11}{text:<18}" + "".join(f"{f(r[k]):>15}" for k in (
-            "target_mean8", "target_gain_mean8", "target_greedy", "probe_mean8", "probe_drop_mean8",
-            "probe_greedy", "probe_drop_greedy")) + f"{mib:>10.2f}")
-    b = next(iter(table.values()))["before"]
+        rows.append([arm, " ".join(f"{SHORT[k]}={v:g}" for k, v in setting.items()),
+                     *(f(r[k]) for k in ("target_mean8", "target_gain_mean8", "target_greedy", "probe_mean8",
+                                         "probe_drop_mean8", "probe_greedy", "probe_drop_greedy")),
+                     f"{ARMS[arm][2] * n_params * 4 / 2 ** 20:.2f}"])
+    print("", *table(["arm", "setting", "target m@8", "gain", "target greedy", "probe m@8", "drop", "probe greedy",
+                      "greedy drop", "state MiB"], rows), sep="\n")
+    b = next(iter(summary.values()))["before"]
     print(f"(the student before: target mean@8 {b['target']['mean@n']:.3f} greedy {b['target']['greedy']:.3f}, "
           f"probe mean@8 {b['forgetting']['mean@n']:.3f} greedy {b['forgetting']['greedy']:.3f}, "
           "mean over seeds)")
@@ -162,32 +159,24 @@ def print_table(table: dict, found: dict, a, n_params: int) -> None:
 
 
 def write(a, found, results, t0, done) -> dict:
-    table = summarise(results)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"date": time.strftime("%Y-%m-%d"), "quick": a.quick, "complete": done, "seeds": a.seeds,
-            "steps": a.steps, "pool": a.pool, "heldout": a.heldout, "batch": a.batch, "threads": a.threads,
-            "models": a.models, "grid_per_method": a.grid, "val_seed": VAL_SEED,
-            "minutes": round((time.time() - t0) / 60, 1)}
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"meta": meta, "search": found, "table": table, "runs": results}, indent=2))
-    tmp.replace(out)
-    return table
+    summary = summarise(results)
+    meta = dict(seeds=a.seeds, steps=a.steps, pool=a.pool, heldout=a.heldout, batch=a.batch, threads=a.threads,
+                models=a.models, grid_per_method=a.grid, val_seed=VAL_SEED)
+    write_run(a.out, a.quick, done, t0, meta, search=found, table=summary, runs=results)
+    return summary
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="1 seed, 64 held-out problems per split")
+    ap = parser(__doc__, "1 seed, 64 held-out problems per split", seeds=True)
     ap.add_argument("--models", default="runs/demo", help="demo run dir with student/model and teacher/model")
-    ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--out-dir", default="runs/bench-forgetting")
-    ap.add_argument("--out", default="benchmarks/results/forgetting_in_distill.json")
+    ap.add_argument("--out", default="forgetting_in_distill.json", help="a file name in benchmarks/results/, or a path")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--steps", type=int)
     a = ap.parse_args()
-    a.seeds = a.seeds or ([0] if a.quick else [0, 1, 2])
-    a.heldout, a.grid = (64 if a.quick else 128), 4
+    quick_or_full(a, seeds=([0], [0, 1, 2]), heldout=(64, 128))
+    a.grid = 4
     a.steps, a.pool, a.batch = a.steps or 300, 1200, 32
     torch.set_num_threads(a.threads)
     for who in ("student", "teacher"):
@@ -207,7 +196,6 @@ def main() -> None:
                 f"probe mean@8 {s['probe_mean8']:.3f}")
             write(a, found, results, t0, done=False)  # a kill keeps every finished arm
     print_table(write(a, found, results, t0, done=True), found, a, n_params)
-    print(f"wrote {a.out}")
 
 
 if __name__ == "__main__":

@@ -41,10 +41,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from common import machine, table, write_json  # noqa: E402
 from paced import config as C  # noqa: E402
 from paced.guide import hint_prompt  # noqa: E402
-from paced.runlog import write_json  # noqa: E402
 
 TEMPLATE = "{hint:_<16}|{prompt}"   # = the benchmark's rl.hint_template: the hinted prompt
 RECIPE = dict(share=0.5, levels=(1, 2, 3), steps=500, schedule="constant")
@@ -134,11 +135,8 @@ def hint_use_table(model_dir, examples, levels=(1, 2, 3), n: int = 8, seed: int 
 
 
 def format_table(rows: list[dict], title: str = "") -> str:
-    cols = list(rows[0])
-    lines = [title, "  ".join(f"{c:>8}" for c in cols)]
-    for r in rows:
-        lines.append("  ".join(f"{r[c]:>8.3f}" if isinstance(r[c], float) else f"{r[c]:>8}" for c in cols))
-    return "\n".join(lines)
+    return "\n".join([title, *table(list(rows[0]), [[f"{v:.3f}" if isinstance(v, float) else v for v in r.values()]
+                                                    for r in rows])])
 
 
 def heldout(n: int = 256, seed: int = 1, difficulty=(1, 8)):
@@ -162,14 +160,12 @@ def main() -> None:
         models = {"demo_student": a.baseline} | models
     exs = heldout(a.problems)
     res = {"recipe": RECIPE | {"steps": a.steps, "template": TEMPLATE}, "problems": a.problems, "n": a.n,
-           "models": models}
+           "models": models, "machine": machine()}
     for who, path in models.items():
         for mode in ("template", "prefix"):
             res[f"{who}/{mode}"] = rows = hint_use_table(path, exs, n=a.n, mode=mode)
             print(format_table(rows, f"\n{who} ({path}), hints: {mode}"))
-    out = Path(__file__).resolve().parent / "results" / "guide_student.json"
-    write_json(out, res)
-    print(f"wrote {out}")
+    print(f"wrote {write_json('guide_student.json', res)}")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,7 @@
 """Guide-GRPO vs GRPO at the same rollout budget (hinted rollouts count), from a hint-literate student.
 
     python benchmarks/guide_vs_grpo.py --quick       # 1 seed, 20k rollouts a run (minutes)
-    python benchmarks/guide_vs_grpo.py               # 5 seeds, 150k rollouts a run, the README's table
-    python benchmarks/guide_vs_grpo.py --markdown    # the README table from the JSON
+    python benchmarks/guide_vs_grpo.py               # 5 seeds, 150k rollouts a run (docs/benchmarks.md's table)
 
 The student is benchmarks/guide_student.py's (built if missing): the demo student's SFT recipe
 with hinted extra copies in the template ``{hint:_<16}|{prompt}``, stopped mid-way through
@@ -28,16 +27,15 @@ Before training it measures the hint check docs/methods.md (pilot settings) desc
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import mean_std, parser, pm, quick_or_full, result_path, table, write_run  # noqa: E402
 from guide_student import TEMPLATE, ensure_hint_student  # noqa: E402
 
 from paced import config as C  # noqa: E402
@@ -45,7 +43,7 @@ from paced.analysis.compression import analyze  # noqa: E402
 from paced.evaluate import evaluate  # noqa: E402
 from paced.guide import hint_prompt  # noqa: E402
 from paced.models import load_model_and_tokenizer  # noqa: E402
-from paced.runlog import read_jsonl, write_json  # noqa: E402
+from paced.runlog import read_jsonl  # noqa: E402
 from paced.tasks import load_sources  # noqa: E402
 
 ARMS = {"grpo": [], "guide": ["rl.guide.enabled=true"],
@@ -94,12 +92,10 @@ def measure(model_dir, a, pool_u, heldout, before_heldout) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="1 seed, budget 20k rollouts, 64 held-out problems")
+    ap = parser(__doc__, "1 seed, budget 20k rollouts, 64 held-out problems", seeds=True)
     ap.add_argument("--student", default="runs/guide/student/model")
     ap.add_argument("--student-steps", type=int, default=500,
                     help="SFT steps of guide_student.py's recipe when --student must be built (fewer: weaker)")
-    ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--arms", nargs="+", choices=list(ARMS), help="default: all; quick: grpo guide")
     ap.add_argument("--budget", type=int, help="sampled completions per run (default 150000; quick 20000)")
     ap.add_argument("--pool", type=int, default=1000)
@@ -113,18 +109,12 @@ def main() -> None:
     ap.add_argument("--lr", type=float, default=1e-4)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out-dir", default="runs/bench-guide")
-    ap.add_argument("--out", default="benchmarks/results/guide_vs_grpo.json")
-    ap.add_argument("--markdown", action="store_true", help="print the README table from --out and exit")
+    ap.add_argument("--out", default=None, help="a file name in benchmarks/results/ or a path "
+                    "(default guide_vs_grpo.json, --quick guide_vs_grpo_quick.json)")
     a = ap.parse_args()
-    if a.markdown:
-        print(markdown(json.loads(Path(a.out).read_text())))
-        return
-    a.seeds = a.seeds or ([0] if a.quick else [0, 1, 2, 3, 4])
-    a.arms = a.arms or (["grpo", "guide"] if a.quick else list(ARMS))
-    a.budget = a.budget or (20000 if a.quick else 150000)
-    a.heldout = a.heldout or (64 if a.quick else 256)
-    if a.quick and a.out == ap.get_default("out"):
-        a.out = "benchmarks/results/guide_vs_grpo_quick.json"
+    quick_or_full(a, seeds=([0], [0, 1, 2, 3, 4]), arms=(["grpo", "guide"], list(ARMS)), budget=(20000, 150000),
+                  heldout=(64, 256), out=("guide_vs_grpo_quick.json", "guide_vs_grpo.json"))
+    a.out = result_path(a.out)
     import torch
     torch.set_num_threads(a.threads)
     t0 = time.time()
@@ -175,19 +165,13 @@ def main() -> None:
             e = run["eval"]
             print(f"{arm} seed {seed}: {run['steps']} steps, {run['rollouts']} rollouts, U solved "
                   f"{e['U_solved']:.3f}, held-out pass@1 {e['heldout_pass@1']:.3f}, {run['minutes']} min")
-    res = write(a, base, runs, t0, True)
-    print(markdown(res))
-    print(f"wrote {a.out}")
+    print_table(write(a, base, runs, t0, True))
 
 
 def settings(a) -> dict:
     keys = ("student", "student_steps", "budget", "pool", "difficulty", "hint_level", "rounds", "heldout", "n",
             "u_samples", "lr")
     return {k: getattr(a, k) for k in keys} | {"template": TEMPLATE}
-
-
-def _ms(xs):
-    return [statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0]
 
 
 def solved_share_at(curve: list[dict], rollouts: float) -> float:
@@ -206,67 +190,38 @@ def solved_share_at_step(curve: list[dict], step: int) -> float:
 
 
 def summarise(base: dict, runs: dict, n: int, budget: int) -> dict:
-    table = {}
+    out = {}
     for arm, rs in {"base (control)": [{"eval": base["eval"], "steps": 0, "rollouts": 0}], **runs}.items():
         ev = [r["eval"] for r in rs]
-        table[arm] = {k: _ms([e[k] for e in ev]) for k in ("U_solved", "heldout_pass@1", f"heldout_pass@{n}")}
-        table[arm] |= {"steps": _ms([r["steps"] for r in rs]), "rollouts": _ms([r["rollouts"] for r in rs])}
+        out[arm] = {k: mean_std([e[k] for e in ev]) for k in ("U_solved", "heldout_pass@1", f"heldout_pass@{n}")}
+        out[arm] |= {"steps": mean_std([r["steps"] for r in rs]), "rollouts": mean_std([r["rollouts"] for r in rs])}
         if arm != "base (control)":
             for f in FRACTIONS:
-                table[arm][f"train_solved@{f}"] = _ms([solved_share_at(r["curve"], f * budget) for r in rs])
-            table[arm]["equal_step"] = min(r["steps"] for rs_ in runs.values() for r in rs_)
-            table[arm]["train_solved@equal_step"] = _ms([solved_share_at_step(r["curve"], table[arm]["equal_step"])
-                                                          for r in rs])
-            table[arm]["collapsed"] = sum(e["heldout_pass@1"] < 0.5 * base["eval"]["heldout_pass@1"] for e in ev)
+                out[arm][f"train_solved@{f}"] = mean_std([solved_share_at(r["curve"], f * budget) for r in rs])
+            out[arm]["equal_step"] = min(r["steps"] for rs_ in runs.values() for r in rs_)
+            out[arm]["train_solved@equal_step"] = mean_std([solved_share_at_step(r["curve"], out[arm]["equal_step"])
+                                                               for r in rs])
+            out[arm]["collapsed"] = sum(e["heldout_pass@1"] < 0.5 * base["eval"]["heldout_pass@1"] for e in ev)
         for cls in ("compression", "capability_gain"):
-            table[arm][f"{cls}_delta"] = _ms([e["split"]["classes"][cls]["delta_pass@1"] for e in ev])
-            table[arm][f"{cls}_count"] = _ms([e["split"]["classes"][cls]["count"] for e in ev])
-    return table
+            out[arm][f"{cls}_delta"] = mean_std([e["split"]["classes"][cls]["delta_pass@1"] for e in ev])
+            out[arm][f"{cls}_count"] = mean_std([e["split"]["classes"][cls]["count"] for e in ev])
+    return out
 
 
 def write(a, base: dict, runs: dict, t0: float, done: bool) -> dict:
-    from common import machine
-    res = {"meta": {"date": time.strftime("%Y-%m-%d"), "quick": a.quick, "complete": done, "seeds": a.seeds,
-                    "arms": a.arms, "settings": settings(a), "threads": a.threads, "machine": machine(),
-                    "minutes": round((time.time() - t0) / 60, 1)},
-           "table": summarise(base, runs, a.n, a.budget), "base": base, "runs": runs}
-    write_json(a.out, res, indent=None)   # ~15 runs of per-step curves: one line
-    return res
+    summary = summarise(base, runs, a.n, a.budget)
+    write_run(a.out, a.quick, done, t0, dict(seeds=a.seeds, arms=a.arms, settings=settings(a), threads=a.threads),
+              indent=None, table=summary, base=base, runs=runs)   # ~15 runs of per-step curves: one line
+    return {"table": summary, "settings": settings(a)}
 
 
-def markdown(res: dict) -> str:
-    s, m, b = res["meta"]["settings"], res["meta"], res["base"]
-    n = s["n"]
-    table = summarise(b, res["runs"], n, s["budget"])
-    pm = lambda v, d=3: f"{v[0]:.{d}f} ± {v[1]:.{d}f}"  # noqa: E731
-    rows = [f"| arm | rollouts | steps | U solved (of {len(b['U'])}) | held-out pass@1 | pass@{n} | "
-            "Δpass@1 from compression | from capability gain | problems gained |",
-            "|---|---|---|---|---|---|---|---|---|"]
-    for arm, r in table.items():
-        rows.append(f"| {arm} | {r['rollouts'][0]:.0f} | {r['steps'][0]:.0f} | {pm(r['U_solved'])} | "
-                    f"{pm(r['heldout_pass@1'])} | {pm(r[f'heldout_pass@{n}'])} | {pm(r['compression_delta'])} | "
-                    f"{pm(r['capability_gain_delta'])} | {pm(r['capability_gain_count'], 1)} |")
-    rows += ["", "Equal-rollout curve: of the training prompts that once failed all 8 rollouts, the share whose "
-             "latest plain rollouts solved them, after a share of the budget (and runs whose held-out pass@1 "
-             "fell below half the base's):", "",
-             "| arm | " + " | ".join(f"{f:.0%} of budget" for f in FRACTIONS) + " | at equal steps | collapsed |",
-             "|---|" + "---|" * (len(FRACTIONS) + 2)]
-    for arm, r in table.items():
-        if "collapsed" in r:
-            rows.append(f"| {arm} | " + " | ".join(pm(r[f"train_solved@{f}"]) for f in FRACTIONS)
-                        + f" | {pm(r['train_solved@equal_step'])} (step {r['equal_step']}) | "
-                        f"{r['collapsed']} of {len(res['runs'][arm])} |")
-    hc = b["hint_check"]
-    rows.append(f"\nStudent: {s['student']} ({s.get('student_steps', 500)} SFT steps of guide_student.py's "
-                f"recipe). "
-                f"Pool: {s['pool']} add problems, difficulty {s['difficulty']}, hint level {s['hint_level']} "
-                f"(template `{s['template']}`); U = {b['U_share']:.0%} of the pool with all "
-                f"{s.get('u_samples', 32)} samples wrong before; on U the "
-                f"base student's hinted samples: mean@8 {hc['U_hinted_mean@8']:.3f}, mixed groups "
-                f"{hc['U_hinted_mixed']:.0%}, any success {hc['U_hinted_any']:.0%}. Budget {s['budget']} sampled "
-                f"completions per run, lr {s['lr']}, up to {s['rounds']} rounds a step; held-out: {s['heldout']} "
-                f"problems x {n} samples. Seeds {m['seeds']}; {m['minutes']} min, {m['date']}.")
-    return "\n".join(rows)
+def print_table(res: dict) -> None:
+    n = res["settings"]["n"]
+    print(*table(["arm", "rollouts", "steps", "U solved", "held-out pass@1", f"pass@{n}", "Δpass@1 compression",
+                  "capability gain"],
+                 [[arm, f"{r['rollouts'][0]:.0f}", f"{r['steps'][0]:.0f}", pm(r["U_solved"]), pm(r["heldout_pass@1"]),
+                   pm(r[f"heldout_pass@{n}"]), pm(r["compression_delta"]), pm(r["capability_gain_delta"])]
+                  for arm, r in res["table"].items()]), sep="\n")
 
 
 if __name__ == "__main__":

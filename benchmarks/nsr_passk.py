@@ -1,8 +1,7 @@
 """Does the NSR paper's pass@k shape appear? GRPO, PPO, PSR, NSR, W-REINFORCE from one student.
 
     python benchmarks/nsr_passk.py --quick          # 1 seed, 40 steps, n = 64 (minutes)
-    python benchmarks/nsr_passk.py                   # 3 seeds, 300 steps, n = 256 (the README's)
-    python benchmarks/nsr_passk.py --markdown        # the README table from the JSON
+    python benchmarks/nsr_passk.py                   # 3 seeds, 300 steps, n = 256 (docs/benchmarks.md's)
 
 The student is the demo's SFT student (``--models``, default runs/demo; built with ``paced demo``
 settings if missing): a tiny Llama that learned addition partly (and subtraction). Every arm
@@ -20,19 +19,19 @@ see it at this scale; this benchmark reports what it measures either way.
 """
 from __future__ import annotations
 
-import argparse
 import json
-import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import mean_std, parser, pm, quick_or_full, result_path, table, write_run  # noqa: E402
 from paced import config as C  # noqa: E402
 from paced.demo import ensure_models  # noqa: E402
 from paced.evaluate import evaluate  # noqa: E402
 from paced.models import load_model_and_tokenizer  # noqa: E402
-from paced.runlog import read_jsonl, write_json  # noqa: E402
+from paced.runlog import read_jsonl  # noqa: E402
 from paced.tasks import load_sources  # noqa: E402
 
 ARMS = ["grpo", "ppo", "psr", "nsr", "w_reinforce"]
@@ -66,10 +65,8 @@ def passk_eval(model_dir: Path, examples, a, seed: int) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="1 seed, 40 steps, n = 64, 64 held-out problems")
+    ap = parser(__doc__, "1 seed, 40 steps, n = 64, 64 held-out problems", seeds=True)
     ap.add_argument("--models", default="runs/demo")
-    ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--arms", nargs="+", default=ARMS, choices=ARMS)
     ap.add_argument("--steps", type=int)
     ap.add_argument("--n", type=int, help="samples per held-out problem (default 256)")
@@ -80,18 +77,12 @@ def main() -> None:
     ap.add_argument("--eval-every", type=int, default=50)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--out-dir", default="runs/bench-nsr")
-    ap.add_argument("--out", default="benchmarks/results/nsr_passk.json")
-    ap.add_argument("--markdown", action="store_true", help="print the README table from --out and exit")
+    ap.add_argument("--out", default=None, help="a file name in benchmarks/results/ or a path "
+                    "(default nsr_passk.json, --quick nsr_passk_quick.json)")
     a = ap.parse_args()
-    if a.markdown:
-        print(markdown(json.loads(Path(a.out).read_text())))
-        return
-    a.seeds = a.seeds or ([0] if a.quick else [0, 1, 2])
-    a.steps = a.steps or (40 if a.quick else 300)
-    a.n = a.n or (64 if a.quick else 256)
-    a.heldout = a.heldout or (64 if a.quick else 128)
-    if a.quick and a.out == ap.get_default("out"):
-        a.out = "benchmarks/results/nsr_passk_quick.json"
+    quick_or_full(a, seeds=([0], [0, 1, 2]), steps=(40, 300), n=(64, 256), heldout=(64, 128),
+                  out=("nsr_passk_quick.json", "nsr_passk.json"))
+    a.out = result_path(a.out)
     ensure_models(a.models)
     from paced.train.rl import train
 
@@ -121,9 +112,8 @@ def main() -> None:
             print(f"{arm} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in run["eval"]["T0.6"].items()
                                                        if v is not None))
     res = write(a, results, t0, True)
-    print(markdown(res))
+    print_tables(res)
     plot(res, Path(a.out).with_suffix(".png"))
-    print(f"wrote {a.out}")
 
 
 def settings(a) -> dict:
@@ -131,45 +121,27 @@ def settings(a) -> dict:
 
 
 def summarise(results: dict) -> dict:
-    table = {}
+    out = {}
     for arm, runs in results.items():
         evals = [r["eval"] if arm != "base" else r for r in runs]
-        table[arm] = {t: {k: _ms([e[t][k] for e in evals]) for k in evals[0][t] if evals[0][t][k] is not None}
-                      for t in TEMPS}
-    return table
-
-
-def _ms(xs):
-    return [statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0]
+        out[arm] = {t: {k: mean_std([e[t][k] for e in evals]) for k in evals[0][t] if evals[0][t][k] is not None}
+                    for t in TEMPS}
+    return out
 
 
 def write(a, results: dict, t0: float, done: bool) -> dict:
-    res = {"meta": {"date": time.strftime("%Y-%m-%d"), "quick": a.quick, "complete": done, "seeds": a.seeds,
-                    "arms": a.arms, "settings": settings(a), "threads": a.threads,
-                    "minutes": round((time.time() - t0) / 60, 1)},
-           "table": summarise(results), "runs": results}
-    write_json(a.out, res)
-    return res
+    summary = summarise(results)
+    write_run(a.out, a.quick, done, t0, dict(seeds=a.seeds, arms=a.arms, settings=settings(a), threads=a.threads),
+              table=summary, runs=results)
+    return {"table": summary}
 
 
-def markdown(res: dict) -> str:
-    rows = []
+def print_tables(res: dict) -> None:
     for t in TEMPS:
         ks = [k for k in next(iter(res["table"].values()))[t] if k.startswith("pass@")]
         ks = [k for k in ks if int(k[5:]) in (1, 4, 16, 64, 256) or k == ks[-1]]
-        rows += [f"\n{t} ({'top-p 0.95' if t == 'T0.6' else 'no top-p'}):\n",
-                 "| arm | " + " | ".join(ks) + " | mean@n |" + (" greedy |" if t == "T1.0" else ""),
-                 "|---|" + "---|" * (len(ks) + 1 + (t == "T1.0"))]
-        for arm, r in res["table"].items():
-            cells = [f"{r[t][k][0]:.3f} ± {r[t][k][1]:.3f}" for k in ks + ["mean@n"]]
-            if t == "T1.0":
-                cells.append(f"{r[t]['greedy'][0]:.3f}")
-            rows.append(f"| {arm} | " + " | ".join(cells) + " |")
-    m = res["meta"]
-    s = m["settings"]
-    rows.append(f"\nSeeds {m['seeds']}; {s['steps']} steps x 32 prompts x 8 completions, lr {s['lr']}; "
-                f"n = {s['n']} samples on {s['heldout']} held-out problems; {m['minutes']} min, {m['date']}.")
-    return "\n".join(rows)
+        print(f"\n{t}:", *table(["arm", *ks, "mean@n"], [[arm, *(pm(r[t][k]) for k in ks + ["mean@n"])]
+                                                          for arm, r in res["table"].items()]), sep="\n")
 
 
 def plot(res: dict, path: Path) -> None:

@@ -24,19 +24,20 @@ student, same rollouts, one ledger), so arms differ only in what they do with it
 Reported per arm and share (mean ± std over seeds): held-out target mean@8 and greedy after
 training, the forgetting-probe drop, and the first checkpoint step at which the arm reaches the
 uniform arm's final target mean@8 (curves from checkpoints every ``eval_every`` steps). Writes
-JSON to ``benchmarks/results/paced_vs_baselines.json``.
+JSON to ``benchmarks/results/paced_vs_baselines.json``; ``benchmarks/report.py`` renders it.
 """
 from __future__ import annotations
 
-import argparse
-import json
 import statistics
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 import torch  # noqa: E402
+
+from common import mean_std, parser, pm, quick_or_full, table, write_run  # noqa: E402
 
 from paced import config as C  # noqa: E402
 from paced.demo import ensure_models  # noqa: E402
@@ -106,30 +107,22 @@ def curve(run_dir: Path, examples, seed: int) -> list[tuple[int, float]]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="1 seed, share 0.5 only, 120 steps, smaller pool")
+    ap = parser(__doc__, "1 seed, share 0.5 only, 120 steps, smaller pool", seeds=True)
     ap.add_argument("--models", default="runs/demo")
-    ap.add_argument("--seeds", type=int, nargs="+")
     ap.add_argument("--shares", type=float, nargs="+", help="unlearnable shares of the pool (default 0 .25 .5)")
     ap.add_argument("--rkl-share", type=float, help="the share at which the reverse-KL arms run")
     ap.add_argument("--arms", nargs="+", default=list(ARMS), choices=list(ARMS))
     ap.add_argument("--out-dir", default="runs/bench-paced")
-    ap.add_argument("--out", default="benchmarks/results/paced_vs_baselines.json")
+    ap.add_argument("--out", default="paced_vs_baselines.json", help="a file name in benchmarks/results/, or a path")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--steps", type=int, help="override the step budget per arm")
     ap.add_argument("--pool", type=int, help="override the pool size")
     ap.add_argument("--lr", type=float, default=1e-4,
                     help="1e-4: at 3e-4 even PACED wipes the probe (docs/methods.md, pilot settings: pick an lr at which it survives)")
-    ap.add_argument("--markdown", action="store_true", help="print the README table from --out and exit")
     a = ap.parse_args()
-    if a.markdown:
-        print(markdown(json.loads(Path(a.out).read_text())))
-        return
-    a.seeds = a.seeds or ([0] if a.quick else [0, 1, 2])
-    a.shares = a.shares or ([0.5] if a.quick else [0.0, 0.25, 0.5])
+    quick_or_full(a, seeds=([0], [0, 1, 2]), shares=([0.5], [0.0, 0.25, 0.5]), steps=(120, 300), pool=(400, 800),
+                  heldout=(64, 128))
     a.rkl_share = a.rkl_share if a.rkl_share is not None else a.shares[len(a.shares) // 2]
-    steps, pool, a.heldout = (120, 400, 64) if a.quick else (300, 800, 128)
-    a.steps, a.pool = a.steps or steps, a.pool or pool
     a.batch, a.eval_every = 32, max(1, a.steps // 6)
     torch.set_num_threads(a.threads)
     ensure_models(a.models)
@@ -152,30 +145,19 @@ def main() -> None:
                       f"forgetting probe {s['forgetting']['mean@n']:.3f} ({time.time() - t0:.0f}s)", flush=True)
                 write(a, results, t0, done=False)  # a kill keeps every finished arm
     print_table(write(a, results, t0, done=True), a)
-    print(f"wrote {a.out}")
 
 
 def write(a, results: dict, t0: float, done: bool) -> dict:
-    table = summarise(results)
-    out = Path(a.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"date": time.strftime("%Y-%m-%d"), "quick": a.quick, "complete": done, "seeds": a.seeds,
-            "shares": a.shares, "rkl_share": a.rkl_share, "steps": a.steps, "pool": a.pool,
-            "heldout": a.heldout, "batch": a.batch, "lr": a.lr, "threads": a.threads, "models": a.models,
-            "learnable": LEARNABLE, "unlearnable": UNLEARNABLE, "probe": PROBE,
-            "minutes": round((time.time() - t0) / 60, 1)}
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"meta": meta, "table": table, "runs": results}, indent=2))
-    tmp.replace(out)
-    return table
-
-
-def _ms(xs):
-    return (statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0)
+    summary = summarise(results)
+    meta = dict(seeds=a.seeds, shares=a.shares, rkl_share=a.rkl_share, steps=a.steps, pool=a.pool, heldout=a.heldout,
+                batch=a.batch, lr=a.lr, threads=a.threads, models=a.models, learnable=LEARNABLE,
+                unlearnable=UNLEARNABLE, probe=PROBE)
+    write_run(a.out, a.quick, done, t0, meta, table=summary, runs=results)
+    return summary
 
 
 def summarise(results: dict) -> dict:
-    table = {}
+    out = {}
     for key, runs in results.items():
         share = key.split("/")[0]
         base = results.get(f"{share}/fkl/uniform")
@@ -184,48 +166,25 @@ def summarise(results: dict) -> dict:
         for r in runs:
             hit = [step for step, acc in r["curve"] if goal is not None and acc >= goal]
             reach.append(hit[0] if hit else None)
-        table[key] = {
-            "target_mean8": _ms([r["after"]["target"]["mean@n"] for r in runs]),
-            "target_greedy": _ms([r["after"]["target"]["greedy"] for r in runs]),
-            "forgetting_drop": _ms([r["before"]["forgetting"]["mean@n"] - r["after"]["forgetting"]["mean@n"]
-                                    for r in runs]),
+        out[key] = {
+            "target_mean8": mean_std([r["after"]["target"]["mean@n"] for r in runs]),
+            "target_greedy": mean_std([r["after"]["target"]["greedy"] for r in runs]),
+            "forgetting_drop": mean_std([r["before"]["forgetting"]["mean@n"] - r["after"]["forgetting"]["mean@n"]
+                                         for r in runs]),
             "steps_to_uniform_final": reach,
             "before_target_mean8": runs[0]["before"]["target"]["mean@n"],
             "before_forgetting_mean8": runs[0]["before"]["forgetting"]["mean@n"],
         }
-    return table
+    return out
 
 
-def print_table(table: dict, a) -> None:
-    print(f"\n{'share':<6}{'arm':<22} {'target mean@8':>16} {'target greedy':>16} {'forgetting drop':>16}  "
-          "steps to uniform's final")
-    for key, r in table.items():
-        share, arm = key.split("/", 1)
-        f = lambda m: f"{m[0]:.3f} ± {m[1]:.3f}"  # noqa: E731
-        print(f"{share:<6}{arm:<22} {f(r['target_mean8']):>16} {f(r['target_greedy']):>16} "
-              f"{f(r['forgetting_drop']):>16}  {r['steps_to_uniform_final']}")
-    first = next(iter(table.values()))
+def print_table(summary: dict, a) -> None:
+    print(*table(["share", "arm", "target mean@8", "target greedy", "forgetting drop", "steps to uniform's final"],
+                 [[*key.split("/", 1), pm(r["target_mean8"]), pm(r["target_greedy"]), pm(r["forgetting_drop"]),
+                   r["steps_to_uniform_final"]] for key, r in summary.items()]), sep="\n")
+    first = next(iter(summary.values()))
     print(f"(student before: target mean@8 {first['before_target_mean8']:.3f}, probe mean@8 "
           f"{first['before_forgetting_mean8']:.3f}; seeds {a.seeds}; {a.steps} steps x {a.batch} problems, lr {a.lr})")
-
-
-def markdown(res: dict) -> str:
-    """The README's table: one row per (share, arm), mean ± std over seeds."""
-    m = res["meta"]
-    f = lambda v: f"{v[0]:.3f} ± {v[1]:.3f}"  # noqa: E731
-    rows = ["| mul1 share | arm | target mean@8 | target greedy | probe drop (mean@8) | steps to uniform's final |",
-            "|---|---|---|---|---|---|"]
-    for key, r in res["table"].items():
-        share, arm = key.split("/", 1)
-        reach = ", ".join("–" if x is None else str(x) for x in r["steps_to_uniform_final"])
-        rows.append(f"| {share} | {arm} | {f(r['target_mean8'])} | {f(r['target_greedy'])} | "
-                    f"{f(r['forgetting_drop'])} | {reach} |")
-    first = next(iter(res["table"].values()))
-    rows.append(f"\nBefore: target mean@8 {first['before_target_mean8']:.3f}, probe mean@8 "
-                f"{first['before_forgetting_mean8']:.3f} (seed {m['seeds'][0]}); seeds {m['seeds']}, "
-                f"{m['steps']} steps x {m['batch']} problems, lr {m['lr']}, pool {m['pool']}, "
-                f"{m['heldout']} held-out problems each, {m['minutes']} min, {m['date']}.")
-    return "\n".join(rows)
 
 
 if __name__ == "__main__":

@@ -36,14 +36,13 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.common import machine  # noqa: E402
+from benchmarks.common import machine, write_json  # noqa: E402
 from benchmarks.reliability_parts import (ENV, LEDGER_WRITER, PY, RESUMED, ROOT, SMOKE, Worker,  # noqa: E402
                                           answer_strings, can_drop_privileges, cli, cli_outcome, cli_sample,
                                           config_cases, crash_commands, crash_trial, damage_kinds, data_cases,
                                           file_hashes, ledger_rows, leftovers, pickle_works, read_only,
                                           run_loader_cases, verifier_examples, weights_equal)
 
-RESULTS = ROOT / "benchmarks" / "results"
 
 
 class Rows:
@@ -388,9 +387,7 @@ def main(argv=None) -> int:
     import psutil
     t0, me = time.time(), psutil.Process()
     kids_before = {c.pid for c in me.children(recursive=True)}
-    info = machine()
-    info["uncommitted"] = subprocess.run(["git", "status", "--porcelain", "paced", "benchmarks", "tests"], cwd=ROOT,
-                                         capture_output=True, text=True).stdout.split("\n")[:40]
+    info = machine()                    # with the uncommitted files under paced/, benchmarks/, tests/
     rows = Rows()
     tmp = Path(tempfile.mkdtemp(prefix="paced-reliability-"))
     os.chmod(tmp, 0o755)            # the nobody worker reads the cases
@@ -418,9 +415,7 @@ def main(argv=None) -> int:
     rows.add("all", "harness child processes still running at the end", len(leaked), True)
     out["wall_s"] = round(time.time() - t0, 1)
     out["rows"], out["examples"], out["failed"] = rows.rows, rows.examples, rows.failed()
-    from paced.runlog import write_json
-    path = Path(a.out) if a.out else RESULTS / f"reliability{'_quick' if q else ''}.json"
-    write_json(path, out)
+    path = write_json(a.out or f"reliability{'_quick' if q else ''}.json", out)
     print(f"paced reliability{' --quick' if q else ''}: {info['date']}, {info.get('cpu', '?')} "
           f"({info['cpus']} cores), torch {info['torch']}, commit {info.get('git', '?')}, {out['wall_s']:.0f} s\n")
     print(rows.text())

@@ -7,66 +7,17 @@ paced. A result file no section reads is listed at the end, so none goes missing
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import json
-import math
-import statistics
 import sys
 from pathlib import Path
 
+from common import READ, RESULTS, f3, machine_line, mean_std as ms, pm, read_json as load, section, table as md_table
+
 ROOT = Path(__file__).resolve().parents[1]
-RESULTS = ROOT / "benchmarks" / "results"
 OUT = ROOT / "docs" / "benchmarks.md"
 
 
-LOADED: set[str] = set()   # the result files the sections read
-
-
-def load(name: str) -> dict:
-    LOADED.add(name)
-    return json.loads((RESULTS / name).read_text()) | {"_file": name}
-
-
-def pm(v, d: int = 3) -> str:
-    return f"{v[0]:.{d}f} ± {v[1]:.{d}f}"
-
-
-def ms(xs: list[float]) -> list[float]:
-    return [statistics.mean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0]
-
-
-def f3(x) -> str:
-    return "–" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.3f}"
-
-
 def table(head: list[str], rows: list[list]) -> list[str]:
-    return ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + \
-           ["| " + " | ".join(str(c) for c in r) + " |" for r in rows] + [""]
-
-
-def machine_line(res: dict) -> str:
-    """The run's date and machine from its JSON's "machine" record, or what the JSON holds instead."""
-    meta, name = res.get("meta", {}), res["_file"]
-    m = res.get("machine") or meta.get("machine")
-    if m:
-        when = dt.datetime.fromisoformat(m["date"]).astimezone(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        libs = f"torch {m['torch']}, transformers {m['transformers']}" + (f", TRL {m['trl']}" if m.get("trl") else "")
-        load_ = f", load {m['loadavg_start'][0]:.1f} at the start" if m.get("loadavg_start") else ""
-        return f"*`{name}`: run {when} on a {m['cpus']}-core {m.get('cpu', 'CPU')} machine, {libs}{load_}, " \
-               f"git {m.get('git', '?')}.*"
-    torch, threads, date = (meta.get(k) or res.get(k) for k in ("torch", "threads", "date"))
-    bits = [f"torch {torch}" if torch else "", f"{threads} thread{'s' * (threads != 1)}" if threads else "",
-            f"{res['cpu_count']} CPUs" if res.get("cpu_count") else "",
-            f"{meta['minutes']} min" if meta.get("minutes") else ""]
-    return f"*`{name}`: " + (f"run {date}" if date else "no date recorded") + "".join(f", {b}" for b in bits if b) + \
-        "; the JSON holds no machine record (CPU model and other library versions are not stored).*"
-
-
-def section(title: str, intro: str, *body) -> list[str]:
-    out = [f"## {title}" if not title.startswith("#") else title, "", intro, ""]
-    for b in body:
-        out += b if isinstance(b, list) else [b, ""]
-    return out
+    return md_table(head, rows, markdown=True)
 
 
 # --------------------------------------------------------------------------- the sections
@@ -316,7 +267,8 @@ def distill_step() -> list[str]:
         "Peak memory (RSS) a step adds, against an SFT step on the same batch:", table(["step", "MiB added", "vs SFT"], mem),
         f"Zero-weight problems forwarded ({min(z['zero_weight_share']):.0%}–{max(z['zero_weight_share']):.0%} of "
         f"{z['pool']} at weight 0, {z['steps']} steps): {z['logged_zero_weight_forwards']} by the logged metric, "
-        f"{z['spy_zero_weight_forwards']} by a spy on the batch packer. Median ms per phase:",
+        f"{z['spy_zero_weight_forwards']} by a spy on the "
+        f"{'training forwards' if 'training_forwards_seen' in z else 'batch packer'}. Median ms per phase:",
         table(["step", "phases (ms)"], ph), machine_line(r),
         "Reading: both wins are caching what the frozen teacher recomputes (`teacher_cache_mib`): off-policy its "
         "hidden states on its own responses, on-policy each prompt's KV cache. At toy sizes these steps measure "
@@ -414,7 +366,7 @@ def render() -> str:
     for render_section in SECTIONS:
         lines += render_section()
     others = [f for f in sorted(p.relative_to(RESULTS).as_posix() for p in RESULTS.rglob("*.json"))
-              if f not in LOADED | set(REAL) | set(QUICK) | set(RELIABILITY)]
+              if f not in READ | set(REAL) | set(QUICK) | set(RELIABILITY)]
     lines += ["## Other result files", "", "Shown in [real-models.md](real-models.md): "
               + ", ".join(f"`{f}`" for f in REAL) + ". Quick-mode runs (one seed, minutes: a check that a script "
               "works, not a result): " + ", ".join(f"`{f}`" for f in QUICK) + ". The reliability harness's "

@@ -33,10 +33,8 @@ does not see torch's allocations, hence RSS. Per-token growth = (peak(R2) − pe
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -46,10 +44,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import machine, proc_memory  # noqa: E402
+from common import in_child, machine, parser, peak_rss, table, write_json  # noqa: E402
 from paced.models import logits_head  # noqa: E402
 from paced.rl_losses import LOSS_TYPES, chunked_logprobs, clipped_surrogate, entropy_from_logits  # noqa: E402
-from paced.runlog import write_json  # noqa: E402
 from paced.teacher import response_hidden  # noqa: E402
 from paced.train.batches import pack  # noqa: E402
 from paced.models import train_mode_without_dropout  # noqa: E402
@@ -152,29 +149,18 @@ def child(kind: str, R: int, checkpointing: bool) -> dict:
     t_load = time.perf_counter() - t0
     step(kind, model, opt, make_batch(4, vocab, seed=1))                     # warm-up: AdamW state
     batch = make_batch(R, vocab)
-    gc.collect()
-    with open("/proc/self/clear_refs", "w") as f:                            # VmHWM := VmRSS
-        f.write("5")
-    rest = proc_memory()["VmRSS"]
     t0 = time.perf_counter()
-    loss = step(kind, model, opt, batch)
+    rest, peak, loss = peak_rss(lambda: step(kind, model, opt, batch))
     t_step = time.perf_counter() - t0
-    peak = proc_memory()["VmHWM"]
     return {"kind": kind, "R": R, "gradient_checkpointing": checkpointing, "tokens": int(batch[0].numel()),
             "rest_bytes": rest, "peak_bytes": peak, "step_delta_bytes": peak - rest, "loss": loss,
             "step_s": t_step, "load_s": t_load, "loader": how, "vocab": vocab}
 
 
 def run_child(kind: str, R: int, checkpointing: bool, threads: int) -> dict:
-    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", MALLOC_TRIM_THRESHOLD_="131072",
-               PYTHONWARNINGS="ignore", OMP_NUM_THREADS=str(threads))
-    cmd = [sys.executable, str(Path(__file__).resolve()), "--_child", kind, "--_R", str(R),
-           "--threads", str(threads)] + (["--gradient-checkpointing"] if checkpointing else [])
-    p = subprocess.run(cmd, check=False, capture_output=True, text=True, env=env, cwd=ROOT)
-    if p.returncode != 0:
-        print(f"{kind} R={R}: failed\n{p.stderr[-2000:]}", file=sys.stderr)
-        return {"kind": kind, "R": R, "gradient_checkpointing": checkpointing, "error": p.stderr[-2000:]}
-    return json.loads(p.stdout.strip().splitlines()[-1])
+    out = in_child(__file__, ["--_child", kind, "--_R", str(R), "--threads", str(threads)]
+                   + (["--gradient-checkpointing"] if checkpointing else []), threads=threads)
+    return {"kind": kind, "R": R, "gradient_checkpointing": checkpointing, **out} if "error" in out else out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -189,13 +175,13 @@ def growth(rows: list[dict], lengths: list[int]) -> dict:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="16 x {64, 256} only (the 1024 steps take minutes)")
+    ap = parser(__doc__, "16 x {64, 256} only (the 1024 steps take minutes)")
     ap.add_argument("--lengths", type=int, nargs="+", default=None, help="completion lengths R")
     ap.add_argument("--kinds", nargs="+", default=KINDS, choices=KINDS)
     ap.add_argument("--gradient-checkpointing", action="store_true")
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--out", default=None, help="default benchmarks/results/rl_memory[_gc].json")
+    ap.add_argument("--out", default=None, help="a file name in benchmarks/results/ or a path "
+                    "(default rl_memory[_gc].json)")
     ap.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     ap.add_argument("--_R", type=int, default=64, help=argparse.SUPPRESS)
     a = ap.parse_args()
@@ -219,23 +205,24 @@ def main() -> None:
                       f"step {r['step_s']:.0f} s", flush=True)
     gr = growth(rows, lengths)
     print(f"\npeak RSS of one step, GB (10^9 bytes; {time.perf_counter() - t0:.0f} s)")
-    print(f"{'config':<17}" + "".join(f"{'R=' + str(R):>10}" for R in lengths) + "   growth / token (bytes)")
+    cells = []
     for kind in a.kinds:
         by_r = {r["R"]: r for r in rows if r["kind"] == kind}
-        cells = "".join(f"{by_r[R]['peak_bytes'] / 1e9:>10.2f}" if "error" not in by_r.get(R, {"error": 1})
-                        else f"{'failed':>10}" for R in lengths)
-        print(f"{kind:<17}{cells}   " + ", ".join(f"{g['from']}->{g['to']}: {g['bytes_per_token']:,.0f}" for g in gr[kind]))
+        cells.append([kind, *(f"{by_r[R]['peak_bytes'] / 1e9:.2f}" if "error" not in by_r.get(R, {"error": 1})
+                              else "failed" for R in lengths),
+                      ", ".join(f"{g['from']}->{g['to']}: {g['bytes_per_token']:,.0f}" for g in gr[kind])])
+    print(*table(["config", *(f"R={R}" for R in lengths), "growth / token (bytes)"], cells), sep="\n")
     print(f"(one fp32 logits row: V x 4 = {rows[0].get('vocab', 49152) * 4:,} bytes per token; target rl_after "
           f"<= 4.5 GB at R = 64)")
     info["loadavg_end"] = os.getloadavg()
     name = "rl_memory" + ("_gc" if a.gradient_checkpointing else "")
-    out = a.out or str(ROOT / "benchmarks" / "results" / f"{name}.json")
-    write_json(out, {"benchmark": "rl_memory", "mode": "quick" if a.quick else "full", "machine": info,
-                     "settings": {"rows": ROWS, "prompt_tokens": PROMPT, "lengths": lengths, "threads": a.threads,
-                                  "gradient_checkpointing": a.gradient_checkpointing, "dtype": "float32",
-                                  "optimizer": "AdamW lr 1e-7", "loss": "clipped_surrogate -> dapo",
-                                  "measure": "VmHWM after clear_refs, fresh subprocess per config"},
-                     "rows": rows, "growth": gr})
+    result = {"benchmark": "rl_memory", "mode": "quick" if a.quick else "full", "machine": info,
+              "settings": {"rows": ROWS, "prompt_tokens": PROMPT, "lengths": lengths, "threads": a.threads,
+                           "gradient_checkpointing": a.gradient_checkpointing, "dtype": "float32",
+                           "optimizer": "AdamW lr 1e-7", "loss": "clipped_surrogate -> dapo",
+                           "measure": "VmHWM after clear_refs, fresh subprocess per config"},
+              "rows": rows, "growth": gr}
+    out = write_json(a.out or f"{name}.json", result)
     print(f"wrote {out}")
 
 

@@ -107,7 +107,8 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import have_trl, interleaved, machine, median, paired_ratio, spread, table, write_json  # noqa: E402
+from common import (have_trl, interleaved, machine, median, paired_ratio, parser, spread, table,  # noqa: E402
+                    write_json)
 from paced.models import build_tiny, encode_prompts, load_model_and_tokenizer, quiet_hf  # noqa: E402
 from paced.runlog import read_jsonl  # noqa: E402
 from paced.tasks import verify  # noqa: E402
@@ -443,8 +444,7 @@ def print_table(preset: str, threads: int, res: dict) -> None:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="1 thread, 6-step blocks, no profile (~2-3 min)")
+    ap = parser(__doc__, "1 thread, 6-step blocks, no profile (~2-3 min)")
     ap.add_argument("--presets", nargs="+", default=None, help="model presets (default: tiny small)")
     ap.add_argument("--threads", type=int, nargs="+", default=None, help="torch threads (quick: 1; full: 1 2)")
     ap.add_argument("--rounds", type=int, default=None, help="interleaved rounds (6)")

@@ -5,8 +5,9 @@
 
 For each size (the ``tiny`` preset and the ~15M-parameter ``base15m``): the same prompts (the
 built-in ``add`` family, rendered with the chat template), n samples per prompt, temperature 1,
-no top-k/top-p, the same max_new_tokens, fp32 on CPU. Both samplers are timed in alternation,
-``repeats`` times each, after one warm-up call of each; the table reports the median tokens/s and
+no top-k/top-p, the same max_new_tokens, fp32 on CPU. Both samplers are timed in alternation
+(``interleaved``: the order rotates each round), ``repeats`` times each, after one warm-up call
+of each; the table reports the median tokens/s and
 the ratio ours / HF. Tokens counted: generated tokens up to and including EOS (HF's padding
 after EOS is not counted). Weights are random (a freshly initialised model), which decodes to
 max length most of the time — the least favourable case for our early-exit batch compaction.
@@ -19,8 +20,6 @@ and |vLLM − trainer| log-probs of the sampled tokens. Without vllm those colum
 """
 from __future__ import annotations
 
-import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
@@ -28,10 +27,11 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import interleaved, machine, median, parser, table, write_json  # noqa: E402
 from paced.models import (char_tokenizer, encode_prompts, load_model_and_tokenizer,  # noqa: E402
                           stop_token_ids, tiny_model)
 from paced.rollout import SAMPLERS, SamplingParams, sample  # noqa: E402
-from paced.runlog import write_json  # noqa: E402
 from paced.tasks.synthetic import generate  # noqa: E402
 
 
@@ -41,6 +41,12 @@ def count_hf_tokens(out: torch.Tensor, prompt_len: int, eos, pad: int) -> int:
     # tokens up to the first EOS (inclusive); rows without EOS count every position
     first = torch.where(is_eos.any(-1), is_eos.float().argmax(-1) + 1, torch.full((gen.size(0),), gen.size(1)))
     return int(first.sum())
+
+
+def rates(fns: dict, repeats: int) -> dict[str, list[float]]:
+    """Tokens/s of each sampler call, interleaved, after one warm-up call each."""
+    t = interleaved(fns, repeats, warmup=1)
+    return {k: [tokens / sec for tokens, sec in zip(t.results[k], t.seconds[k])] for k in fns}
 
 
 def bench_size(preset: str, prompts: int, n: int, max_new: int, repeats: int, seed: int) -> dict:
@@ -66,19 +72,12 @@ def bench_size(preset: str, prompts: int, n: int, max_new: int, repeats: int, se
                                  num_return_sequences=n, eos_token_id=eos, pad_token_id=pad)
         return count_hf_tokens(out, batch.size(1), eos, pad)
 
-    rates = {"ours": [], "hf": []}
-    for name, fn in (("ours", ours), ("hf", hf)):
-        fn(-1)  # warm-up
-    for r in range(repeats):
-        for name, fn in (("ours", ours), ("hf", hf)):
-            t0 = time.perf_counter()
-            tokens = fn(r)
-            rates[name].append(tokens / (time.perf_counter() - t0))
-    ours_med, hf_med = statistics.median(rates["ours"]), statistics.median(rates["hf"])
+    got = rates({"ours": ours, "hf": hf}, repeats)
+    ours_med, hf_med = median(got["ours"]), median(got["hf"])
     return {"preset": preset, "parameters": sum(p.numel() for p in model.parameters()),
             "prompts": prompts, "n": n, "max_new_tokens": max_new, "repeats": repeats,
             "ours_tok_s": ours_med, "hf_tok_s": hf_med, "ratio": ours_med / hf_med,
-            "ours_all": rates["ours"], "hf_all": rates["hf"]}
+            "ours_all": got["ours"], "hf_all": got["hf"]}
 
 
 def bench_real(path: str, prompts: int, n: int, max_new: int, repeats: int) -> dict:
@@ -115,15 +114,9 @@ def bench_real(path: str, prompts: int, n: int, max_new: int, repeats: int) -> d
         def vllm(r: int):
             return int(SAMPLERS["vllm"](model, ids, params(r), eos_token_id=stops, pad_token_id=pad).lengths.sum())
         fns["vllm"] = vllm
-    rates = {k: [] for k in fns}
-    for fn in fns.values():
-        fn(-1)                                                          # warm-up
-    for r in range(repeats):
-        for k, fn in fns.items():
-            t0 = time.perf_counter()
-            rates[k].append(fn(r) / (time.perf_counter() - t0))
-    med = {k: statistics.median(v) for k, v in rates.items()}
-    row.update({f"{k}_tok_s": v for k, v in med.items()}, all=rates, ours_over_hf=med["ours"] / med["hf"])
+    got = rates(fns, repeats)
+    med = {k: median(v) for k, v in got.items()}
+    row.update({f"{k}_tok_s": v for k, v in med.items()}, all=got, ours_over_hf=med["ours"] / med["hf"])
     if "vllm" in fns:
         row["vllm_over_hf"] = med["vllm"] / med["hf"]
         row.update(vllm_checks(model, ids, stops, pad))
@@ -152,14 +145,13 @@ def vllm_checks(model, ids, stops, pad) -> dict:
                     p.add_(0.0)                                         # "changed": versions bump
             s = vllm_engine.sync_weights(model)
             times.append(s["seconds"])
-        out[name] = {"seconds": statistics.median(times), "bytes": s["bytes"], "tensors": s["tensors"]}
+        out[name] = {"seconds": median(times), "bytes": s["bytes"], "tensors": s["tensors"]}
     return out
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--quick", action="store_true", help="fewer repeats (about a minute)")
-    ap.add_argument("--out", default="benchmarks/results/rollout_throughput.json")
+    ap = parser(__doc__, "fewer repeats (about a minute)")
+    ap.add_argument("--out", default="rollout_throughput.json", help="a file name in benchmarks/results/, or a path")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--model", default="smollm2-135m-instruct",
                     help="real model directory or built-in name for the HF / vLLM comparison ('none': skip)")
@@ -178,15 +170,12 @@ def main() -> None:
         print(f"{real['model']}: " + ", ".join(f"{k} {real[k + '_tok_s']:.0f} tok/s" for k in cols)
               + f"; ours/HF {real['ours_over_hf']:.2f}"
               + (f", vLLM/HF {real['vllm_over_hf']:.2f}" if "vllm" in cols else " (vllm not installed)"))
-    print(f"{'preset':<9} {'params':>10} {'batch':>7} {'ours tok/s':>11} {'HF tok/s':>10} {'ratio':>6}")
-    for r in rows:
-        print(f"{r['preset']:<9} {r['parameters']:>10,} {r['prompts'] * r['n']:>7} "
-              f"{r['ours_tok_s']:>11.0f} {r['hf_tok_s']:>10.0f} {r['ratio']:>6.2f}")
-    out = Path(args.out)
+    print(*table(["preset", "params", "batch", "ours tok/s", "HF tok/s", "ratio"],
+                 [[r["preset"], f"{r['parameters']:,}", r["prompts"] * r["n"], f"{r['ours_tok_s']:.0f}",
+                   f"{r['hf_tok_s']:.0f}", f"{r['ratio']:.2f}"] for r in rows]), sep="\n")
     meta = {"torch": torch.__version__, "threads": args.threads, "quick": args.quick,
             "date": time.strftime("%Y-%m-%d")}
-    write_json(out, {"meta": meta, "rows": rows, "real": real})
-    print(f"wrote {out}")
+    print(f"wrote {write_json(args.out, {'meta': meta, 'machine': machine(), 'rows': rows, 'real': real})}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,93 @@
+"""The student's p̂ during distillation, and the held-out scores around it: how p̂ is sampled
+(``PassRater``), each stage's p̂ and PACED weights w (from the ledger, or fresh rollouts;
+``online_passrate`` adds the verified responses a stage samples anyway), the held-out mean@n /
+greedy before and after. Used by the loop in paced/train/distill.py; numbers and tensors in, no
+config sections.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..evaluate import evaluate
+from ..ledger import Ledger
+from ..passrate import estimate
+from ..rollout import SamplingParams
+from ..runlog import console, write_json
+from ..weighting import problem_weights
+
+
+@dataclass
+class PassRater:
+    """How the student's p̂ is estimated: K rollouts per problem at ``temperature`` (top_p, top_k)."""
+    model: torch.nn.Module
+    tok: object
+    k: int
+    temperature: float
+    top_p: float
+    top_k: int
+    max_tokens: int
+    seed: int
+    batch_size: int
+    system: str
+    backend: str
+    long_prompts: str
+
+
+def stage_weights(pr: PassRater, ledger: Ledger, tag: str, name: str, pool: list, weighting: str, alpha: float,
+                  beta: float, estimator: str, online: bool, at: int, start: int):
+    """p̂ and w for every pool problem, estimated at global step ``at`` (reused if the ledger has
+    it: a resumed run samples nothing again); ``online``: the stage-start estimate plus the
+    verified responses of steps ≤ at. Weighting uniform uses no p̂: nothing is sampled, p̂ is NaN."""
+    if weighting == "uniform":
+        return np.full(len(pool), np.nan), np.ones(len(pool))
+    base = start if online else at
+    counts = ledger.counts(model=tag, stage=name, step=base)
+    if len(counts) < len(pool):  # not yet estimated (or a kill cut the estimate short)
+        params = SamplingParams(temperature=pr.temperature, top_p=pr.top_p, top_k=pr.top_k, max_tokens=pr.max_tokens,
+                                seed=pr.seed * 7919 + base)
+        counts = estimate(pr.model, pr.tok, pool, ledger, pr.k, params, tag, name, step=base,
+                          batch_size=pr.batch_size, system_prompt=pr.system, backend=pr.backend,
+                          long_prompts=pr.long_prompts, recorded=counts)   # a killed estimate resumes exactly
+    extra = ledger.counts(model=tag, stage=f"{name}:online", before_step=at + 1) if online else {}
+    c = np.array([counts[e.id][0] + extra.get(e.id, (0, 0))[0] for e in pool])
+    k = np.array([counts[e.id][1] + extra.get(e.id, (0, 0))[1] for e in pool])
+    return c / k, problem_weights(c, k, weighting, alpha, beta, estimator)
+
+
+def held_out_eval(pr: PassRater, held_out: dict[str, list], n: int, when: str) -> dict:
+    """mean@n and greedy accuracy of the student on each held-out set (target, forgetting probe),
+    sampled as its p̂ is; printed and returned."""
+    out = {}
+    for name, exs in held_out.items():
+        if exs:
+            r = evaluate(pr.model, pr.tok, exs, n, [1], temperature=pr.temperature, top_p=pr.top_p, top_k=pr.top_k,
+                         max_tokens=pr.max_tokens,
+                         greedy=True, seed=pr.seed, system_prompt=pr.system, backend=pr.backend,
+                         long_prompts=pr.long_prompts)
+            out[name] = {"mean@n": r["overall"]["mean@n"], "greedy": r["overall"]["greedy"]}
+    console.print(f"{when}: " + ", ".join(f"{k} mean@{n} {v['mean@n']:.3f} greedy {v['greedy']:.3f}"
+                                          for k, v in out.items()))
+    return out
+
+
+def eval_before(pr: PassRater, held_out: dict[str, list], n: int, run_dir: Path, resumed: bool, save: bool) -> dict:
+    """The held-out scores before training: measured by the first run (before.json), else now."""
+    if resumed and (run_dir / "before.json").exists():
+        return json.loads((run_dir / "before.json").read_text())
+    before = held_out_eval(pr, held_out, n, "before")
+    if save:
+        write_json(run_dir / "before.json", before)
+    return before
+
+
+def held_out_change(before: dict, after: dict) -> dict:
+    """forgetting_drop (before − after on the probe) and target_gain (after − before), or None."""
+    return {"forgetting_drop": ({k: before["forgetting"][k] - after["forgetting"][k] for k in after["forgetting"]}
+                                if "forgetting" in after else None),
+            "target_gain": ({k: after["target"][k] - before["target"][k] for k in after["target"]}
+                            if "target" in after else None)}

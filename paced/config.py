@@ -432,7 +432,7 @@ class DemoConfig:
     run: RunCfg = option(RunCfg(dir="runs/demo", threads=2), "")   # pinned: the printed tables repeat anywhere
 
 
-CONTINUAL_METHODS = ("sgd", "adam", "ewc", "classp_p1", "classp_p2", "mas")   # = paced.continual.METHODS' keys
+CONTINUAL_METHODS = ("sgd", "adam", "ewc", "classp_p1", "classp_p2", "mas")   # = paced.train.continual.METHODS' keys
 
 
 @dataclass
@@ -443,7 +443,7 @@ class ContinualCfg:
     num_tasks: int = option(5, "number of tasks (split: 2 or 5, the 10 classes shared equally)", min=1)
     scenario: str = option("task", "split only: task-incremental (score the task's own classes) or "
                       "class-incremental (score all 10)", choices=("task", "class"))
-    methods: list[str] = option(list(CONTINUAL_METHODS), "methods run (paced.continual.METHODS)",
+    methods: list[str] = option(list(CONTINUAL_METHODS), "methods run (paced.train.continual.METHODS)",
                            choices=CONTINUAL_METHODS)
     epochs: int = option(5, "epochs per task", min=1)
     batch_size: int = option(32, "images per mini-batch", min=1)

@@ -4,7 +4,7 @@
     python benchmarks/continual_digits.py           # 8-point grids, 3 search seeds, 10 seeds (~5-10 min)
     python benchmarks/continual_digits.py --benchmarks permuted split split_class
 
-Setup (``paced.continual``; everything else at ``ContinualCfg``'s defaults): scikit-learn's bundled
+Setup (``paced.train.continual``; everything else at ``ContinualCfg``'s defaults): scikit-learn's bundled
 digits (1,797 8×8 images, no download), a fixed stratified split (data_seed 0: 30 % test, 20 % of
 the rest validation), MLP 64-100-100-10 (ReLU), 5 epochs per task, batch 32, 5 tasks.
   permuted     5 tasks, each all 10 digits under its own pixel permutation (domain-incremental)
@@ -13,7 +13,7 @@ the rest validation), MLP 64-100-100-10 (ReLU), 5 epochs per task, batch 32, 5 t
 Per seed: the class order / permutations, the initial weights and the batch order; all methods of
 a seed see the same ones.
 
-Methods (``paced.continual.METHODS``): sgd (plain SGD, no momentum), adam, ewc (Adam + EWC penalty,
+Methods (``paced.train.continual.METHODS``): sgd (plain SGD, no momentum), adam, ewc (Adam + EWC penalty,
 Avalanche conventions, "separate" mode: one Fisher + anchor per task), classp_p1, classp_p2
 (``paced.optim.CLASSP`` with p = 1 / 2), mas (Adam + Memory Aware Synapses). EWC and MAS sit on
 Adam because on SGD a stiff penalty makes the step unstable once lr·λ·max F > 1: the search then
@@ -33,7 +33,7 @@ mini-batch gradients at initialisation, so about half of the elements that have 
 held back).
 
 Reported per benchmark and method (mean ± std over the reporting seeds): average accuracy,
-forgetting and BWT (Avalanche's definitions, ``paced.continual``), optimizer-state bytes (EWC /
+forgetting and BWT (Avalanche's definitions, ``paced.train.continual``), optimizer-state bytes (EWC /
 MAS: + their stored tensors) and wall time (training + consolidation, 1 thread by default).
 Writes benchmarks/results/continual_digits.json (``--out``).
 """
@@ -53,8 +53,8 @@ import torch  # noqa: E402
 
 from common import machine, write_json  # noqa: E402
 from paced.config import ContinualCfg  # noqa: E402
-from paced.continual import (METHODS, make_tasks, mean_matrix, method_hyper, results_table, with_hyper,  # noqa: E402
-                             run_method, summarize)
+from paced.train.continual import (METHODS, make_tasks, mean_matrix, method_hyper, results_table,  # noqa: E402
+                                   run_method, summarize, with_hyper)
 from paced.runlog import console  # noqa: E402
 
 BENCHMARKS = {"permuted": {"benchmark": "permuted"},

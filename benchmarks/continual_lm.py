@@ -12,7 +12,7 @@ then sub, then mul1 at difficulty 2 (training problems seed 0, held-out ``--held
 for the reported numbers); task t is one ``paced.train.sft`` run of ``--steps`` steps starting
 from the weights task t-1 ended with (task 0 from the base). After each task the model is scored
 on every task's held-out problems (``paced.evaluate``: greedy, and mean@n at T = 1), giving
-R[i][j] = accuracy on task j after task i. Metrics (paced/continual.py, Avalanche's definitions):
+R[i][j] = accuracy on task j after task i. Metrics (paced/train/continual.py, Avalanche's definitions):
 average accuracy (after the last task), forgetting, BWT = -forgetting, and learning accuracy
 (each task right after it was learned: plasticity).
 
@@ -55,7 +55,7 @@ from common import mean_std, parser, pm, quick_or_full, table, write_run  # noqa
 
 from paced import config as C  # noqa: E402
 from paced.checkpoint import latest_checkpoint  # noqa: E402
-from paced.continual import average_accuracy, backward_transfer, forgetting, learning_accuracy  # noqa: E402
+from paced.train.continual import average_accuracy, backward_transfer, forgetting, learning_accuracy  # noqa: E402
 from paced.evaluate import evaluate  # noqa: E402
 from paced.models import load_model_and_tokenizer  # noqa: E402
 from paced.tasks import load_sources  # noqa: E402

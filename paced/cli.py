@@ -150,7 +150,7 @@ def _dispatch(args, cfg) -> None:
         from .analysis.snr import run
         run(cfg)
     elif args.command == "continual":
-        from .continual import run
+        from .train.continual import run
         run(cfg)
     elif args.command == "passrate":
         from .passrate import run

@@ -14,10 +14,10 @@ import torch
 pytest.importorskip("sklearn")
 
 from paced.config import ConfigError, ContinualCfg, ContinualConfig, load_config  # noqa: E402
-from paced.continual import (METHODS, average_accuracy, backward_transfer, build_mlp,  # noqa: E402
-                             class_groups, forgetting, learning_accuracy, load_digits_arrays,
-                             make_tasks, method_hyper, optimizer_state_bytes, permutations,
-                             run_method, split_indices, task_forgetting, with_hyper)
+from paced.train.continual import (METHODS, average_accuracy, backward_transfer, build_mlp,  # noqa: E402
+                                   class_groups, forgetting, learning_accuracy, load_digits_arrays,
+                                   make_tasks, method_hyper, optimizer_state_bytes, permutations,
+                                   run_method, split_indices, task_forgetting, with_hyper)
 
 torch.set_num_threads(1)
 ROOT = Path(__file__).resolve().parents[1]

@@ -4,7 +4,7 @@ import ast
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "paced"
-LOOPS = {"paced.train.sft", "paced.train.distill", "paced.train.rl", "paced.analysis.snr", "paced.continual"}
+LOOPS = {"paced.train.sft", "paced.train.distill", "paced.train.rl", "paced.analysis.snr", "paced.train.continual"}
 
 
 def module_name(path: Path) -> str:

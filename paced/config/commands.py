@@ -121,7 +121,7 @@ class DemoConfig:
 # ---------------------------------------------------------------------------------------------
 # paced continual: each method's settings under its own name
 # ---------------------------------------------------------------------------------------------
-CONTINUAL_METHODS = ("sgd", "adam", "ewc", "classp_p1", "classp_p2", "mas")   # = paced.continual.METHODS' keys
+CONTINUAL_METHODS = ("sgd", "adam", "ewc", "classp_p1", "classp_p2", "mas")   # = paced.train.continual.METHODS' keys
 BASE_OPTIMIZERS = Literal["sgd", "adam"]
 
 

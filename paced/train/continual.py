@@ -13,8 +13,8 @@ Algorithm (for every seed, every method; the same initial MLP and batch order fo
                          "task" scores only the task's own logits (task-incremental, one masked
                          head), "class" scores all 10 (class-incremental)
     model   <- MLP 64 -> hidden (-> hidden)* -> 10, ReLU, torch.manual_seed(seed)
-    opt     <- METHODS[method](model, continual.<method>): sgd | adam | ewc (Adam or SGD + EWC penalty) |
-               classp_p1 | classp_p2 (paced.optim.CLASSP) | mas (Adam or SGD + MAS penalty)
+    opt     <- METHODS[method](model, continual.<method>): sgd | adam | ewc (Adam or SGD + paced.optim.EWC) |
+               classp_p1 | classp_p2 (paced.optim.CLASSP) | mas (Adam or SGD + paced.optim.MAS)
     for task i in 0..T-1:
         for epoch, mini-batch (x, y) of task i:   L = CE(logits, y) + penalty(θ); backward; step
         R[i][j] <- accuracy on task j's held-out images, for every j (also j > i)
@@ -37,10 +37,8 @@ Avalanche). Wall time: training plus consolidation, excluding the R evaluations.
 
 Choices: naive SGD has no momentum; the base optimizer of EWC and MAS is ``ewc.optimizer`` /
 ``mas.optimizer``, Adam by default: on SGD a stiff penalty diverges once lr·λ·max F > 1 (its
-curvature is 2λF), so the best λ on SGD sits at the edge of divergence. MAS follows Avalanche's
-MASPlugin (importance = mean over mini-batches of |∂ mean_x ‖f(x)‖₂ / ∂θ|, Ω <- α Ω + (1−α) Ω_new
-from Ω = 0, penalty λ/2 Σ Ω (θ − θ*)²) without its constant factor len(batch) (the number of
-fields of the batch tuple, absorbed into λ).
+curvature is 2λF), so the best λ on SGD sits at the edge of divergence. EWC consolidates on the
+task's loss, MAS on its logits (the task's own columns in task-incremental split).
 """
 from __future__ import annotations
 
@@ -55,7 +53,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .optim import CLASSP, EWC, ewc_penalty
+from ..optim import CLASSP, EWC, MAS
 
 NUM_CLASSES = 10
 
@@ -202,37 +200,6 @@ def build_mlp(hidden: int, layers: int, seed: int) -> nn.Sequential:
 # ---------------------------------------------------------------------------------------------
 # Methods: builder(model, continual.<method>) -> (optimizer, regulariser or None)
 # ---------------------------------------------------------------------------------------------
-class MAS:
-    """Memory Aware Synapses (Aljundi et al. 2018, arXiv 1711.09601), Avalanche MASPlugin rules
-    (module docstring). Same interface as paced.optim.EWC: consolidate / penalty / memory_bytes."""
-
-    def __init__(self, lam: float, alpha: float):
-        self.lam, self.alpha = float(lam), float(alpha)
-        self.importance: dict[str, torch.Tensor] = {}
-        self.anchor: dict[str, torch.Tensor] = {}
-
-    def consolidate(self, model: nn.Module, batches, output_fn) -> None:
-        """Ω_new = mean over batches of |∂ mean_x ‖output_fn(model, batch)‖₂ / ∂θ|; θ* = θ."""
-        named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-        new = {n: torch.zeros_like(p) for n, p in named}
-        count = 0
-        for batch in batches:
-            out = output_fn(model, batch)                                       # (B, C)
-            grads = torch.autograd.grad(out.norm(dim=1).mean(), [p for _, p in named])
-            for (n, _), g in zip(named, grads):
-                new[n] += g.abs()
-            count += 1
-        self.importance = {n: self.alpha * self.importance.get(n, 0.0) + (1 - self.alpha) * new[n] / count
-                           for n in new}
-        self.anchor = {n: p.detach().clone() for n, p in named}
-
-    def penalty(self, model: nn.Module) -> torch.Tensor:
-        return ewc_penalty(model, [(self.importance, self.anchor)] if self.anchor else [], self.lam / 2)
-
-    def memory_bytes(self) -> int:
-        return sum(t.numel() * t.element_size() for d in (self.importance, self.anchor) for t in d.values())
-
-
 def build_sgd(model, a):
     return torch.optim.SGD(model.parameters(), lr=a.lr), None
 
@@ -384,8 +351,8 @@ def results_table(summaries: dict[str, dict], title: str):
 # ---------------------------------------------------------------------------------------------
 def run(cfg) -> dict:
     """``paced continual``: every method on every seed -> continual.json + a table."""
-    from .rundir import start_run
-    from .runlog import console, write_json
+    from ..rundir import start_run
+    from ..runlog import console, write_json
 
     run_dir = start_run(cfg)
     c = cfg.continual

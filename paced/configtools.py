@@ -116,10 +116,6 @@ def check_choice(key: str, value, choices) -> None:
         raise ConfigError(f"{key}: {value!r} is not one of {list(choices)}{hint}")
 
 
-def _type_name(t) -> str:
-    return getattr(t, "__name__", None) or str(t).replace("typing.", "")
-
-
 def _convert(value: Any, t, key: str, meta: dict, root):
     origin = typing.get_origin(t)
     if origin in (Union, types.UnionType):

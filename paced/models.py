@@ -140,7 +140,6 @@ def stop_token_ids(model, tokenizer) -> list[int]:
     return list(dict.fromkeys(int(i) for i in ids))
 
 
-SYSTEM_PROMPTS = ("default", "none")  # or any other string: the system turn's text
 _PROBE = "\x00paced-system\x00"
 
 
@@ -191,9 +190,6 @@ def encode_prompts(tokenizer, prompts: list[str], system_prompt: str = "default"
     add_special = not getattr(tokenizer, "chat_template", None)
     ids = [tokenizer(t, add_special_tokens=add_special)["input_ids"] for t in texts]
     return ids if room is None else fit_prompts(ids, room, long_prompts, names)
-
-
-LONG_PROMPTS = ("error", "truncate")   # model.long_prompts
 
 
 def context_length(*models) -> int | None:

@@ -1,9 +1,9 @@
-"""Seconds per distillation step, ours against TRL, peak step memory, and zero-weight forwards.
+"""Seconds per distillation step, ours against TRL on the same batches.
 
     pip install trl                                       # optional benchmark dependency
     python benchmarks/distill_step.py --quick             # ~1 min on 2 idle cores, up to ~6 on busy ones
     python benchmarks/distill_step.py --quick --threads 2 1   # also time at 1 thread
-    python benchmarks/distill_step.py                     # full: 300 repeats + TRL memory (~5-10 min)
+    python benchmarks/distill_step.py                     # full: 300 repeats (~5-10 min)
 
 Writes benchmarks/results/distill_step.json (``--out``). Without TRL installed the TRL rows are
 skipped and everything else still runs.
@@ -68,36 +68,16 @@ Interleaving: 4 warm-up steps for each (every batch once: the teacher caches are
 or fewer: at least 5, stopping once ``--budget`` seconds are spent, 90 quick / 420 full);
 in each repeat every contender runs one step, in an order rotated by one each repeat. Reported:
 median s/step (and IQR), and the mean response length each contender trained on (on-policy
-lengths are sampled, so they differ a little). ``sft`` (below) is timed alongside as a reference.
+lengths are sampled, so they differ a little). ``sft``, a student-only SFT step
+(token-mean cross-entropy via ``paced.losses.sft_loss``) on the same prompts + cached teacher
+responses, is timed alongside as a reference.
 Our steps' phase breakdown is what ``train_on`` logs into the loop's metrics rows: sampling
 (responses), teacher (pack + the teacher's hidden states), forward (student forward + chunked
 loss + agreement), backward, optimizer (clip + AdamW + schedule). Nothing in paced is replaced.
 
-Peak memory (``--skip-memory`` to skip): one fresh subprocess per config (sft, ours_fkl, ours_rkl,
-and the TRL configs in full mode or with ``--trl-memory``), run with ``MALLOC_MMAP_THRESHOLD_=65536``
-so that glibc returns freed tensor memory to the OS and RSS follows live memory. Each subprocess builds its models, runs
-warm-up steps, resets the kernel's peak-RSS mark (``echo 5 > /proc/self/clear_refs``), reads
-VmRSS (the resting state: weights, optimizer state, libraries, and the teacher caches, filled by
-warm-up steps over all 4 batches), runs 3 steps and reads VmHWM.
-step delta = VmHWM - resting VmRSS (the memory a step adds) and peak = VmHWM are both reported,
-as ratios to ``sft``: a student-only SFT step (token-mean cross-entropy via
-``paced.losses.sft_loss``) on the same prompts + cached teacher responses (target <= 1.5x).
-The absolute peak is dominated by the Python/torch runtime (~0.4 GB) at this size; the step
-delta is the meaningful ratio. tracemalloc does not see torch's allocations, hence RSS.
-
-Zero-weight forwards (``--skip-zero-weight`` to skip): SFT a ``nano`` student on 1-digit
-addition (as tests/test_distill.py's fixture), then run the real loop
-``paced.train.distill.train`` with ``weighting: hard_filter`` in two stages of 4 steps (forward
-KL, then reverse KL re-estimated every 2 steps; batch 8, K = 8 rollouts, privileged teacher =
-the frozen starting student) on a pool of 24 distinct 1-digit problems (p-hat in [0, 1]) plus 24
-3-digit ones (p-hat = 0, so weight 0). Reported: the sum of ``zero_weight_forwards`` over
-metrics.jsonl (target 0) and, as an independent check, a spy that counts forwarded prompts whose
-problems all have w = 0 in the ledger's estimate in force at that step: a global forward
-pre-hook on every embedding layer (``torch.nn.modules.module.register_module_forward_pre_hook``)
-records the token ids of each forward run with gradients on, which only the student's training
-forward is (sampling and the teacher run without). (The logged metric is ``(raw_w == 0).sum()``
-over a batch drawn from the w > 0 pool, so it is 0 by construction; the spy is the check that
-could fail.)
+Peak memory of the same steps is benchmarks/distill_memory.py's claim (it imports these
+contenders); that zero-weight problems never reach a training forward is a test
+(tests/test_distill.py::test_zero_weight_problems_are_never_forwarded).
 
 Threads: ``--threads 2 1`` times both counts in turn (the JSON keeps each under ``by_threads``).
 On a machine whose cores are already busy with other work, 2 OpenMP threads per process can be
@@ -111,11 +91,8 @@ percent between runs; the interleaving keeps the ratios fairer than the absolute
 """
 from __future__ import annotations
 
-import argparse
 import copy
-import json
 import os
-import resource
 import statistics
 import sys
 import tempfile
@@ -128,7 +105,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
-from common import (have_trl, in_child, interleaved, machine, paired_ratio, parser, peak_rss, spread,  # noqa: E402
+from common import (have_trl, interleaved, machine, paired_ratio, parser, spread,  # noqa: E402
                     table, write_json)
 from paced.losses import IGNORE, loss_kwargs, sft_loss  # noqa: E402
 from paced.models import char_tokenizer, encode_prompts, logits_head, tiny_model  # noqa: E402
@@ -359,141 +336,17 @@ def print_timing(tim: dict, comps: list[dict], threads: int, seconds: float) -> 
 
 
 # ---------------------------------------------------------------------------------------------
-# Peak memory (one subprocess per config)
-# ---------------------------------------------------------------------------------------------
-def memory_child(name: str, batch: int, max_new: int, steps: int = 3) -> dict:
-    setup = Setup(batch, max_new)
-    with tempfile.TemporaryDirectory() as tmp:
-        step = make(name, setup, tmp)
-        # warm-up on every batch: one-time allocations (kernels, thread pools, optimizer state)
-        # and, for ours, the teacher caches' entries: resting memory like the optimizer state,
-        # bounded by teacher_cache_mib, not memory a step adds
-        for w in range(len(setup.batches)):
-            step(-1 - w)
-        rest, peak, _ = peak_rss(lambda: [step(r) for r in range(steps)])
-    return {"rest_mib": rest / 2 ** 20, "peak_mib": peak / 2 ** 20, "step_delta_mib": (peak - rest) / 2 ** 20,
-            "lifetime_maxrss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}
-
-
-def memory(names: list[str], batch: int, max_new: int, threads: int) -> dict:
-    out = {n: in_child(__file__, ["--_memory", n, "--batch", str(batch), "--max-new", str(max_new),
-                                  "--threads", str(threads)]) for n in names}
-    base = out.get("sft", {})
-    for n, row in out.items():
-        if "error" not in row and "error" not in base and base:
-            row["step_delta_vs_sft"] = row["step_delta_mib"] / max(base["step_delta_mib"], 1e-9)
-            row["peak_vs_sft"] = row["peak_mib"] / base["peak_mib"]
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Zero-weight forwards in the real loop
-# ---------------------------------------------------------------------------------------------
-def zero_weight(threads: int) -> dict:
-    from paced.config import DistillConfig, SFTConfig, load_config
-    from paced.ledger import Ledger
-    from paced.runlog import read_jsonl
-    from paced.tasks import load_sources
-    from paced.train import sft as S
-
-    smoke = ROOT / "configs" / "smoke"
-    tok = char_tokenizer()
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        t0 = time.perf_counter()
-        S.train(load_config(SFTConfig, smoke / "sft.yaml", [
-            "data.train=[{source: add, n: 200, difficulty: 1}]", "train.max_steps=150",
-            "train.per_device_train_batch_size=32", "run.save_steps=0", "optim.lr=1e-2", "run.logging_steps=150",
-            f"run.threads={threads}", "run.progress=false"], run_dir=tmp / "student"))
-        t_sft = time.perf_counter() - t0
-        # 4 + 4 steps in both modes: longer FKL stages at this lr can leave no problem with
-        # 0 < p-hat < 1 at the RKL re-estimate, and the loop then stops with a ValueError.
-        steps = 4
-        stages = (f"[{{name: fkl, loss_type: forward_kl, max_steps: {steps}, weighting: hard_filter}}, "
-                  f"{{name: rkl, loss_type: reverse_kl, max_steps: {steps}, weighting: hard_filter, "
-                  f"reestimate_every: {steps // 2}}}]")
-        cfg = load_config(DistillConfig, smoke / "distill.yaml", [
-            f"student.path={tmp / 'student' / 'model'}", "student.preset=null",
-            "teacher.privileged=true", "data.eval=[]", "data.forgetting=[]",
-            # seed 14: 24 distinct 1-digit prompts, so a forwarded prompt names exactly one problem
-            "data.train=[{source: add, n: 24, difficulty: 1, seed: 14}, {source: add, n: 24, difficulty: 3, seed: 5}]",
-            "passrate.num_generations=8", "run.save_steps=0", f"distill.stages={stages}",
-            f"run.logging_steps={steps}",
-            f"run.threads={threads}", "run.progress=false"], run_dir=tmp / "distill")
-        pool = load_sources(cfg.data.train)
-        prompt_of = {e.id: tuple(p) for e, p in zip(pool, encode_prompts(tok, [e.prompt for e in pool]))}
-        student_prompts, lengths = set(prompt_of.values()), sorted({len(p) for p in prompt_of.values()})
-        forwarded = []  # per forward with gradients on (the student's training forwards): its prompts
-
-        def prompt_in(row: list[int]):  # the student prompt a packed row starts with, after its left padding
-            row = row[next(i for i, t in enumerate(row) if t != tok.pad_token_id):]
-            return next((tuple(row[:n]) for n in lengths if tuple(row[:n]) in student_prompts), None)
-
-        def seen(module, args):  # every module's forward; sampling and the teacher run without gradients
-            if isinstance(module, torch.nn.Embedding) and torch.is_grad_enabled():
-                forwarded.append([prompt_in(row) for row in args[0].tolist()])
-
-        hook = torch.nn.modules.module.register_module_forward_pre_hook(seen)
-        stopped = None
-        t0 = time.perf_counter()
-        try:
-            D.train(cfg)
-        except ValueError as e:  # "every problem has weight 0": the steps before it still count
-            stopped = str(e)
-            print(f"the distill run stopped early: {e}")
-        finally:
-            hook.remove()
-        t_distill = time.perf_counter() - t0
-        rows = read_jsonl(tmp / "distill" / "metrics.jsonl")
-        assert len(forwarded) == len(rows), (len(forwarded), len(rows))
-        assert all(p is not None for f in forwarded for p in f), "a trained row with no pool prompt"
-        ledger = Ledger(tmp / "distill" / "ledger.sqlite")
-        spied_zero, ambiguous, alive_total = 0, 0, 0
-        stage_of = [(0, "fkl", 0, steps)] * steps + [(1, "rkl", steps, steps // 2)] * steps
-        for k, prompts in enumerate(forwarded):
-            i, name, start, every = stage_of[k]
-            est_at = start + ((k - start) // every) * every
-            counts = ledger.counts(stage=f"{i}:{name}", step=est_at)
-            live = {}
-            for pid, (c, n) in counts.items():
-                live.setdefault(prompt_of[pid], []).append(0 < c < n)  # hard_filter: w > 0
-            for p in prompts:
-                flags = live[p]
-                if not any(flags):
-                    spied_zero += 1
-                elif not all(flags):
-                    ambiguous += 1
-                else:
-                    alive_total += 1
-        return {"logged_zero_weight_forwards": int(sum(r["zero_weight_forwards"] for r in rows)),
-                "spy_zero_weight_forwards": spied_zero, "spy_ambiguous_prompts": ambiguous,
-                "spy_live_prompts": alive_total, "steps": len(rows), "training_forwards_seen": len(forwarded),
-                "zero_weight_share": [r["zero_weight_share"] for r in rows],
-                "pool": len(pool), "student_sft_s": t_sft, "distill_s": t_distill, "stopped": stopped}
-
-
-# ---------------------------------------------------------------------------------------------
 def main() -> None:
-    ap = parser(__doc__, "fewer repeats, no TRL memory (~1-6 minutes)")
+    ap = parser(__doc__, "40 repeats (~1-6 minutes)")
     ap.add_argument("--repeats", type=int, default=None, help="timed steps per contender (quick 40, full 300)")
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--max-new", type=int, default=16)
     ap.add_argument("--threads", type=int, nargs="+", default=[2],
-                    help="torch threads; several values time each in turn (the first is used for memory and "
-                         "the zero-weight run)")
+                    help="torch threads; several values time each in turn")
     ap.add_argument("--budget", type=float, default=None,
                     help="seconds of timed repeats per thread count before stopping early (quick 90, full 420)")
-    ap.add_argument("--skip-memory", action="store_true")
-    ap.add_argument("--trl-memory", action="store_true", help="also measure TRL's memory in --quick (+1-2 min)")
-    ap.add_argument("--skip-zero-weight", action="store_true")
     ap.add_argument("--out", default="distill_step.json", help="a file name in benchmarks/results/, or a path")
-    ap.add_argument("--_memory", default=None, help=argparse.SUPPRESS)
     a = ap.parse_args()
-    threads = a.threads[0]
-    torch.set_num_threads(threads)
-    if a._memory:
-        print(json.dumps(memory_child(a._memory, a.batch, a.max_new)))  # read by in_child
-        return
 
     import warnings
     warnings.filterwarnings("ignore")
@@ -517,30 +370,6 @@ def main() -> None:
         comps = compare(tim)
         print_timing(tim, comps, th, time.perf_counter() - t0)
         timings[str(th)] = {"timing": tim, "comparisons": comps, "loadavg_after": os.getloadavg()}
-    torch.set_num_threads(threads)
-
-    mem = None
-    if not a.skip_memory:
-        t0 = time.perf_counter()
-        with_trl = trl_ok and (not a.quick or a.trl_memory)
-        mem = memory(["sft", *OURS] + (list(TRL_NAMES) if with_trl else []), a.batch, a.max_new, threads)
-        print(f"\npeak memory per step (RSS, one subprocess each, {time.perf_counter() - t0:.0f} s)")
-        print(*table(["config", "rest MiB", "peak MiB", "step +MiB", "delta/SFT", "peak/SFT"],
-                     [[n, "failed"] + [""] * 4 if "error" in r else
-                      [n, f"{r['rest_mib']:.1f}", f"{r['peak_mib']:.1f}", f"{r['step_delta_mib']:.1f}",
-                       f"{r.get('step_delta_vs_sft', float('nan')):.2f}", f"{r.get('peak_vs_sft', float('nan')):.2f}"]
-                      for n, r in mem.items()]), "(targets: ours <= 1.5x SFT)", sep="\n")
-
-    zw = None
-    if not a.skip_zero_weight:
-        t0 = time.perf_counter()
-        zw = zero_weight(threads)
-        print(f"\nzero-weight forwards in paced.train.distill.train (hard_filter, {zw['pool']} problems, "
-              f"{zw['steps']} steps, {time.perf_counter() - t0:.0f} s): logged {zw['logged_zero_weight_forwards']}, "
-              f"spy {zw['spy_zero_weight_forwards']} (live {zw['spy_live_prompts']}, ambiguous "
-              f"{zw['spy_ambiguous_prompts']}; zero-weight share of the pool "
-              f"{min(zw['zero_weight_share'], default=0):.2f}-{max(zw['zero_weight_share'], default=0):.2f})  (target 0)")
-
     info["loadavg_end"] = os.getloadavg()
     result = {"benchmark": "distill_step", "mode": "quick" if a.quick else "full", "machine": info,
               "settings": {"batch": a.batch, "max_new_tokens": a.max_new, "threads": a.threads,
@@ -556,7 +385,7 @@ def main() -> None:
                                      "top_k=0, top_p=1.0, max_completion_length=T): student generate each step",
                   "common": "training_step + clip_grad_norm_(1.0) + optimizer.step (adamw_torch), bf16=False, "
                             "use_cpu=True, gradient_checkpointing=False, no logging/saving/eval"},
-              "by_threads": timings, "memory": mem, "zero_weight": zw,
+              "by_threads": timings,
               "notes": "shared, busy machine: absolute times are noisy (see the load averages); ratios come "
                        "from interleaved runs; with busy cores the 1-thread timings are the stable ones"}
     print(f"\nwrote {write_json(a.out, result)}")

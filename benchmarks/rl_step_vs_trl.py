@@ -38,8 +38,9 @@ Contenders:
          model load and the final checkpoint of each call are outside it). Phases from the same
          rows, as the loop logs them (nothing of paced is replaced to time it): time_sampling,
          time_reward, time_weight_sync, the rest of time_rollout (prompt choice, ledger,
-         grouping), "advantages+pack" = step_time - time_rollout - time_update, and time_update
-         (the policy forward, backward, clip, AdamW and scheduler: the loop logs no finer split).
+         grouping), "advantages+pack" = step_time - time_rollout - time_update, and time_update's
+         split: time_forward (the policy forward, log-probs and loss), time_backward,
+         time_optimizer (clip, AdamW, scheduler) and "update_rest" (what is left: bookkeeping).
   trl    ``trl.GRPOTrainer(...).train()`` (its real loop) with ``GRPOConfig(per_device_train_batch_size
          =64, gradient_accumulation_steps=1, steps_per_generation=1, num_generations=8,
          max_completion_length=16, temperature=1, top_p=1, top_k=0, beta=0, num_iterations=1,
@@ -186,10 +187,13 @@ def ours_block(setup: Setup, k: int, threads: int, run_dir: Path, profile: bool 
     for r in rows:
         ph = {"sampling": r["time_sampling"], "reward": r["time_reward"], "weight_sync": r["time_weight_sync"],
               "rollout_rest": r["time_rollout"] - r["time_sampling"] - r["time_reward"] - r["time_weight_sync"],
-              "advantages+pack": r["step_time"] - r["time_rollout"] - r["time_update"], "update": r["time_update"]}
+              "advantages+pack": r["step_time"] - r["time_rollout"] - r["time_update"],
+              "forward": r["time_forward"], "backward": r["time_backward"], "optimizer": r["time_optimizer"],
+              "update_rest": r["time_update"] - r["time_forward"] - r["time_backward"] - r["time_optimizer"]}
         steps.append({"s": r["step_time"], "len": r["completion_length"], "phases": ph,
                       "logged": {key: r[key] for key in ("time_sampling", "time_reward", "time_rollout",
-                                                         "time_update", "step_time")}})
+                                                         "time_update", "time_forward", "time_backward",
+                                                         "time_optimizer", "step_time")}})
     shutil.rmtree(run_dir, ignore_errors=True)
     return {"steps": steps, "profile": prof, "profile_steps": k}
 

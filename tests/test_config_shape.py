@@ -108,7 +108,6 @@ def _root_of(path: Path):
 def test_presets_state_only_what_differs(path):
     """Every key a shipped config sets changes something: it differs from the root's default, or
     from what the files it includes set (a key equal to its default is noise a reader must check)."""
-    from paced.config.yamlfiles import read_yaml_file
     root = _root_of(path)
     own = yaml.safe_load(path.read_text())
     includes = own.pop("include", [])

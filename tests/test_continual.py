@@ -1,6 +1,5 @@
 """paced continual (docs/methods.md §4): Avalanche metrics on a hand-made accuracy matrix, the
 Permuted- / Split-Digits builders, the methods' state memory, the config rules, and a CLI smoke run."""
-import dataclasses
 import json
 import os
 import subprocess

@@ -3,6 +3,7 @@ the vocabulary check, schedules with re-estimation, and exact resume."""
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -229,3 +230,20 @@ def test_online_passrate_needs_student_responses(tmp_path, student):
     from paced.config import ConfigError
     with pytest.raises(ConfigError, match="online_passrate"):
         distill_cfg(tmp_path, student, "distill.stages=[{name: s, loss_type: forward_kl, online_passrate: true}]")
+
+
+@pytest.mark.parametrize("by_weight", [False, True])
+def test_pick_batch_draws_only_live_problems(by_weight):
+    w = np.zeros(40)
+    w[[3, 7, 8, 30]] = [0.2, 0.25, 0.1, 0.05]                 # 4 live problems among 40
+    for step in range(20):
+        picks = [D.pick_batch(w, 0, step, 3, 2, rank, by_weight) for rank in range(2)]
+        for pick, raw in picks:
+            assert set(pick.tolist()) <= {3, 7, 8, 30}
+            assert (raw > 0).all() and (raw == (1.0 if by_weight else w[pick])).all()
+        # the two processes' slices together: one global batch of min(3 x 2, 4 live) problems
+        assert sum(len(p) for p, _ in picks) == 4
+        assert len({i for p, _ in picks for i in p.tolist()}) == 4   # no repeats while enough are live
+    one = np.zeros(5)
+    one[2] = 1.0                                                # fewer live than processes: repeats
+    assert [D.pick_batch(one, 0, 0, 4, 2, r, by_weight)[0].tolist() for r in range(2)] == [[2], [2]]

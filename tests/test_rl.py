@@ -46,6 +46,9 @@ def test_every_advantage_and_loss_type(tmp_path, policy, advantage, loss_type):
     rows = metrics(tmp_path)
     assert len(rows) == 2 and all(torch.isfinite(torch.tensor(r["loss"])) for r in rows)
     assert any(r["frac_reward_zero_std"] < 1 for r in rows)  # mixed groups: the update is not zero
+    for r in rows:  # the update's phases, timed inside it: positive, and together within time_update
+        phases = [r["time_forward"], r["time_backward"], r["time_optimizer"]]
+        assert min(phases) > 0 and sum(phases) <= r["time_update"] <= r["step_time"]
     after = load_file(tmp_path / "model" / "model.safetensors")
     assert any(not torch.equal(before[k], after[k]) for k in before)
     if advantage == "ppo":

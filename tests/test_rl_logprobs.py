@@ -6,7 +6,6 @@ Shapes: B rows, R completion positions, H hidden size, V vocabulary.
 """
 import pytest
 import torch
-import torch.nn.functional as F
 from torch.multiprocessing.reductions import StorageWeakRef
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves

@@ -307,7 +307,7 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
                 record_online(ledger, tok, by_id, stops, world, tag, f"{name}:online", ids, resp, step + 1)
             step += 1
             row = {"stage": stage.name, **m, "mean_weight": float(raw_w.mean()),
-                   "zero_weight_share": float((w == 0).mean()), "zero_weight_forwards": int((raw_w == 0).sum()),
+                   "zero_weight_share": float((w == 0).mean()),
                    "time_passrate": t_passrate + time.perf_counter() - t_online,
                    "step_time": time.perf_counter() - t_step}
             row["tokens_per_s"] = row["response_tokens"] * world / max(row["step_time"], 1e-9)

@@ -161,14 +161,17 @@ def optimise(accelerator, policy, critic, trainable, optimizer, scheduler, batch
              ewc, max_grad_norm: float, world: int, step: int, run_dir):
     """``num_iterations`` passes over the batch, gradients accumulated over its micro-batches and
     one optimizer step per pass; the EWC penalty once per optimizer step. A non-finite loss stops
-    the run before it reaches the weights. Returns (stats, grad norm, lr)."""
+    the run before it reaches the weights. Returns (stats, grad norm, lr); stats carries the
+    phase times time_forward (losses, penalty included), time_backward and time_optimizer (clip,
+    optimizer and scheduler steps), summed over passes."""
     raw = accelerator.unwrap_model(policy)
-    stats = {"loss": 0.0, "value_loss": 0.0}
+    stats = {"loss": 0.0, "value_loss": 0.0, "time_forward": 0.0, "time_backward": 0.0, "time_optimizer": 0.0}
     grad_norm, lr = torch.tensor(float("nan")), scheduler.get_last_lr()[0]
     for it in range(s.num_iterations if batch.N else 0):
         for m, (rows, b) in enumerate(zip(batch.micro, batch.packed)):
             sync = m == len(batch.micro) - 1
             with accelerator.no_sync(policy) if not sync else contextlib.nullcontext():
+                t_fwd = time.perf_counter()
                 loss, st = policy_loss(policy, critic, b, rows, t, s, first_pass=(it == 0))
                 loss = loss * world  # DDP averages gradients over processes; the normalisers are global
                 if ewc is not None and sync:  # λ Σ F (θ − θ*)², once per optimizer step
@@ -178,12 +181,17 @@ def optimise(accelerator, policy, critic, trainable, optimizer, scheduler, batch
                 if not math.isfinite(loss.item()):
                     raise FloatingPointError(f"rl: loss is {loss.item()} at step {step + 1}; nothing was updated; "
                                              f"the last good checkpoint is {latest_checkpoint(run_dir)}")
+                t_bwd = time.perf_counter()
                 accelerator.backward(loss)
+                stats["time_forward"] += t_bwd - t_fwd
+                stats["time_backward"] += time.perf_counter() - t_bwd
             stats["loss"] += loss.item() / world
             stats["value_loss"] += st.pop("value_loss", 0.0)
             for key, v in st.items():
                 stats.setdefault(key, []).append(v)
+        t_opt = time.perf_counter()
         grad_norm, lr = update(accelerator, trainable, optimizer, scheduler, max_grad_norm)
+        stats["time_optimizer"] += time.perf_counter() - t_opt
     return stats, grad_norm, lr
 
 
@@ -212,6 +220,7 @@ def step_row(c: Collected, batch: Batch, t: Targets, stats: dict, grad_norm, lr:
                     if c.guided else float("nan"), "guide/hinted_groups_kept": sum(g["hinted"] for g in groups)})
     if "ewc_penalty" in stats:
         row["ewc_penalty"] = stats["ewc_penalty"]
+    row.update({k: stats[k] for k in ("time_forward", "time_backward", "time_optimizer")})
     return row
 
 

@@ -141,7 +141,7 @@ def collect_groups(ro: Roller, step: int, prompts_seen: int, weights, local: int
     until every process is full or ``max_rounds`` is spent. Every process records every process's
     rollouts in its ledger (so their p̂ weights agree) and updates ``once_failed``. Returns the
     groups and the new stream position."""
-    G, out = ro.params.n, Collected()
+    out = Collected()
     while True:
         idx = pick_prompts(len(ro.pool), local * world, seed, prompts_seen, weights, (step, out.rounds))
         prompts_seen += local * world

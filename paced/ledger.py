@@ -32,7 +32,14 @@ CREATE TABLE IF NOT EXISTS trials (
     time REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS trials_by_model ON trials (model, problem_id);
+CREATE TABLE IF NOT EXISTS lineage (
+    model TEXT NOT NULL,
+    parent TEXT NOT NULL,
+    parent_step INTEGER NOT NULL,
+    PRIMARY KEY (model, parent)
+);
 """
+HINTED = ":hinted"   # Guide's hinted rollouts: another prompt's pass rate, never read as p̂
 
 
 # ---------------------------------------------------------------------------------------------
@@ -231,6 +238,70 @@ class Ledger:
                " MIN(time), MAX(time), MAX(step) FROM trials GROUP BY model, stage ORDER BY MIN(time)")
         return [dict(zip(("model", "stage", "problems", "trials", "successes", "first", "last",
                           "max_step"), r)) for r in self._connect().execute(sql)]
+
+    # -- lineage: which model a run started from, so its p̂ can start from that model's rows --
+    def set_parent(self, model: str, parent: str, parent_step: int) -> None:
+        """Record that ``model``'s step 0 is ``parent`` at its step ``parent_step``."""
+        if parent == model:
+            raise ValueError(f"ledger: model {model!r} cannot be its own parent")
+        with self._connect() as db:
+            db.execute("INSERT OR REPLACE INTO lineage (model, parent, parent_step) VALUES (?, ?, ?)",
+                       (model, parent, int(parent_step)))
+
+    def lineage(self, model: str, max_depth: int = 32) -> list[tuple[str, int, int]]:
+        """[(tag, shift, depth)]: ``model`` (shift 0, depth 0), then its ancestors, nearest first.
+        A row of tag at step s is ``now + shift − s`` steps old for a reader at step ``now`` of
+        ``model``; depth counts model versions back. Each tag once (its nearest path)."""
+        out, seen, frontier = [(model, 0, 0)], {model}, [(model, 0, 0)]
+        db = self._connect()
+        while frontier and frontier[0][2] < max_depth:
+            nxt = []
+            for tag, shift, depth in frontier:
+                for parent, at in db.execute("SELECT parent, parent_step FROM lineage WHERE model = ? "
+                                             "ORDER BY parent", (tag,)):
+                    if parent not in seen:
+                        seen.add(parent)
+                        nxt.append((parent, shift + int(at), depth + 1))
+            out += nxt
+            frontier = nxt
+        return out
+
+    def max_step(self, model: str) -> int | None:
+        """The last step ``model`` recorded rows at (None: no rows)."""
+        row = self._connect().execute("SELECT MAX(step) FROM trials WHERE model = ?", (model,)).fetchone()
+        return None if row[0] is None else int(row[0])
+
+    def discounted_counts(self, model: str, ids: list[str], now: int, recency: str = "all",
+                          half_life: float = float("inf"), window: float = float("inf"),
+                          forget_by: str = "step", stages: list[str] | None = None,
+                          exclude: tuple[str, int] | None = None):
+        """Per-problem discounted counts (c_eff, k_eff), each (len(ids),) float, over the rows
+        of ``model`` up to step ``now`` and of its ancestors (``lineage``), every stage except
+        Guide's hinted ones (or only ``stages``), each row weighted by
+        ``posterior.RECENCY[recency]`` of its age: optimizer steps (``forget_by`` "step") or
+        model versions back (``forget_by`` "version"). ``exclude`` = (stage, step): leave out
+        this run's rows of that stage at that step (an estimate being made now)."""
+        from .posterior import effective_counts
+
+        pos = {pid: i for i, pid in enumerate(ids)}
+        index, c, k, ages = [], [], [], []
+        db = self._connect()
+        for tag, shift, depth in self.lineage(model):
+            sql = "SELECT problem_id, successes, trials, step, stage FROM trials WHERE model = ?"
+            args: list = [tag]
+            if depth == 0:   # this run: nothing past the reader's step (a resumed run's future)
+                sql += " AND step <= ?"
+                args.append(int(now))
+                if exclude is not None:
+                    sql += " AND NOT (stage = ? AND step = ?)"
+                    args += [exclude[0], int(exclude[1])]
+            for pid, ci, ki, si, stage in db.execute(sql, args):
+                if pid in pos and (stage in stages if stages is not None else not stage.endswith(HINTED)):
+                    index.append(pos[pid])
+                    c.append(ci)
+                    k.append(ki)
+                    ages.append(max(now + shift - si, 0) if forget_by == "step" else depth)
+        return effective_counts(index, c, k, ages, len(ids), recency, half_life, window)
 
     def pass_rates(self, estimator: str = "plain", **filters) -> dict[str, float]:
         counts = self.counts(**filters)

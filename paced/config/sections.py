@@ -207,6 +207,16 @@ class LedgerCfg:
     path: str | None = option(None, "SQLite ledger file (default: <run dir>/ledger.sqlite)")
     model: str | None = option(None, "model tag recorded with each trial (default: the model's resolved path)")
     stage: str = option("passrate", "stage tag recorded with each trial")
+    parent: str | None = option(None, "the model this run starts from, whose ledger rows its p-hat reads too: "
+                                "'auto' (the rows of the model directory it loads and of the paced run that "
+                                "wrote it), a model tag (as `paced ledger` lists), or null (this run's rows only)")
+    recency: Literal["all", "exponential", "window"] = option(
+        "all", "how p-hat weighs older rows: all alike, exponential (half-life), or the last `window` only")
+    forget_by: Literal["step", "version"] = option(
+        "step", "age of a row: optimizer steps (step) or model versions back along the lineage (version)")
+    half_life: float = option(100.0, "recency exponential: age (steps or versions) at which a row counts half",
+                              min=1e-9)
+    window: int = option(100, "recency window: rows younger than this many steps or versions count", min=1)
 
 
 @dataclass

@@ -51,6 +51,10 @@ class StageCfg:
     online_passrate: bool = option(False, "student-response stages: verify the responses each step samples "
                                    "anyway and re-estimate p-hat from the stage-start estimate plus those "
                                    "(no fresh rollouts after the first)")
+    passrate_source: Literal["rollouts", "ledger"] = option(
+        "rollouts", "where p-hat comes from: K fresh rollouts per problem (rollouts), or the rows the ledger "
+        "already holds for this student and its parents (ledger.parent), weighed by ledger.recency; problems "
+        "with less than one trial on record get K fresh rollouts")
     beta: float = option(0.5, "jsd: mixing (0 = forward KL, 1 = reverse KL; TRL GKD convention)", min=0.0, max=1.0)
     temperature: float = option(1.0, "softmax temperature inside the KL", min=1e-6)
     akl_mu: float = option(0.5, "akl: teacher mass of the head", min=0.0, max=1.0)
@@ -64,6 +68,9 @@ class StageCfg:
         if self.weighting == "uniform" and (self.online_passrate or self.reestimate_every):
             raise ConfigError(f"{key}.weighting: 'uniform' uses no p̂, so online_passrate and reestimate_every "
                               f"would only spend rollouts; drop them or choose beta / hard_filter")
+        if self.passrate_source == "ledger" and (self.weight_estimator != "plugin" or self.weighting == "uniform"):
+            raise ConfigError(f"{key}.passrate_source: 'ledger' gives discounted (fractional) counts: it needs "
+                              f"weight_estimator 'plugin' and a weighting that uses p-hat (beta or hard_filter)")
         if self.online_passrate and not self.reestimate_every:
             raise ConfigError(f"{key}.online_passrate: the online rows change the weights only when p̂ is "
                               f"re-estimated; set reestimate_every > 0")

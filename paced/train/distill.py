@@ -54,6 +54,7 @@ from ..tasks.answers import take_undecided
 from ..teacher import TeacherHiddenCache, TeacherPromptCache, load_teacher, response_hidden, teacher_hidden
 from ..weighting import normalize
 from .batches import Packed, pack
+from .lineage import Recency, link_parent, read_counts
 from .optimization import make_scheduler, optimizer_from, update
 from .passrates import PassRater, eval_before, held_out_change, held_out_eval, stage_weights
 from .regularizer import regularizer_from
@@ -245,6 +246,10 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
     ledger = Ledger(cfg.ledger.path or run_dir / "ledger.sqlite") if main else \
         Ledger(run_dir / f".ledger-rank{rank}.sqlite")
     tag = cfg.ledger.model or f"{run_dir.resolve()}:student"
+    parents = link_parent(ledger, tag, cfg.ledger.parent, cfg.student.path) if main else []
+    if parents:
+        console.print(f"p̂ may also come from {', '.join(parents)} (ledger.parent)")
+    rec, pool_ids = Recency.of(cfg.ledger), [e.id for e in pool]
     ckpt, state = resume_or_fresh(run_dir, resume, lambda c: load_checkpoint(c, raw, optimizer, scheduler))
     step = state["step"] if ckpt is not None else 0
     if ckpt is not None:
@@ -282,7 +287,9 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
         every = stage.reestimate_every or stage.max_steps
         est_at = stage_start + ((step - stage_start) // every) * every  # the estimate in force
         weigh = (stage.weighting, stage.weight_alpha, stage.weight_beta, stage.weight_estimator, stage.online_passrate)
-        p_hat, w = stage_weights(pr, ledger, tag, name, pool, *weigh, est_at, stage_start)
+        from_ledger = stage.passrate_source == "ledger"   # p̂ from the rows on record, not fresh rollouts
+        known = read_counts(accelerator, ledger, tag, pool_ids, est_at, rec, (name, est_at)) if from_ledger else None
+        p_hat, w = stage_weights(pr, ledger, tag, name, pool, *weigh, est_at, stage_start, known)
         console.print(f"stage {stage_i} '{stage.name}': {stage.loss_type} on {who} responses, "
                       f"weighting {stage.weighting}; {int((w > 0).sum())}/{len(pool)} problems "
                       f"with w > 0 (p̂ = 0: {int((p_hat == 0).sum())}, p̂ = 1: {int((p_hat == 1).sum())})")
@@ -292,7 +299,9 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
             t_step = time.perf_counter()
             if step > est_at and (step - stage_start) % every == 0:
                 est_at = step
-                p_hat, w = stage_weights(pr, ledger, tag, name, pool, *weigh, est_at, stage_start)
+                known = read_counts(accelerator, ledger, tag, pool_ids, est_at, rec, (name, est_at)) \
+                    if from_ledger else None
+                p_hat, w = stage_weights(pr, ledger, tag, name, pool, *weigh, est_at, stage_start, known)
             if not (w > 0).any():
                 raise ValueError(f"stage {stage.name!r}: every problem has weight 0 at step {step} "
                                  f"(p̂ all 0 or 1 under {stage.weighting}); nothing to train on. "

@@ -18,7 +18,7 @@ from ..ledger import Ledger
 from ..passrate import estimate
 from ..rollout import SamplingParams
 from ..runlog import console, write_json
-from ..weighting import problem_weights
+from ..weighting import WEIGHTINGS, beta_kernel, problem_weights
 
 
 @dataclass
@@ -39,12 +39,16 @@ class PassRater:
 
 
 def stage_weights(pr: PassRater, ledger: Ledger, tag: str, name: str, pool: list, weighting: str, alpha: float,
-                  beta: float, estimator: str, online: bool, at: int, start: int):
+                  beta: float, estimator: str, online: bool, at: int, start: int, known=None):
     """p̂ and w for every pool problem, estimated at global step ``at`` (reused if the ledger has
     it: a resumed run samples nothing again); ``online``: the stage-start estimate plus the
-    verified responses of steps ≤ at. Weighting uniform uses no p̂: nothing is sampled, p̂ is NaN."""
+    verified responses of steps ≤ at. Weighting uniform uses no p̂: nothing is sampled, p̂ is NaN.
+    ``known`` = (c_eff, k_eff) read from the ledger (passrate_source ledger, without this
+    estimate's own rows): only problems with less than one trial of evidence are sampled."""
     if weighting == "uniform":
         return np.full(len(pool), np.nan), np.ones(len(pool))
+    if known is not None:
+        return known_weights(pr, ledger, tag, name, pool, weighting, alpha, beta, at, *known)
     base = start if online else at
     counts = ledger.counts(model=tag, stage=name, step=base)
     if len(counts) < len(pool):  # not yet estimated (or a kill cut the estimate short)
@@ -57,6 +61,28 @@ def stage_weights(pr: PassRater, ledger: Ledger, tag: str, name: str, pool: list
     c = np.array([counts[e.id][0] + extra.get(e.id, (0, 0))[0] for e in pool])
     k = np.array([counts[e.id][1] + extra.get(e.id, (0, 0))[1] for e in pool])
     return c / k, problem_weights(c, k, weighting, alpha, beta, estimator)
+
+
+def known_weights(pr: PassRater, ledger: Ledger, tag: str, name: str, pool: list, weighting: str, alpha: float,
+                  beta: float, at: int, c_eff, k_eff):
+    """p̂ = c / k and plug-in w from the ledger's discounted counts (c_eff, k_eff) (n,), plus K
+    fresh rollouts (recorded under ``name`` at step ``at``) for the problems with k_eff < 1."""
+    c, k = np.asarray(c_eff, dtype=float).copy(), np.asarray(k_eff, dtype=float).copy()
+    todo = [i for i in range(len(pool)) if k[i] < 1]
+    if todo:
+        sub = [pool[i] for i in todo]
+        params = SamplingParams(temperature=pr.temperature, top_p=pr.top_p, top_k=pr.top_k, max_tokens=pr.max_tokens,
+                                seed=pr.seed * 7919 + at)
+        fresh = estimate(pr.model, pr.tok, sub, ledger, pr.k, params, tag, name, step=at, batch_size=pr.batch_size,
+                         system_prompt=pr.system, backend=pr.backend, long_prompts=pr.long_prompts,
+                         recorded=ledger.counts(model=tag, stage=name, step=at))
+        for i, e in zip(todo, sub):
+            c[i], k[i] = c[i] + fresh[e.id][0], k[i] + fresh[e.id][1]
+    console.print(f"p̂ from the ledger for {len(pool) - len(todo)} of {len(pool)} problems; "
+                  f"{len(todo) * pr.k} fresh rollouts for the rest")
+    p_hat = c / k
+    return p_hat, np.asarray(beta_kernel(p_hat, alpha, beta) if weighting == "beta" else WEIGHTINGS[weighting](p_hat),
+                             dtype=float)
 
 
 def held_out_eval(pr: PassRater, held_out: dict[str, list], n: int, when: str) -> dict:

@@ -57,7 +57,7 @@ from ..checkpoint import latest_checkpoint, load_checkpoint, resume_or_fresh, sa
 from ..config import RLConfig, to_dict
 from ..evaluate import evaluate
 from ..guide import guided_surrogate
-from ..ledger import Ledger
+from ..ledger import HINTED, Ledger
 from ..models import check_logits_head, encode_prompts, prompt_room, save_pretrained, stop_token_ids, \
     train_mode_without_dropout
 from ..rewards import REWARDS, load_reward_function
@@ -68,6 +68,7 @@ from ..runlog import Progress, RunLog, console
 from ..tasks import load_sources
 from ..tasks.answers import take_undecided
 from .critic import ValueModel
+from .lineage import Recency, link_parent, read_counts
 from .logprobs import completion_logprobs
 from .optimization import make_scheduler, optimizer_from, update
 from .regularizer import regularizer_from
@@ -271,7 +272,9 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
     ledger = Ledger(cfg.ledger.path or run_dir / "ledger.sqlite") if main else \
         Ledger(run_dir / f".ledger-rank{rank}.sqlite")
     tag, stage = cfg.ledger.model or f"{run_dir.resolve()}:policy", cfg.ledger.stage
-    hint_stage = f"{stage}:hinted"   # guide's hinted rollouts: p̂ (the stage) stays plain
+    hint_stage = f"{stage}{HINTED}"   # guide's hinted rollouts: p̂ (the stage) stays plain
+    parents = link_parent(ledger, tag, cfg.ledger.parent, policy_path) if main else []
+    rec, pool_ids = Recency.of(cfg.ledger), [e.id for e in pool]
     ckpt, state = resume_or_fresh(run_dir, resume, lambda c: load_checkpoint(c, raw, optimizer, scheduler))
     step, prompts_seen, rollouts_total, once_failed = restore(ckpt, state, critic, accelerator, ledger, tag,
                                                               (stage, hint_stage))
@@ -287,7 +290,8 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
     local = r.per_device_train_batch_size * r.gradient_accumulation_steps // G
     if main:
         console.print(f"rl ({r.advantage}, loss_type {r.loss_type}): {len(pool)} prompts, "
-                      f"{local * world} prompts x {G} completions per step, {r.max_steps} steps")
+                      f"{local * world} prompts x {G} completions per step, {r.max_steps} steps"
+                      + (f"; p̂ also from {', '.join(parents)}" if parents else ""))
 
     def held_out_eval() -> dict:
         if not held_out:
@@ -315,8 +319,8 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
         t0 = time.perf_counter()
         t_sync = sync_weights(raw, cfg.engine.backend)   # the engine serves the current policy
         weights = None if r.prompt_weighting == "none" else prompt_weights(   # p̂ from the rollouts so far
-            ledger.counts(model=tag, stage=stage, before_step=step + 1), [e.id for e in pool],
-            r.prompt_weighting, r.weight_alpha, r.weight_beta)
+            *read_counts(accelerator, ledger, tag, pool_ids, step, rec), r.prompt_weighting,
+            r.weight_alpha, r.weight_beta)
         c, prompts_seen = collect_groups(ro, step, prompts_seen, weights, local, world, rank, cfg.run.seed,
                                          r.dynamic_sampling, r.max_sampling_rounds, accelerator, ledger, tag,
                                          stage, hint_stage if r.guide.enabled else None, once_failed)

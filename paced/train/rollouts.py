@@ -18,7 +18,7 @@ from ..rl_losses import group_has_variance, reward_zero_std_share
 from ..rollout import SAMPLERS, SamplingParams
 from ..runlog import console
 from ..tasks import verify
-from ..weighting import problem_weights
+from ..weighting import WEIGHTINGS, beta_kernel
 from .batches import batch_indices
 
 
@@ -38,11 +38,13 @@ def seed_of(*key: int) -> int:
     return int(np.random.SeedSequence([int(k) for k in key]).generate_state(1)[0])
 
 
-def prompt_weights(counts: dict, ids: list[str], weighting: str, alpha: float, beta: float):
-    """w(p̂) per prompt from the ledger's counts {id: (c, K)} (an untried prompt: p̂ = 1/2)."""
-    c = np.array([counts.get(i, (1, 2))[0] for i in ids])
-    k = np.array([counts.get(i, (1, 2))[1] for i in ids])
-    return problem_weights(c, k, weighting, alpha, beta)
+def prompt_weights(c_eff, k_eff, weighting: str, alpha: float, beta: float) -> np.ndarray:
+    """w(p̂) per prompt, p̂ = c_eff / k_eff from the ledger's (discounted) counts, (n,) each;
+    a prompt with nothing on record (k_eff = 0) counts as 1 of 2 (p̂ = 1/2)."""
+    c, k = np.asarray(c_eff, dtype=float), np.asarray(k_eff, dtype=float)
+    c, k = np.where(k > 0, c, 1.0), np.where(k > 0, k, 2.0)
+    p = c / k
+    return np.asarray(beta_kernel(p, alpha, beta) if weighting == "beta" else WEIGHTINGS[weighting](p), dtype=float)
 
 
 @dataclass

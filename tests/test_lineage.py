@@ -1,0 +1,103 @@
+"""One ledger across stages: lineage, discounted counts by hand, and a distillation run that
+reads the p̂ an RL run left behind (and the reverse) without fresh rollouts."""
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from paced.config import ConfigError, DistillConfig, RLConfig, load_config
+from paced.ledger import Ledger
+from paced.runlog import read_jsonl
+from paced.train import distill as D
+from paced.train import rl as RL
+from paced.train.lineage import ledger_parents, link_parent
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke"
+POOL = "data.train=[{source: add, n: 32, difficulty: 1}]"
+
+
+def test_discounted_counts_by_hand(tmp_path):
+    led = Ledger(tmp_path / "l.sqlite")
+    led.record({"a": (4, 4), "b": (0, 4)}, "gp", "passrate", step=0)       # grandparent, step 0
+    led.record({"a": (2, 4)}, "parent", "rl", step=10)                    # parent at step 10 of 10
+    led.record({"a": (3, 8)}, "parent", "rl:hinted", step=10)              # Guide's: never p̂
+    led.record({"a": (1, 2), "b": (2, 2)}, "child", "0:s", step=3)
+    led.record({"b": (1, 1)}, "child", "0:s", step=7)                      # the child's future at now = 5
+    led.set_parent("parent", "gp", 0)
+    led.set_parent("child", "parent", 10)
+    assert led.lineage("child") == [("child", 0, 0), ("parent", 10, 1), ("gp", 10, 2)]
+    # ages at now = 5: child rows 5 - 3 = 2; parent 5 + 10 - 10 = 5; grandparent 5 + 10 - 0 = 15
+    c, k = led.discounted_counts("child", ["a", "b", "z"], 5, "exponential", half_life=5)
+    lam = {2: 2 ** -0.4, 5: 0.5, 15: 2 ** -3}
+    assert c == pytest.approx([1 * lam[2] + 2 * lam[5] + 4 * lam[15], 2 * lam[2] + 0, 0])
+    assert k == pytest.approx([2 * lam[2] + 4 * lam[5] + 4 * lam[15], 2 * lam[2] + 4 * lam[15], 0])
+    c, k = led.discounted_counts("child", ["a", "b"], 5, "window", window=2, forget_by="version")
+    assert c.tolist() == [3, 2] and k.tolist() == [6, 2]                 # versions 0 and 1 only
+    c, k = led.discounted_counts("child", ["a", "b"], 5, "all", exclude=("0:s", 3))
+    assert c.tolist() == [6, 0] and k.tolist() == [8, 4]                 # the child's step-3 rows left out
+    with pytest.raises(ValueError, match="own parent"):
+        led.set_parent("x", "x", 0)
+
+
+def test_named_parent_must_exist(tmp_path):
+    led = Ledger(tmp_path / "l.sqlite")
+    with pytest.raises(ValueError, match=r"ledger.parent: 'runs/nope:policy' has no rows in .*l.sqlite"):
+        link_parent(led, "me", "runs/nope:policy", None)
+    assert link_parent(led, "me", None, None) == []
+
+
+def rl_cfg(run_dir, policy, *overrides):
+    return load_config(RLConfig, SMOKE / "rl.yaml", [
+        f"policy.path={policy}", "policy.preset=null", POOL, "data.eval=[]", "run.progress=false",
+        *overrides], run_dir=run_dir)
+
+
+def distill_cfg(run_dir, student, *overrides):
+    return load_config(DistillConfig, SMOKE / "distill.yaml", [
+        f"student.path={student}", "student.preset=null", "teacher.privileged=true", POOL, "data.eval=[]",
+        "data.forgetting=[]", "passrate.num_generations=8", "run.progress=false", *overrides], run_dir=run_dir)
+
+
+def test_distill_reads_the_pass_rates_an_rl_run_left(tmp_path, half_learned_add):
+    RL.train(rl_cfg(tmp_path / "rl", half_learned_add, "rl.max_steps=4"))   # 4 x 4 prompts x 8: every prompt seen
+    led = Ledger(tmp_path / "rl" / "ledger.sqlite")
+    rl_tag = f"{(tmp_path / 'rl').resolve()}:policy"
+    assert ledger_parents(led, str(tmp_path / "rl" / "model")) == [(rl_tag, 4)]
+    before = led.summary()
+    stage = "[{name: s, loss_type: forward_kl, max_steps: 2, weighting: hard_filter, passrate_source: ledger}]"
+    D.train(distill_cfg(tmp_path / "d", tmp_path / "rl" / "model", f"ledger.path={led.path}",
+                        "ledger.parent=auto", f"distill.stages={stage}"))
+    d_tag = f"{(tmp_path / 'd').resolve()}:student"
+    assert led.lineage(d_tag)[1] == (rl_tag, 4, 1)
+    rl_counts = led.counts(model=rl_tag, stage="rl")
+    fresh = led.counts(model=d_tag)
+    # only problems the rl run never drew were sampled afresh; the rest came from the rl rows
+    assert set(fresh).isdisjoint(rl_counts) and len(rl_counts) + len(fresh) == 32
+    assert len(led.summary()) == len(before) + (1 if fresh else 0)
+    rows = read_jsonl(tmp_path / "d" / "metrics.jsonl")
+    ids = sorted({*rl_counts, *fresh})
+    ck = {**rl_counts, **fresh}
+    zero = np.mean([ck[i][0] in (0, ck[i][1]) for i in ids])
+    assert rows[0]["zero_weight_share"] == pytest.approx(zero)           # w from those counts
+
+
+def test_rl_reads_the_pass_rates_a_passrate_run_left(tmp_path, half_learned_add):
+    from paced.config import PassrateConfig
+    from paced.passrate import run as passrate
+    passrate(load_config(PassrateConfig, None, [f"model.path={half_learned_add}", POOL, "run.progress=false",
+                                                  f"ledger.path={tmp_path / 'l.sqlite'}"], run_dir=tmp_path / "p"))
+    common = ("rl.prompt_weighting=hard_filter", "rl.max_steps=1", f"ledger.path={tmp_path / 'l.sqlite'}")
+    RL.train(rl_cfg(tmp_path / "alone", half_learned_add, *common))
+    RL.train(rl_cfg(tmp_path / "child", half_learned_add, *common, "ledger.parent=auto"))
+    alone, child = read_jsonl(tmp_path / "alone" / "metrics.jsonl"), read_jsonl(tmp_path / "child" / "metrics.jsonl")
+    assert alone[0]["mean_prompt_weight"] == 1.0       # nothing on record: p̂ = 1/2 everywhere
+    assert child[0]["mean_prompt_weight"] < 1.0        # the passrate run's p̂ = 0 / 1 prompts lost their weight
+
+
+def test_bad_lineage_settings_are_config_errors(tmp_path, half_learned_add):
+    bad = "[{name: s, passrate_source: ledger, weighting: beta, weight_estimator: unbiased}]"
+    with pytest.raises(ConfigError, match=r"distill.stages\[0\].passrate_source: 'ledger' gives discounted"):
+        distill_cfg(tmp_path, half_learned_add, f"distill.stages={bad}")
+    with pytest.raises(ConfigError, match="ledger.recency"):
+        rl_cfg(tmp_path, half_learned_add, "ledger.recency=sometimes")

@@ -123,13 +123,37 @@ def inspect(cfg, path: str | None = None) -> dict:
     hist = histogram(list(rates.values()), bins=cfg.bins)
     console.print(f"p̂ ({cfg.estimator}) of {model}, stage {stage or 'all'}:")
     console.print(histogram_text(hist))
+    lineage = ledger.lineage(model) if model else []
+    recency = lineage_pass_rates(ledger, model, lineage, cfg.ledger) if len(lineage) > 1 or \
+        cfg.ledger.recency != "all" else None
+    if recency:
+        console.print(f"{model}'s lineage (newest first): " + " <- ".join(
+            f"{tag} (version -{depth}, step shift {shift})" for tag, shift, depth in lineage))
+        console.print(f"p̂ as a trainer reads it at step {recency['now']} (every stage but Guide's hinted, "
+                      f"recency {cfg.ledger.recency}): {recency['problems']} problems, "
+                      f"{recency['trials']:.1f} trials' worth of evidence")
+        console.print(histogram_text(recency["histogram"]))
     weights = ledger_weights(ledger.counts(model=model, stage=stage), cfg.weight_alpha, cfg.weight_beta,
                              cfg.weight_estimator)
     if weights:
         console.print(f"w = p^{cfg.weight_alpha:g} (1-p)^{cfg.weight_beta:g} ({cfg.weight_estimator}): "
                       f"mean {weights['mean']:.4f}, zero on {weights['zero']} of {weights['problems']} problems")
     return {"ledger": str(db), "rows": rows, "model": model, "stage": stage, "histogram": hist,
-            "weights": weights}
+            "weights": weights, "lineage": lineage, "recency": recency}
+
+
+def lineage_pass_rates(ledger: Ledger, model: str, lineage: list, lc) -> dict | None:
+    """p̂ = c_eff / k_eff of every problem on record for ``model`` and its ancestors, discounted
+    under the ledger section's recency as a trainer reads them at ``model``'s last step."""
+    tags = [t for t, _, _ in lineage]
+    ids = sorted({pid for t in tags for pid in ledger.counts(model=t)})
+    now = ledger.max_step(model) or 0
+    c, k = ledger.discounted_counts(model, ids, now, lc.recency, lc.half_life, lc.window, lc.forget_by)
+    seen = k > 0
+    if not seen.any():
+        return None
+    return {"now": now, "problems": int(seen.sum()), "trials": float(k.sum()),
+            "histogram": histogram((c[seen] / k[seen]).tolist())}
 
 
 def ledger_weights(counts: dict[str, tuple[int, int]], alpha: float, beta: float, estimator: str) -> dict:

@@ -80,6 +80,12 @@ def test_distill_reads_the_pass_rates_an_rl_run_left(tmp_path, half_learned_add)
     ck = {**rl_counts, **fresh}
     zero = np.mean([ck[i][0] in (0, ck[i][1]) for i in ids])
     assert rows[0]["zero_weight_share"] == pytest.approx(zero)           # w from those counts
+    # paced ledger shows the lineage and p̂ as the trainer reads it across it
+    from paced.config import LedgerConfig
+    from paced.passrate import inspect
+    got = inspect(load_config(LedgerConfig, None, [f"ledger.model={d_tag}"]), str(led.path))
+    assert [t for t, _, _ in got["lineage"]] == [d_tag, rl_tag]
+    assert got["recency"]["problems"] == 32 and got["recency"]["histogram"]["n"] == 32
 
 
 def test_rl_reads_the_pass_rates_a_passrate_run_left(tmp_path, half_learned_add):

@@ -35,6 +35,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -246,8 +247,7 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
     ledger = Ledger(cfg.ledger.path or run_dir / "ledger.sqlite") if main else \
         Ledger(run_dir / f".ledger-rank{rank}.sqlite")
     tag = cfg.ledger.model or f"{run_dir.resolve()}:student"
-    parents = link_parent(ledger, tag, cfg.ledger.parent, cfg.student.path) if main else []
-    if parents:
+    if parents := link_parent(ledger, tag, cfg.ledger.parent, cfg.student.path) if main else []:
         console.print(f"p̂ may also come from {', '.join(parents)} (ledger.parent)")
     rec, pool_ids = Recency.of(cfg.ledger), [e.id for e in pool]
     ckpt, state = resume_or_fresh(run_dir, resume, lambda c: load_checkpoint(c, raw, optimizer, scheduler))
@@ -287,8 +287,8 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
         every = stage.reestimate_every or stage.max_steps
         est_at = stage_start + ((step - stage_start) // every) * every  # the estimate in force
         weigh = (stage.weighting, stage.weight_alpha, stage.weight_beta, stage.weight_estimator, stage.online_passrate)
-        from_ledger = stage.passrate_source == "ledger"   # p̂ from the rows on record, not fresh rollouts
-        known = read_counts(accelerator, ledger, tag, pool_ids, est_at, rec, (name, est_at)) if from_ledger else None
+        known = partial(read_counts, accelerator, ledger, tag, pool_ids, rec=rec) \
+            if stage.passrate_source == "ledger" else None   # p̂ from the rows on record, not fresh rollouts
         p_hat, w = stage_weights(pr, ledger, tag, name, pool, *weigh, est_at, stage_start, known)
         console.print(f"stage {stage_i} '{stage.name}': {stage.loss_type} on {who} responses, "
                       f"weighting {stage.weighting}; {int((w > 0).sum())}/{len(pool)} problems "
@@ -299,8 +299,6 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
             t_step = time.perf_counter()
             if step > est_at and (step - stage_start) % every == 0:
                 est_at = step
-                known = read_counts(accelerator, ledger, tag, pool_ids, est_at, rec, (name, est_at)) \
-                    if from_ledger else None
                 p_hat, w = stage_weights(pr, ledger, tag, name, pool, *weigh, est_at, stage_start, known)
             if not (w > 0).any():
                 raise ValueError(f"stage {stage.name!r}: every problem has weight 0 at step {step} "

@@ -43,12 +43,14 @@ def stage_weights(pr: PassRater, ledger: Ledger, tag: str, name: str, pool: list
     """p̂ and w for every pool problem, estimated at global step ``at`` (reused if the ledger has
     it: a resumed run samples nothing again); ``online``: the stage-start estimate plus the
     verified responses of steps ≤ at. Weighting uniform uses no p̂: nothing is sampled, p̂ is NaN.
-    ``known`` = (c_eff, k_eff) read from the ledger (passrate_source ledger, without this
-    estimate's own rows): only problems with less than one trial of evidence are sampled."""
+    ``known(now=, exclude=)``: the ledger's discounted counts (``lineage.read_counts``; stage
+    passrate_source ledger), read without this estimate's own rows: only problems with less than
+    one trial of evidence are sampled."""
     if weighting == "uniform":
         return np.full(len(pool), np.nan), np.ones(len(pool))
     if known is not None:
-        return known_weights(pr, ledger, tag, name, pool, weighting, alpha, beta, at, *known)
+        return known_weights(pr, ledger, tag, name, pool, weighting, alpha, beta, at,
+                             *known(now=at, exclude=(name, at)))
     base = start if online else at
     counts = ledger.counts(model=tag, stage=name, step=base)
     if len(counts) < len(pool):  # not yet estimated (or a kill cut the estimate short)

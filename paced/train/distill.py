@@ -35,8 +35,8 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from functools import partial
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np

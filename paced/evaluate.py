@@ -158,6 +158,16 @@ def run(cfg) -> dict:
                       cfg.run.progress, keep_samples=e.save_samples, backend=cfg.engine.backend,
                       system_prompt=cfg.model.system_prompt, long_prompts=cfg.model.long_prompts)
     result["model"] = path
+    if s.temperature > 0:   # the samples are evidence about p: into the ledger, as paced passrate's
+        from .ledger import Ledger
+        from .rundir import model_tag
+        ledger = Ledger(cfg.ledger.path or run_dir / "ledger.sqlite")
+        counts: dict[str, list[int]] = {}
+        for p in result["problems"]:
+            ck = counts.setdefault(p["id"], [0, 0])
+            ck[0], ck[1] = ck[0] + p["c"], ck[1] + p["n"]
+        ledger.record(counts, model=cfg.ledger.model or model_tag(path), stage=cfg.ledger.stage)
+        result["ledger"] = str(ledger.path)
     write_json(run_dir / "eval.json", result)
     rows = {"all": result["overall"], **result["by_source"]}
     console.print(table(rows, f"eval: {path} (n={e.n}, T={s.temperature})"))

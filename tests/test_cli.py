@@ -57,6 +57,10 @@ def test_sft_passrate_ledger_eval(tmp_path):
     result = json.loads((ev / "eval.json").read_text())
     assert set(result["overall"]) >= {"pass@1", "pass@2", "pass@4", "mean@n", "greedy"}
     assert len(result["problems"]) == 16 and set(result["by_source"]) == {"add", "modular"}
+    # the eval's samples are ledger rows too (stage "eval", the model's directory as its tag)
+    from paced.ledger import Ledger
+    counts = Ledger(ev / "ledger.sqlite").counts(stage="eval")
+    assert counts == {p["id"]: (p["c"], p["n"]) for p in result["problems"]}
 
 
 def test_sft_on_the_shipped_jsonl(tmp_path):

@@ -98,7 +98,8 @@ def test_two_stage_schedule_reestimates(tmp_path, student):
                       "weighting: beta, reestimate_every: 2}]")
     summary = D.train(cfg)
     steps = Ledger(tmp_path / "ledger.sqlite").summary()
-    assert {r["stage"] for r in steps} == {"0:fkl", "1:rkl"}
+    # p̂ estimates of both stages, and the reverse-KL stage's verified student responses
+    assert {r["stage"] for r in steps} == {"0:fkl", "1:rkl", "1:rkl:online"}
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["stage"] for r in rows] == ["fkl"] * 3 + ["rkl"] * 3
     assert [r["step"] for r in rows if "p_hat_histogram" in r] == [1, 4, 6]  # starts + every 2

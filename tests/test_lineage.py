@@ -101,6 +101,22 @@ def test_rl_reads_the_pass_rates_a_passrate_run_left(tmp_path, half_learned_add)
     assert child[0]["mean_prompt_weight"] < 1.0        # the passrate run's p̂ = 0 / 1 prompts lost their weight
 
 
+def test_rl_reads_the_pass_rates_a_distill_run_left(tmp_path, half_learned_add):
+    stage = "[{name: r, loss_type: reverse_kl, max_steps: 2, weighting: hard_filter}]"
+    D.train(distill_cfg(tmp_path / "d", half_learned_add, f"distill.stages={stage}"))
+    led = Ledger(tmp_path / "d" / "ledger.sqlite")
+    d_tag = f"{(tmp_path / 'd').resolve()}:student"
+    assert {r["stage"] for r in led.summary()} == {"0:r", "0:r:online"}   # the estimate and the responses
+    RL.train(rl_cfg(tmp_path / "rl", tmp_path / "d" / "model", "rl.prompt_weighting=hard_filter", "rl.max_steps=1",
+                    f"ledger.path={led.path}", "ledger.parent=auto"))
+    # by hand: every row of the distill run, summed per problem (recency all), hard filter 0 < c < K
+    ids = [f"add/d1/s0/{i}" for i in range(32)]
+    ck = led.counts(model=d_tag)
+    w = [1.0 if i not in ck else float(0 < ck[i][0] < ck[i][1]) for i in ids]
+    row = read_jsonl(tmp_path / "rl" / "metrics.jsonl")[0]
+    assert set(ck) <= set(ids) and row["mean_prompt_weight"] == pytest.approx(np.mean(w))
+
+
 def test_bad_lineage_settings_are_config_errors(tmp_path, half_learned_add):
     bad = "[{name: s, passrate_source: ledger, weighting: beta, weight_estimator: unbiased}]"
     with pytest.raises(ConfigError, match=r"distill.stages\[0\].passrate_source: 'ledger' gives discounted"):

@@ -31,6 +31,7 @@ class EvalConfig:
     eval: EvalCfg = option(EvalCfg(), "")
     sampling: SamplingCfg = option(SamplingCfg(), "the eval.n samples per problem (and the greedy one's length)")
     engine: EngineCfg = option(EngineCfg(), "")
+    ledger: LedgerCfg = option(LedgerCfg(stage="eval"), "where the sampled verdicts are recorded (at T > 0)")
     run: RunCfg = option(RunCfg(), "")
 
 

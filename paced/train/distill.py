@@ -122,8 +122,10 @@ def responses_for(rs: Responder, ids: list[str], who: str, at: int) -> list[list
 
 def record_online(ledger: Ledger, tok, by_id: dict, stops: list[int], world: int, tag: str, name: str,
                   ids: list[str], resp: list[list[int]], at: int) -> None:
-    """online_passrate: the student's responses, verified, as ledger rows of stage ``name``
-    (a response cut at the length limit counts only with an explicit final answer)."""
+    """The student's sampled responses of a step, verified, as ledger rows of stage ``name``
+    (every student-response stage records them; ``online_passrate`` and ``passrate_source:
+    ledger`` read them). A response cut at the length limit counts only with an explicit final
+    answer."""
     texts = tok.batch_decode(resp, skip_special_tokens=True)
     done = [bool(r) and r[-1] in stops for r in resp]      # ended at a stop token, not cut
     counts = tally(ids, [verify(t, by_id[i], f) for i, t, f in zip(ids, texts, done)])
@@ -267,8 +269,7 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
                  None if ewc is None else lambda: ewc.penalty(raw), run_dir)
     # a resumed run redoes the steps past its checkpoint: their online rows go (a fresh run: all)
     for i, st in enumerate(d.stages):
-        if st.online_passrate:
-            ledger.forget_from(tag, f"{i}:{st.name}:online", step + 1 if ckpt is not None else 0)
+        ledger.forget_from(tag, f"{i}:{st.name}:online", step + 1 if ckpt is not None else 0)
     # What the frozen teacher computes on repeated inputs (paced/teacher.py): hidden states on
     # greedy teacher responses (off-policy), prompt KV caches (otherwise).
     hidden_cache = TeacherHiddenCache(d.teacher_cache_mib * 2 ** 20)
@@ -310,7 +311,7 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
             factors = torch.as_tensor(normalize(raw_w, stage.normalize), dtype=torch.float32, device=dev)
             resp, m = train_on(rs, ln, head_t, cache, ids, who, step, factors, stage.loss_type, kw)
             t_online = time.perf_counter()
-            if stage.online_passrate:  # the responses drawn anyway, verified: p̂ rows for later
+            if who == "student" and d.student_temperature > 0:  # drawn anyway, verified: p̂ rows for later
                 record_online(ledger, tok, by_id, stops, world, tag, f"{name}:online", ids, resp, step + 1)
             step += 1
             row = {"stage": stage.name, **m, "mean_weight": float(raw_w.mean()),

@@ -123,3 +123,65 @@ def test_bad_lineage_settings_are_config_errors(tmp_path, half_learned_add):
         distill_cfg(tmp_path, half_learned_add, f"distill.stages={bad}")
     with pytest.raises(ConfigError, match="ledger.recency"):
         rl_cfg(tmp_path, half_learned_add, "ledger.recency=sometimes")
+
+
+def _same_weights(a_dir, b_dir):
+    from safetensors.torch import load_file
+    a, b = load_file(a_dir / "model" / "model.safetensors"), load_file(b_dir / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all((a[k] == b[k]).all() for k in a)
+
+
+def test_resume_is_exact_reading_a_parent_with_forgetting(tmp_path, half_learned_add, killed_at_update):
+    RL.train(rl_cfg(tmp_path / "rl", half_learned_add, "rl.max_steps=2"))
+    led = f"ledger.path={tmp_path / 'rl' / 'ledger.sqlite'}"
+    read = (led, "ledger.parent=auto", "ledger.recency=exponential", "ledger.half_life=3")
+    stage = ("distill.stages=[{name: r, loss_type: reverse_kl, max_steps: 6, weighting: beta, "
+             "passrate_source: ledger, reestimate_every: 2}]")
+    D.train(distill_cfg(tmp_path / "full", tmp_path / "rl" / "model", *read, stage))
+    crashed = distill_cfg(tmp_path / "crash", tmp_path / "rl" / "model", *read, stage)
+    killed_at_update(lambda: D.train(crashed), 5)
+    D.train(crashed, resume=True)
+    _same_weights(tmp_path / "full", tmp_path / "crash")
+    full, crash = (read_jsonl(tmp_path / d / "metrics.jsonl") for d in ("full", "crash"))
+    assert [r["mean_weight"] for r in full] == [r["mean_weight"] for r in crash]
+    # and rl reading the distill runs' rows (its parent), with a window, resumes exactly too
+    common = ("rl.max_steps=4", "run.save_steps=2", "rl.prompt_weighting=beta", led, "ledger.parent=auto",
+              "ledger.recency=window", "ledger.window=3")
+    RL.train(rl_cfg(tmp_path / "rl_full", tmp_path / "full" / "model", *common))
+    crashed = rl_cfg(tmp_path / "rl_crash", tmp_path / "full" / "model", *common)
+    killed_at_update(lambda: RL.train(crashed), 3)
+    RL.train(crashed, resume=True)
+    _same_weights(tmp_path / "rl_full", tmp_path / "rl_crash")
+    full, crash = (read_jsonl(tmp_path / d / "metrics.jsonl") for d in ("rl_full", "rl_crash"))
+    assert [r["mean_prompt_weight"] for r in full] == [r["mean_prompt_weight"] for r in crash]
+
+
+def test_a_kill_inside_a_ledger_stage_estimate_resumes_exactly(tmp_path, half_learned_add, monkeypatch):
+    """Killed between two sampler batches of the stage-start estimate (8 of 32 problems known
+    from the parent, 24 sampled in 3 batches): the resumed run samples the same batches again."""
+    import paced.passrate as PR
+    RL.train(rl_cfg(tmp_path / "rl", half_learned_add, "rl.max_steps=2"))
+    common = (f"ledger.path={tmp_path / 'rl' / 'ledger.sqlite'}", "ledger.parent=auto", "sampling.batch_size=64",
+              "distill.stages=[{name: r, loss_type: reverse_kl, max_steps: 2, weighting: beta, "
+              "passrate_source: ledger}]")
+    D.train(distill_cfg(tmp_path / "full", tmp_path / "rl" / "model", *common))
+    real, calls = PR.rollout_and_verify, {"n": 0}
+
+    def dying(*a, **k):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed")
+        return real(*a, **k)
+
+    crashed = distill_cfg(tmp_path / "crash", tmp_path / "rl" / "model", *common)
+    monkeypatch.setattr(PR, "rollout_and_verify", dying)
+    with pytest.raises(KeyboardInterrupt):
+        D.train(crashed)
+    monkeypatch.setattr(PR, "rollout_and_verify", real)
+    tag = f"{(tmp_path / 'crash').resolve()}:student"
+    assert len(Ledger(tmp_path / "rl" / "ledger.sqlite").counts(model=tag)) == 8   # one batch made it
+    D.train(crashed, resume=True)
+    _same_weights(tmp_path / "full", tmp_path / "crash")
+    full_tag = f"{(tmp_path / 'full').resolve()}:student"
+    led = Ledger(tmp_path / "rl" / "ledger.sqlite")
+    assert led.counts(model=full_tag, stage="0:r") == led.counts(model=tag, stage="0:r")

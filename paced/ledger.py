@@ -17,6 +17,7 @@ import random
 import sqlite3
 import time
 from pathlib import Path
+from urllib.parse import quote
 
 import numpy as np
 
@@ -146,10 +147,18 @@ def is_busy(e: sqlite3.OperationalError) -> bool:
 class Ledger:
     """``Ledger(path).record({...})`` appends; ``.counts(model=...)`` aggregates to (c, K)."""
 
-    def __init__(self, path: str | Path):
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: str | Path, readonly: bool = False):
+        self.path, self.readonly = Path(path), readonly
         self._db, self._pid = None, None
+        if readonly:   # paced ledger: reads only, so a ledger on a read-only disk can be inspected
+            try:
+                self._connect().execute("SELECT COUNT(*) FROM trials").fetchone()
+                return
+            except sqlite3.DatabaseError as e:
+                self._db = None
+                raise ValueError(f"{self.path}: not a pass-rate ledger ({e}); give ledger.path a new file "
+                                 f"or a paced ledger (SQLite)") from None
+        self.path.parent.mkdir(parents=True, exist_ok=True)
         deadline = time.monotonic() + LOCK_WAIT_S
         while True:
             try:
@@ -173,12 +182,27 @@ class Ledger:
         forces) cost 5-25 ms per record on a busy disk, every RL step. WAL with
         synchronous=NORMAL: a killed process loses no committed transaction (a power cut may
         lose the last few, never consistency)."""
+        if self.readonly and (self._db is None or self._pid != os.getpid()):
+            # mode=ro still needs the WAL's -shm file (a read-only directory has none): immutable
+            uri = f"file:{quote(str(self.path.resolve()))}"
+            try:
+                self._db = sqlite3.connect(f"{uri}?mode=ro", uri=True)
+                self._db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+            except sqlite3.OperationalError:
+                self._db = sqlite3.connect(f"{uri}?immutable=1", uri=True)
+            self._pid = os.getpid()
         if self._db is None or self._pid != os.getpid():  # a forked child opens its own
             self._db = sqlite3.connect(self.path, timeout=60)
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._pid = os.getpid()
         return self._db
+
+    def close(self) -> None:
+        """Close this process's connection (the last one out folds the WAL back into the file)."""
+        if self._db is not None:
+            self._db.close()
+            self._db = None
 
     def record(self, results: dict[str, tuple[int, int]], model: str, stage: str,
                step: int = 0) -> None:
@@ -257,14 +281,23 @@ class Ledger:
         while frontier and frontier[0][2] < max_depth:
             nxt = []
             for tag, shift, depth in frontier:
-                for parent, at in db.execute("SELECT parent, parent_step FROM lineage WHERE model = ? "
-                                             "ORDER BY parent", (tag,)):
+                for parent, at in self._parents(db, tag):
                     if parent not in seen:
                         seen.add(parent)
                         nxt.append((parent, shift + int(at), depth + 1))
             out += nxt
             frontier = nxt
         return out
+
+    @staticmethod
+    def _parents(db, tag: str) -> list:
+        try:
+            return db.execute("SELECT parent, parent_step FROM lineage WHERE model = ? ORDER BY parent",
+                              (tag,)).fetchall()
+        except sqlite3.OperationalError as e:   # a ledger from before lineage, opened read-only
+            if "no such table" in str(e):
+                return []
+            raise
 
     def max_step(self, model: str) -> int | None:
         """The last step ``model`` recorded rows at (None: no rows)."""

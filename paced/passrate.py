@@ -105,7 +105,7 @@ def inspect(cfg, path: str | None = None) -> dict:
         db = db / "ledger.sqlite"
     if not db.is_file():
         raise FileNotFoundError(f"no ledger at {db} (pass a ledger file or run directory)")
-    ledger = Ledger(db)
+    ledger = Ledger(db, readonly=True)
     rows = ledger.summary()
     t = Table(title=f"ledger {db}")
     for col in ("model", "stage", "problems", "trials", "successes", "max_step"):

@@ -509,6 +509,35 @@ def test_a_ledger_that_is_not_sqlite_and_an_overflowing_regex(tmp_path, capsys):
                    "the repetition number is too large")
 
 
+def test_paced_ledger_reads_a_ledger_in_a_read_only_directory(tmp_path, capsys):
+    """Found by benchmarks/reliability.py: WAL mode needs -wal / -shm files beside the ledger, so
+    a read-only directory refused `paced ledger`; it now opens the file read-only."""
+    import subprocess
+    from paced.ledger import Ledger
+    d = tmp_path / "ro"
+    led = Ledger(d / "ledger.sqlite")
+    led.record({"a": (1, 2), "b": (0, 2)}, "m", "s")
+    led.close()
+    os.chmod(d / "ledger.sqlite", 0o444)
+    os.chmod(d, 0o555)
+    root = os.geteuid() == 0 and subprocess.run(["chattr", "+i", str(d)], capture_output=True).returncode == 0
+    try:
+        try:
+            (d / ".probe").touch()
+            pytest.skip("this user can still write into a chmod 555 directory")
+        except OSError:
+            pass
+        assert cli.main(["ledger", "--config", str(SMOKE / "ledger.yaml"), "--path", str(d / "ledger.sqlite"),
+                         "--run-dir", str(tmp_path / "r"), "ledger.model=m"]) in (0, None)
+        out = capsys.readouterr()
+        assert "problems:      2" in out.out + out.err or "problems: 2" in out.out + out.err
+        assert sorted(p.name for p in d.iterdir()) == ["ledger.sqlite"]
+    finally:
+        if root:
+            subprocess.run(["chattr", "-i", str(d)], capture_output=True)
+        os.chmod(d, 0o755)
+
+
 def test_a_step_of_too_many_sequences_is_refused(tmp_path, capsys):
     """Found by benchmarks/reliability.py: gradient_accumulation_steps=10**30 passed the caps and hung."""
     msg = one_error(capsys, "sft", "--config", SMOKE / "sft.yaml", "train.gradient_accumulation_steps=10000000",

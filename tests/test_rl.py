@@ -112,7 +112,8 @@ SMALL_POOL = "data.train=[{source: add, n: 8, difficulty: 1}]"   # seen again fr
 def test_frontier_selection_spends_and_logs(tmp_path, policy, rule, monkeypatch):
     sizes, real = [], RL.pack_batch
     monkeypatch.setattr(RL, "pack_batch", lambda groups, *a: sizes.append(
-        [(len(g["completions"]), sum(g["correct"])) for g in groups]) or real(groups, *a))
+        [(len(g["completions"]), sum(g["correct"]), sum(map(len, g["completions"]))) for g in groups])
+        or real(groups, *a))
     RL.train(rl_cfg(tmp_path, policy, "rl.advantage=grpo", *SELECT[rule], SMALL_POOL, "rl.max_steps=4",
                     "data.eval=[]"))
     rows, led = metrics(tmp_path), Ledger(tmp_path / "ledger.sqlite")
@@ -120,7 +121,9 @@ def test_frontier_selection_spends_and_logs(tmp_path, policy, rule, monkeypatch)
         trials = sum(k for _, k in led.counts(stage="rl", step=step).values())
         assert r["rollouts"] == trials == r["rollouts_total"] - sum(x["rollouts"] for x in rows[:step - 1])
         # no dynamic sampling: the batch is every group rolled; verifier rewards agree iff c in {0, n}
-        assert r["rollouts_zero_variance"] == sum(n for n, c in groups if c in (0, n))
+        assert r["rollouts_zero_variance"] == sum(n for n, c, _ in groups if c in (0, n))
+        assert r["rollout_tokens"] == sum(t for _, _, t in groups)
+        groups = [(n, c) for n, c, _ in groups]
         if groups:
             assert r["informative_group_share"] == pytest.approx(sum(0 < c < n for n, c in groups) / len(groups))
         if rule == "allocate":   # the budget exactly, in groups of 3..12

@@ -172,8 +172,9 @@ class RLCfg:
         "allocate_prompts), adaptive (rounds of adaptive_round until both outcomes or adaptive_cap)")
     weight_alpha: float = option(1.0, "prompt_selection beta: alpha of p^alpha (1-p)^beta", min=0.0)
     weight_beta: float = option(1.0, "prompt_selection beta: beta of p^alpha (1-p)^beta", min=0.0)
-    skip_threshold: float = option(0.9, "skip: leave out a prompt when P(its num_generations rewards all agree) "
-                                   "under its posterior is at least this", min=0.0, max=1.0)
+    skip_threshold: float = option(0.5, "skip: leave out a prompt when P(its num_generations rewards all agree) "
+                                   "under its posterior is at least this (0.5: after one all-agree group, whose "
+                                   "P is (G+1)/(2G+1) under the uniform prior)", min=0.0, max=1.0)
     skip_readmit: float = option(0.1, "skip: probability that a prompt to leave out is rolled out anyway",
                                  min=0.0, max=1.0)
     rollout_budget: int = option(0, "allocate: rollouts per process per step (0 = per_device_train_batch_size x "

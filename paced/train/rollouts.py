@@ -94,7 +94,7 @@ def _verified(correct: list[bool]):
 @dataclass
 class Collected:
     """One step's groups (each: prompt, rewards (n,), verdicts, completions, sample log-probs,
-    hinted) and what it cost: ``rolled`` groups sampled (a Guide replacement is a group of its
+    hinted) and what it cost (``tokens``: completion tokens sampled): ``rolled`` groups sampled (a Guide replacement is a group of its
     own; dynamic sampling's dropped ones count), ``informative`` of them with rewards that vary,
     ``rollouts_zero_variance`` the rollouts of the others; ``metrics``: the selection rule's own."""
     groups: list[dict] = field(default_factory=list)
@@ -106,6 +106,7 @@ class Collected:
     zero_std: list[float] = field(default_factory=list)
     t_sample: float = 0.0
     t_reward: float = 0.0
+    tokens: int = 0
     rolled: int = 0
     informative: int = 0
     rollouts_zero_variance: int = 0
@@ -129,12 +130,14 @@ def roll_round(ro: Roller, mine: list[int], seed_key: tuple, out: Collected):
     counts, hint_counts = tally([e.id for e in exs for _ in range(G)], correct), {}
     out.zero_std.append(reward_zero_std_share(rewards, G))
     out.waste(rewards, G)
+    out.tokens += sum(len(x) for x in comps)
     stuck = [j for j in all_fail(correct, G).nonzero().flatten().tolist()
              if hint_ids is not None and mine[j] in hint_ids]
     if stuck:
         h = roll(ro, [hint_ids[mine[j]] for j in stuck], [exs[j] for j in stuck], seed_of(*seed_key, 1))
         hint_counts = tally([exs[j].id for j in stuck for _ in range(G)], h[2])
         out.waste(h[3], G)
+        out.tokens += sum(len(x) for x in h[0])
         comps, lps, correct, rewards = (replace_groups(x, hx, stuck, G)
                                         for x, hx in zip((comps, lps, correct, rewards), h))
         out.guided_solved += sum(any(h[2][k * G:(k + 1) * G]) for k in range(len(stuck)))
@@ -164,6 +167,7 @@ def roll_sized(ro: Roller, mine: list[int], sizes: list[int], seed_key: tuple, o
             groups[j] = {"prompt": ro.prompt_ids[mine[j]], "rewards": rewards[sl], "correct": correct[sl],
                          "completions": comps[sl], "sample_logp": lps[sl], "hinted": False, "pool_index": mine[j]}
         out.t_sample, out.t_reward = out.t_sample + ts[0], out.t_reward + ts[1]
+        out.tokens += sum(len(x) for x in comps)
     out.sampled, out.rollouts = out.sampled + len(mine), out.rollouts + sum(sizes)
     return groups
 

@@ -183,7 +183,7 @@ def main() -> None:
 def _informative(rows: list[dict]) -> float:
     """The run's informative-group share: the mean over steps of each step's share (groups whose
     rewards vary / groups rolled, dynamic sampling's dropped ones included)."""
-    shares = [r["informative_group_share"] for r in rows if r["informative_group_share"] == r["informative_group_share"]]
+    shares = [x for r in rows if (x := r["informative_group_share"]) == x]   # NaN: a step without groups
     return sum(shares) / max(len(shares), 1)
 
 

@@ -286,10 +286,11 @@ def chunked_logprobs(hidden: Tensor, head, targets: Tensor, temperature: float =
 # kept sequences/tokens of the whole optimizer batch. Summed over micro-batches = batch loss.
 # Groups of unequal size (frontier selection's allocate / adaptive): no reduction knows groups.
 # Every kept row counts once, so a group's share of the loss is proportional to its rows: grpo
-# and dr_grpo give each row 1 / num_sequences (a group of 16 rows weighs 4x a group of 4), dapo
-# gives each token 1 / num_tokens (a group weighs its completion tokens), bnpo each token of a
-# micro-batch 1 / its tokens. A group that earned more rollouts (the knapsack's choice) thus
-# moves the policy more, and its advantages, averaged over more rows, are less noisy.
+# gives each row 1 / num_sequences (a group of 16 rows weighs 4x a group of 4), dapo each token
+# 1 / num_tokens and dr_grpo 1 / (num_sequences · max_completion_length) (a group weighs its
+# completion tokens), bnpo each token of a micro-batch 1 / its tokens. A group that earned more
+# rollouts (the knapsack's choice) thus moves the policy more, and its advantages, averaged over
+# more rows, are less noisy.
 # ---------------------------------------------------------------------------------------------
 def loss_grpo(per_token: Tensor, mask: Tensor, *, num_sequences: float, num_tokens: float,
               max_completion_length: int, num_micro_batches: int) -> Tensor:

@@ -126,3 +126,48 @@ def test_old_prompt_weighting_key(capsys):
     assert "rl.prompt_weighting" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="rl.prompt_selection"):
         load_config(RLConfig, None, [*base, "rl.prompt_weighting=skip_it"])
+
+
+@pytest.mark.parametrize("rule", [
+    ["rl.prompt_selection=allocate", "rl.rollout_budget=30", "rl.min_group=3", "rl.max_group=12"],
+    ["rl.prompt_selection=adaptive", "rl.adaptive_round=2", "rl.adaptive_cap=6"],
+    ["rl.prompt_selection=skip", "rl.dynamic_sampling=true", "rl.max_sampling_rounds=2"]])
+def test_selection_under_torchrun_two_cpu_processes(tmp_path, rule):
+    """allocate, adaptive and skip as DDP over two CPU processes: the rounds' collectives agree
+    (no hang), each process spends its own budget, and the ledger holds both processes' rows."""
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    from paced.ledger import Ledger
+    root = Path(__file__).resolve().parents[1]
+    torchrun = Path(sys.executable).with_name("torchrun")
+    if not torchrun.exists():
+        pytest.skip("torchrun not found next to the interpreter")
+    run = tmp_path / "ddp"
+    proc = subprocess.run([str(torchrun), "--nproc_per_node", "2", "-m", "paced.cli", "rl", "--config",
+                           str(root / "configs" / "smoke" / "rl.yaml"), "rl.advantage=grpo", "data.eval=[]", *rule,
+                           "--run-dir", str(run)], cwd=root, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "OMP_NUM_THREADS": "1", "TOKENIZERS_PARALLELISM": "false"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    led = Ledger(run / "ledger.sqlite")
+    per_step = [sum(k for _, k in led.counts(stage="rl", step=s).values()) for s in (1, 2, 3)]
+    totals = [r["rollouts_total"] for r in rows]
+    assert per_step == [b - a for a, b in zip([0, *totals], totals)]   # both processes' rollouts
+    if "rl.prompt_selection=allocate" in rule:
+        assert per_step == [60, 60, 60]                                 # 30 per process, exactly
+    if "rl.prompt_selection=adaptive" in rule:   # 4 prompts per process, 2..6 rollouts each
+        assert all(16 <= n <= 48 for n in per_step)
+
+
+def test_the_config_offers_every_rule():
+    import typing
+
+    from paced.config import RLCfg
+    from paced.config.tools import choices_of
+    from paced.train.frontier import Selection
+    assert choices_of(typing.get_type_hints(RLCfg)["prompt_selection"]) == typing.get_args(Selection)

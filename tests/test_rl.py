@@ -166,9 +166,10 @@ def test_resume_equals_uninterrupted(tmp_path, policy, killed_at_update):
     assert full == crash  # the killed run's rows past the checkpoint were dropped, then redone
 
 
-@pytest.mark.parametrize("rule", ["beta", *SELECT])
+@pytest.mark.parametrize("rule", ["beta", "hard_filter", *SELECT])
 def test_resume_equals_uninterrupted_with_every_selection(tmp_path, policy, killed_at_update, rule):
     extra = {**SELECT, "beta": ["rl.prompt_selection=beta", "rl.dynamic_sampling=true"],
+             "hard_filter": ["rl.prompt_selection=hard_filter"],
              "skip": [*SELECT["skip"], "rl.dynamic_sampling=true"]}[rule]   # GRESO sits on dynamic sampling
     common = ["rl.max_steps=5", "run.save_steps=2", "run.save_total_limit=0", "rl.advantage=grpo", SMALL_POOL,
               "data.eval=[]", *extra]
@@ -243,7 +244,8 @@ def test_user_reward_function_trains(tmp_path, policy):
     ("rl.prompt_selection=knapsack", "rl.prompt_selection"),
     (("rl.prompt_selection=allocate", "rl.dynamic_sampling=true"), "drop rl.dynamic_sampling"),
     (("rl.prompt_selection=adaptive", "rl.guide.enabled=true"), "rl.guide replaces"),
-    (("rl.prompt_selection=allocate", "rl.rollout_budget=33", "rl.min_group=4", "rl.max_group=4"), "cannot be split exactly"),
+    (("rl.prompt_selection=allocate", "rl.rollout_budget=33", "rl.min_group=4", "rl.max_group=4"),
+     "cannot be split exactly"),
     (("rl.prompt_selection=allocate", "rl.min_group=17"), "more than max_group 16"),
     (("rl.prompt_selection=adaptive", "rl.adaptive_round=3"), "not a multiple of adaptive_round 3"),
     ("rl.skip_readmit=1.5", "above the maximum"),

@@ -216,7 +216,8 @@ class RLCfg:
         if sel in ("allocate", "adaptive"):
             if self.guide.enabled:
                 raise ConfigError(f"{key}.prompt_selection: {sel} gives groups of unequal size; {key}.guide replaces "
-                                  f"a failed group of num_generations: use uniform / skip / hard_filter / beta with guide")
+                                  f"a failed group of num_generations: use uniform / skip / hard_filter / beta "
+                                  f"with guide")
             if self.dynamic_sampling:
                 raise ConfigError(f"{key}.prompt_selection: {sel} decides each prompt's rollouts itself; drop "
                                   f"{key}.dynamic_sampling (it would resample what {sel} already spent)")

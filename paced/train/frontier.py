@@ -2,7 +2,7 @@
 out and how many rollouts each gets, read from the posterior of their pass rates
 (paced/posterior.py) that the ledger's discounted counts give (paced/train/lineage.py).
 
-``rl.prompt_selection`` (``SELECTIONS``):
+``rl.prompt_selection`` (``Selection``):
     uniform      the next prompts of the seeded per-epoch stream, num_generations rollouts each
     hard_filter  prompts drawn ∝ w(p̂) = 1{0 < p̂ < 1} (p̂ = c / k of the discounted counts; untried: 1/2)
     beta         prompts drawn ∝ w(p̂) = p̂^α (1 − p̂)^β
@@ -44,9 +44,7 @@ from ..rl_losses import ragged_has_variance
 from .batches import batch_indices
 from .rollouts import Collected, Roller, collect_groups, pick_prompts, prompt_weights, record_round, roll_sized
 
-SELECTIONS = ("uniform", "hard_filter", "beta", "skip", "allocate", "adaptive")
-Selection = Literal["uniform", "hard_filter", "beta", "skip", "allocate", "adaptive"]
-UNEQUAL_GROUPS = ("allocate", "adaptive")   # groups not of num_generations rows
+Selection = Literal["uniform", "hard_filter", "beta", "skip", "allocate", "adaptive"]   # = RLCfg.prompt_selection
 
 
 @dataclass(frozen=True)
@@ -54,7 +52,7 @@ class SelectSpec:
     """The numbers of ``rl.*`` prompt selection reads (``SelectSpec.of(cfg.rl, local)``); ``local``
     the groups a uniform step gives one process, ``budget`` / ``candidates`` / ``max_group``
     resolved from their 0 = auto defaults."""
-    rule: str
+    rule: Selection
     G: int
     local: int
     dynamic: bool

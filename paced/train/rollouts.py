@@ -94,9 +94,10 @@ def _verified(correct: list[bool]):
 @dataclass
 class Collected:
     """One step's groups (each: prompt, rewards (n,), verdicts, completions, sample log-probs,
-    hinted) and what it cost (``tokens``: completion tokens sampled): ``rolled`` groups sampled (a Guide replacement is a group of its
-    own; dynamic sampling's dropped ones count), ``informative`` of them with rewards that vary,
-    ``rollouts_zero_variance`` the rollouts of the others; ``metrics``: the selection rule's own."""
+    hinted) and what it cost (``tokens``: completion tokens sampled): ``rolled`` groups sampled
+    (a Guide replacement is a group of its own; dynamic sampling's dropped ones count),
+    ``informative`` of them with rewards that vary, ``rollouts_zero_variance`` the rollouts of
+    the others; ``metrics``: the selection rule's own."""
     groups: list[dict] = field(default_factory=list)
     rounds: int = 0
     sampled: int = 0

@@ -13,6 +13,8 @@ before training. Every arm: GRPO advantages (group-scaled), token-mean loss (dap
 AdamW ``--lr``, 32 prompts x 8 completions a uniform step at T = 1, at most 16 new tokens, and
 the same budget of sampled completions, ``rl.max_rollouts`` (all rounds counted):
     dapo       prompt_selection uniform, dynamic_sampling (at most ``--rounds`` rounds a step)
+    grpo       prompt_selection uniform, no dynamic sampling: a control with allocate's 256 rollouts and
+               one update a step (DAPO drops zero-variance groups and refills: fewer updates a rollout)
     skip       prompt_selection skip on top of that (threshold 0.5, re-admit 0.1): GRESO-style
     allocate   prompt_selection allocate: 256 rollouts a step over 128 candidates, groups of 2..16
     adaptive   prompt_selection adaptive: rounds of 4 until both outcomes or 16 rollouts
@@ -31,6 +33,7 @@ informative groups, prompts skipped, and wall time.
 from __future__ import annotations
 
 import collections
+import json
 import shutil
 import sys
 import time
@@ -45,6 +48,7 @@ from paced.runlog import read_jsonl  # noqa: E402
 
 RECENT = ["ledger.recency=exponential", "ledger.half_life=10"]   # p̂ from the last ~10 steps mostly
 ARMS = {"dapo": ["rl.dynamic_sampling=true"],
+        "grpo": [],   # the control: uniform, nothing dropped (as many updates per rollout as allocate)
         "skip": ["rl.dynamic_sampling=true", "rl.prompt_selection=skip", "rl.skip_threshold=0.5",
                  "rl.skip_readmit=0.1", *RECENT],
         "allocate": ["rl.prompt_selection=allocate", "rl.allocate_prompts=128", "rl.min_group=2",
@@ -81,7 +85,12 @@ def rl_config(arm: str, seed: int, a) -> C.RLConfig:
         "sampling.max_completion_length=16", "run.logging_steps=1000000", "run.save_steps=0", f"optim.lr={a.lr}",
         "optim.warmup_steps=5", "optim.lr_scheduler_type=constant", "optim.max_grad_norm=1.0",
         f"run.dir={Path(a.out_dir) / f'{arm}-seed{seed}'}", f"run.seed={seed}", f"run.threads={a.threads}",
-        "run.progress=false", *ARMS[arm], *[o.split(":", 1)[1] for o in a.set if o.split(":", 1)[0] == arm]])
+        "run.progress=false", *overrides(arm, a)])
+
+
+def overrides(arm: str, a) -> list[str]:
+    """The arm's own settings: ARMS and the --set ones."""
+    return [*ARMS[arm], *[o.split(":", 1)[1] for o in a.set if o.split(":", 1)[0] == arm]]
 
 
 def histogram(model_dir: str, a) -> dict:
@@ -126,7 +135,7 @@ def main() -> None:
     ap = parser(__doc__, "1 seed, 12k rollouts a run, 128 held-out problems", seeds=True)
     ap.add_argument("--student", default=None, help="a model directory (default: build it in --out-dir/student)")
     ap.add_argument("--student-steps", type=int, default=1500)
-    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))   # dapo first: the target
     ap.add_argument("--budget", type=int, help="sampled completions per run (default 40000; quick 12000)")
     ap.add_argument("--pool", type=int, default=512)
     ap.add_argument("--heldout", type=int, help="held-out problems (default 256; quick 128)")
@@ -134,7 +143,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="dynamic sampling: rollout rounds a step at most")
     ap.add_argument("--eval-steps", type=int, default=5)
     ap.add_argument("--lr", type=float, default=2e-4)
-    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--set", nargs="*", default=[], metavar="ARM:KEY=VALUE",
                     help="an extra override of one arm (e.g. allocate:rl.allocate_prompts=128; recorded in the JSON)")
     ap.add_argument("--out-dir", default="runs/bench-frontier")
@@ -155,16 +164,20 @@ def main() -> None:
     print(*table(["difficulty", "problems", "p̂ = 0", "p̂ = 1", f"mean@{a.k}"],
                  [[d, r["problems"], f"{r['p0']:.3f}", f"{r['p1']:.3f}", f"{r['mean']:.3f}"] for d, r in h.items()]),
           sep="\n")
-    runs: dict[str, list] = {}
+    prev = json.loads(Path(a.out).read_text()) if Path(a.out).exists() else {}
+    runs = prev.get("runs", {}) if prev.get("meta", {}).get("settings") == settings(a) else {}
     for seed in a.seeds:
         for arm in a.arms:
+            if any(r["seed"] == seed and r["overrides"] == overrides(arm, a) for r in runs.get(arm, [])):
+                continue   # finished in an earlier (killed) invocation with the same settings
+            runs[arm] = [r for r in runs.get(arm, []) if r["seed"] != seed]
             cfg = rl_config(arm, seed, a)
             shutil.rmtree(cfg.run.dir, ignore_errors=True)   # a fresh run (its ledger too)
             tic = time.time()
             summary = train(cfg)
             rows = read_jsonl(Path(cfg.run.dir) / "metrics.jsonl")
             spent = sum(r["rollouts"] for r in rows)
-            run = {"seed": seed, "steps": summary["steps"], "rollouts": rows[-1]["rollouts_total"],
+            run = {"seed": seed, "threads": a.threads, "overrides": overrides(arm, a), "steps": summary["steps"], "rollouts": rows[-1]["rollouts_total"],
                    "tokens": sum(r["rollout_tokens"] for r in rows), "minutes": round((time.time() - tic) / 60, 2),
                    "zero_variance_share": sum(r["rollouts_zero_variance"] for r in rows) / spent,
                    "informative_group_share": _informative(rows),
@@ -188,8 +201,8 @@ def _informative(rows: list[dict]) -> float:
 
 
 def settings(a) -> dict:
-    keys = ("student_steps", "budget", "pool", "heldout", "k", "rounds", "eval_steps", "lr", "set")
-    return {k: getattr(a, k) for k in keys} | {"arms": ARMS}
+    keys = ("student_steps", "budget", "pool", "heldout", "k", "rounds", "eval_steps", "lr")
+    return {k: getattr(a, k) for k in keys}   # each run records its arm's own (``overrides``)
 
 
 def summarise(runs: dict) -> dict:
@@ -198,7 +211,7 @@ def summarise(runs: dict) -> dict:
     b_roll = sum(r["rollouts"] for r in base) / len(base) if base else float("nan")
     b_tok = sum(r["tokens"] for r in base) / len(base) if base else float("nan")
     out = {"target_pass@1": target}
-    for arm, rs in runs.items():
+    for arm, rs in sorted(runs.items(), key=lambda x: list(ARMS).index(x[0])):
         hits = [reach(r["curve"], target) for r in rs]
         got = [h for h in hits if h is not None]
         out[arm] = {"pass@1": mean_std([r["after"]["eval/pass@1"] for r in rs]),

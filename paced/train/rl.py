@@ -42,7 +42,9 @@ is the verifier's verdict (whatever reward_funcs say); hinted rollouts are recor
 under stage "<ledger.stage>:hinted", so p̂ stays the plain prompt's pass rate; hinted old
 log-probs are always the sampler's (π_old(o|q,h) needs the hinted prompt, which the training
 forward does not see). Every run logs ``all_fail_prompts`` (prompts whose rollouts all failed
-once) and ``all_fail_now_solved`` (of those, the ones whose latest plain rollouts solved them).
+once) and ``all_fail_now_solved`` (of those, the ones whose latest plain rollouts solved them),
+and what its rollouts bought: ``rollout_tokens``, ``rollouts_zero_variance`` (in groups whose
+rewards all agree) and ``informative_group_share``.
 """
 from __future__ import annotations
 
@@ -70,11 +72,11 @@ from ..runlog import Progress, RunLog, console
 from ..tasks import load_sources
 from ..tasks.answers import take_undecided
 from .critic import ValueModel
+from .frontier import SelectSpec, collect, reads_counts
 from .lineage import Recency, link_parent, read_counts
 from .logprobs import completion_logprobs
 from .optimization import make_scheduler, optimizer_from, update
 from .regularizer import regularizer_from
-from .frontier import SelectSpec, collect, reads_counts
 from .rl_batch import Batch, Targets, pack_batch, targets_for
 from .rollouts import Collected, Roller, encode_hints
 

@@ -9,7 +9,8 @@ out and how many rollouts each gets, read from the posterior of their pass rates
     skip         the uniform stream, minus the prompts whose next group of num_generations would
                  all agree with posterior probability ≥ skip_threshold (each such prompt re-admitted
                  with probability skip_readmit); drawn on until the step's prompts are admitted
-                 (GRESO, arXiv 2506.02177)
+                 (GRESO, arXiv 2506.02177). With Guide only P(all succeed) counts: an all-fail
+                 group is what Guide re-rolls with a hint
     allocate     allocate_prompts candidates of the uniform stream share rollout_budget rollouts per
                  process, 0 or min_group..max_group each, by the exact knapsack of posterior.allocate
                  (Knapsack-RL, arXiv 2509.25849): groups of unequal size
@@ -39,12 +40,12 @@ import numpy as np
 import torch
 
 from ..ledger import Ledger, tally
-from ..posterior import allocate, beta_params, settled_hard_filter, skip_mask, zero_variance_prob
+from ..posterior import allocate, beta_params, moment, settled_hard_filter, skip_mask, zero_variance_prob
 from ..rl_losses import ragged_has_variance
 from .batches import batch_indices
 from .rollouts import Collected, Roller, collect_groups, pick_prompts, prompt_weights, record_round, roll_sized
 
-Selection = Literal["uniform", "hard_filter", "beta", "skip", "allocate", "adaptive"]   # = RLCfg.prompt_selection
+Selection = Literal["uniform", "hard_filter", "beta", "skip", "allocate", "adaptive"]   # RLCfg.prompt_selection
 
 
 @dataclass(frozen=True)
@@ -55,6 +56,7 @@ class SelectSpec:
     rule: Selection
     G: int
     local: int
+    guide: bool
     dynamic: bool
     max_rounds: int
     alpha: float
@@ -71,7 +73,7 @@ class SelectSpec:
     @classmethod
     def of(cls, r, local: int) -> SelectSpec:
         G = r.num_generations
-        return cls(r.prompt_selection, G, local, r.dynamic_sampling, r.max_sampling_rounds, r.weight_alpha,
+        return cls(r.prompt_selection, G, local, r.guide.enabled, r.dynamic_sampling, r.max_sampling_rounds, r.weight_alpha,
                    r.weight_beta, r.skip_threshold, r.skip_readmit, r.rollout_budget or local * G,
                    r.allocate_prompts or 2 * local, r.min_group, r.max_group or 2 * G, r.adaptive_round,
                    r.adaptive_cap)
@@ -112,8 +114,9 @@ def picker(sp: SelectSpec, counts, n_pool: int, world: int, seed: int):
     """``collect_groups``' draw for the rules with groups of num_generations: uniform, hard_filter,
     beta (∝ w(p̂)) and skip. ``counts``: (c_eff, k_eff) or None (uniform)."""
     count = sp.local * world
-    if sp.rule == "skip":
-        p_zv = zero_variance_prob(*posterior(*counts), sp.G)                          # (n_pool,)
+    if sp.rule == "skip":   # with Guide an all-fail group is re-rolled with a hint: only all-pass is waste
+        a, b = posterior(*counts)
+        p_zv = moment(a, b, sp.G, 0.0) if sp.guide else zero_variance_prob(a, b, sp.G)   # (n_pool,)
 
         def pick(start, key, out):
             idx, start, skipped = skip_draw(n_pool, count, seed, start, key, p_zv, sp.skip_threshold,

@@ -73,8 +73,8 @@ class SelectSpec:
     @classmethod
     def of(cls, r, local: int) -> SelectSpec:
         G = r.num_generations
-        return cls(r.prompt_selection, G, local, r.guide.enabled, r.dynamic_sampling, r.max_sampling_rounds, r.weight_alpha,
-                   r.weight_beta, r.skip_threshold, r.skip_readmit, r.rollout_budget or local * G,
+        return cls(r.prompt_selection, G, local, r.guide.enabled, r.dynamic_sampling, r.max_sampling_rounds,
+                   r.weight_alpha, r.weight_beta, r.skip_threshold, r.skip_readmit, r.rollout_budget or local * G,
                    r.allocate_prompts or 2 * local, r.min_group, r.max_group or 2 * G, r.adaptive_round,
                    r.adaptive_cap)
 

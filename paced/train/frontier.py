@@ -17,7 +17,8 @@ out and how many rollouts each gets, read from the posterior of their pass rates
     adaptive     the uniform stream's prompts, rollouts in rounds of adaptive_round until a prompt
                  has a success and a failure or adaptive_cap rollouts (Reinforce-Ada, arXiv
                  2510.04996); the whole group is trained on: groups of unequal size
-Every rule's posterior is Beta(1 + c_eff, 1 + k_eff − c_eff): an untried prompt has p ~ U(0, 1).
+skip and allocate read the posterior Beta(1 + c_eff, 1 + k_eff − c_eff): an untried prompt has
+p ~ U(0, 1); hard_filter and beta keep their plug-in p̂ (as before this module); adaptive reads none.
 Every draw is a pure function of (run.seed, step, round, stream position), so resume is exact.
 
 Deviations: GRESO keeps a per-prompt history of zero-variance groups and tunes its skip
@@ -28,8 +29,8 @@ work, stay equal across processes). Reinforce-Ada subsamples a fixed-size, balan
 rollouts it collected; here every rollout a prompt received is trained on (none of the paid
 rollouts is thrown away; unequal groups are handled by rl_losses.ragged_advantages, and each row
 counts once in the loss normalisers: see rl_losses.py above LOSS_TYPES). allocate and adaptive
-sample num_generations-free groups, so they exclude Guide's replacement (a group of
-num_generations) and dynamic sampling (they decide the rollouts per prompt themselves).
+make groups not of num_generations rows, so the config refuses them with Guide's replacement (a
+group of num_generations) and with dynamic sampling (they decide the rollouts per prompt themselves).
 """
 from __future__ import annotations
 

@@ -209,6 +209,57 @@ def guide_vs_grpo() -> list[str]:
         guide_tables("guide_vs_grpo_stuck_pool.json"), guide_student())
 
 
+def frontier_rl() -> list[str]:
+    r = load("frontier_rl.json")
+    t, h, m = r["table"], r["histogram"], r["meta"]
+    hist = table(["difficulty", "problems", "p̂ = 0", "p̂ = 1", f"mean@{h['k']}"],
+                 [[d, x["problems"], f3(x["p0"]), f3(x["p1"]), f3(x["mean"])] for d, x in h["by_difficulty"].items()])
+    rows = []
+    for arm, x in t.items():
+        if arm == "target_pass@1":
+            continue
+        to = (f"{pm(x['rollouts_to_target'], 2)}" if x["rollouts_to_target"] else "never") + f" ({x['reached']})"
+        rows.append([arm, f"{x['rollouts'][0]:,.0f}", f"{x['steps'][0]:.0f}", pm(x["pass@1"]), pm(x["pass@8"]),
+                     f"**{to}**", pm(x["tokens_to_target"], 2) if x["tokens_to_target"] else "never",
+                     pm(x["zero_variance_share"]), pm(x["informative_group_share"]), pm(x["minutes"], 1)])
+    s = m["settings"]
+    return section(
+        "Frontier prompt selection in RL",
+        "`python benchmarks/frontier_rl.py [--quick]`. The claim ([methods.md](methods.md) §5): aiming rollouts "
+        "with the ledger's posterior reaches the DAPO baseline's (GRPO + dynamic sampling) final accuracy with at "
+        f"most half its rollouts. Student: the tiny preset after {s['student_steps']} SFT steps on 1–4-digit sums; "
+        f"pool: {s['pool']} sums of 1–6 digits, whose p̂ ({h['k']} samples, T = 1) is:",
+        hist,
+        f"Every arm: GRPO, `dapo` loss, 32 prompts × 8 a uniform step, lr {s['lr']:g}, the same budget "
+        f"`rl.max_rollouts={s['budget']:,}`, seeds {m['seeds']}; held-out: {s['heldout']} sums of 1–6 digits, "
+        f"pass@1 and pass@8 from 8 samples every {s['eval_steps']} steps. \"To target\": rollouts (and generated "
+        f"tokens) at the first evaluation reaching the baseline's mean final pass@1 ({t['target_pass@1']:.3f}), "
+        "as a share of the baseline's mean, over the seeds that got there (the baseline's own seeds end on both "
+        "sides of their mean). Zero-variance: the share of rollouts in groups "
+        "whose rewards all agree. skip and allocate read p̂ with `ledger.recency=exponential`, half-life 10 steps; "
+        "the arms' settings were chosen on a seed the table does not report (the script's docstring).",
+        table(["arm", "rollouts", "steps", "pass@1", "pass@8", "rollouts to target (× dapo)", "tokens to target",
+               "zero-variance rollouts", "informative groups", "minutes"], rows),
+        machine_line(r), FRONTIER_READING)
+
+
+FRONTIER_READING = (
+    "Reading: `allocate` meets the goal, the DAPO baseline's final pass@1 at half its rollouts (3 of 3 seeds), "
+    "and ends highest. But most of that is not the selection: the `grpo` control (uniform prompts, no dynamic "
+    "sampling) gets there at 0.57×, within noise of allocate. DAPO's dynamic sampling pays for zero-variance "
+    "groups and then throws them away, so it makes fewer updates per rollout (68 steps against 157); on this pool "
+    "that costs more than the cleaner batches gain. Against its fair control, allocate is ahead by a little "
+    "(0.50 against 0.57, final pass@1 level): its knapsack spreads 256 rollouts over about 80 prompts in groups "
+    "of about 3, so it wastes more rollouts on zero-variance groups than any arm and still learns as fast. "
+    "`skip` against its fair control (DAPO) cuts the wasted share from 0.48 to 0.42 (it leaves out about 1,200 "
+    "prompts a run) and reaches the target at 0.89×, 2 of 3 seeds: its ceiling is the waste it removes, and "
+    "groups of 8 at p̂ near, not at, 0 or 1 still often agree. `adaptive` (0.73×) has the highest informative-group "
+    "share, but a prompt at p = 0 or 1 costs it the full cap of 16. Wall time follows optimizer steps: allocate "
+    "and grpo do 2.3× DAPO's updates, and allocate calls the sampler once per distinct group size. Toy scale, one pool: a "
+    "pool with more prompts at p̂ = 0 or 1, or a larger model whose rollouts cost more than its updates, could "
+    "order them differently.")
+
+
 def rl_step_vs_trl() -> list[str]:
     r = load("rl_step_vs_trl.json")
     s, rows = r["settings"], []
@@ -360,9 +411,9 @@ def continual_lm() -> list[str]:
 
 REAL = ("answer_extractors.json", "rollout_throughput_real.json", "rl_step_vs_trl_real.json", "rl_memory.json",
         "rl_memory_gc.json")
-QUICK = ("guide_vs_grpo_quick.json", "nsr_passk_quick.json", "reliability_quick.json")
+QUICK = ("frontier_rl_quick.json", "guide_vs_grpo_quick.json", "nsr_passk_quick.json", "reliability_quick.json")
 RELIABILITY = ("reliability.json",)   # its table: docs/reliability.md
-SECTIONS = (rollout_throughput, paced_vs_baselines, snr, nsr_passk, guide_vs_grpo, rl_step_vs_trl, distill_step,
+SECTIONS = (rollout_throughput, paced_vs_baselines, snr, nsr_passk, guide_vs_grpo, frontier_rl, rl_step_vs_trl, distill_step,
             distill_memory, continual_digits, forgetting_in_distill, continual_lm)
 
 

@@ -127,6 +127,36 @@ ADVANTAGES = {"grpo": grpo_advantages, "psr": psr_advantages, "nsr": nsr_advanta
               "w_reinforce": w_reinforce_advantages}
 
 
+def ragged_advantages(rewards: Tensor, sizes: list[int], rule: str, **kw) -> tuple[Tensor, Tensor]:
+    """``ADVANTAGES[rule]`` over groups of unequal size: rewards (N,), N = Σ sizes, group g the
+    next ``sizes[g]`` rows; each group's rule on its own rows, concatenated -> (A (N,), keep (N,)).
+
+    For rules that look at one row (psr, nsr, w_reinforce) this equals the equal-size call row for
+    row; for grpo each group's mean and std are its own rows' (a group of 16 and one of 4 are each
+    centred on their own mean), and ``scale_rewards`` "batch" divides by the std of all N rewards
+    (``batch_std`` when given: the global batch's). Frontier prompt selection (paced/train/frontier.py:
+    allocate's knapsack, adaptive's rounds) makes such batches. Deviations: none (Knapsack-RL,
+    arXiv 2509.25849, and Reinforce-Ada, arXiv 2510.04996, compute GRPO's statistics per prompt
+    over the rollouts it got, as here).
+    """
+    r = _upcast(rewards)                                         # (N,)
+    if r.dim() != 1 or sum(sizes) != r.numel() or min(sizes, default=1) < 1:
+        raise ValueError(f"ragged_advantages: {r.numel()} rewards do not split into groups of sizes "
+                         f"{list(sizes)[:8]}")
+    if kw.get("scale_rewards") == "batch" and kw.get("batch_std") is None:
+        kw = {**kw, "batch_std": float(r.std())}
+    parts = [ADVANTAGES[rule](g, g.numel(), **kw) for g in r.split(list(sizes))]
+    if not parts:
+        return r.new_zeros(0), torch.zeros(0, dtype=torch.bool)
+    return torch.cat([a for a, _ in parts]), torch.cat([k for _, k in parts])
+
+
+def ragged_has_variance(rewards: Tensor, sizes: list[int]) -> Tensor:
+    """(G,) bool: ``group_has_variance`` of groups of unequal ``sizes`` (rows in order)."""
+    r = _upcast(rewards)                                         # (N,)
+    return torch.tensor([bool((g != g[:1]).any()) for g in r.split(list(sizes))], dtype=torch.bool)
+
+
 def group_has_variance(rewards: Tensor, n: int) -> Tensor:
     """(G,) bool: True where a group's rewards are not all exactly equal (no float tolerance).
 
@@ -254,6 +284,13 @@ def chunked_logprobs(hidden: Tensor, head, targets: Tensor, temperature: float =
 # ---------------------------------------------------------------------------------------------
 # Loss reductions (TRL loss_type). per_token/mask: one micro-batch; num_sequences/num_tokens:
 # kept sequences/tokens of the whole optimizer batch. Summed over micro-batches = batch loss.
+# Groups of unequal size (frontier selection's allocate / adaptive): no reduction knows groups.
+# Every kept row counts once, so a group's share of the loss is proportional to its rows: grpo
+# gives each row 1 / num_sequences (a group of 16 rows weighs 4x a group of 4), dapo each token
+# 1 / num_tokens and dr_grpo 1 / (num_sequences · max_completion_length) (a group weighs its
+# completion tokens), bnpo each token of a micro-batch 1 / its tokens. A group that earned more
+# rollouts (the knapsack's choice) thus moves the policy more, and its advantages, averaged over
+# more rows, are less noisy.
 # ---------------------------------------------------------------------------------------------
 def loss_grpo(per_token: Tensor, mask: Tensor, *, num_sequences: float, num_tokens: float,
               max_completion_length: int, num_micro_batches: int) -> Tensor:

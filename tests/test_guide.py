@@ -196,6 +196,32 @@ def test_trigger_replacement_and_scoring_without_the_hint(tmp_path, policy, monk
     assert sum(k for _, k in led.counts(stage="rl:hinted").values()) == 8 * len(even)
 
 
+@pytest.mark.parametrize("guide", [False, True])
+def test_skip_keeps_the_all_fail_prompts_guide_can_rescue(tmp_path, policy, monkeypatch, guide):
+    """Scripted: even problems fail every plain rollout, odd ones succeed on half. On a pool of 8
+    seen again from step 3, skip (no re-admission) leaves the even ones out, unless Guide is on:
+    then an all-fail group is not waste (it is re-rolled with the hint), only all-pass would be."""
+    from paced.tasks import load_sources
+    cfg = rl_cfg(tmp_path, policy, f"rl.guide.enabled={str(guide).lower()}", "rl.dynamic_sampling=false",
+                 "rl.prompt_selection=skip", "rl.skip_threshold=0.5", "rl.skip_readmit=0", "rl.max_steps=4",
+                 "data.train=[{source: add, n: 8, difficulty: 1, hint_level: 1}]")
+    scripted = Scripted(policy, load_sources(cfg.data.train))
+    monkeypatch.setitem(SAMPLERS, "hf", scripted)
+    RL.train(cfg)
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    plain = [[scripted.by_prompt[t.split("(")[0]][0] for t in call] for call in scripted.calls
+             if "(starts" not in call[0]]
+    assert rows[0]["prompts_skipped"] == rows[1]["prompts_skipped"] == 0       # first epoch: nothing known
+    if guide:
+        assert all(r["prompts_skipped"] == 0 for r in rows)
+        assert sum(i % 2 == 0 for i in plain[2] + plain[3]) > 0
+        assert all(r["rollouts_zero_variance"] == 8 * r["guide/guided_groups"] for r in rows)  # plain all-fail
+    else:
+        assert rows[2]["prompts_skipped"] + rows[3]["prompts_skipped"] > 0
+        assert all(i % 2 == 1 for i in plain[2] + plain[3])                  # the all-fail ones are left out
+        assert [r["informative_group_share"] for r in rows[2:]] == [1.0, 1.0]
+
+
 def test_without_guide_the_failed_groups_are_dropped(tmp_path, policy, monkeypatch):
     from paced.tasks import load_sources
     cfg = rl_cfg(tmp_path, policy, "rl.guide.enabled=false")

@@ -1,5 +1,6 @@
 """``paced rl`` end to end on tiny models: every advantage x loss_type, PPO, dynamic sampling,
-prompt weighting, the ledger, reward-function errors, bad configs and exact resume."""
+prompt weighting and frontier selection (skip, allocate, adaptive), the ledger, reward-function
+errors, bad configs and exact resume (under every selection rule)."""
 import json
 import shutil
 import subprocess
@@ -101,6 +102,52 @@ def test_prompt_weighting_uses_the_ledger(tmp_path, policy):
         assert rows[-1]["mean_prompt_weight"] < 1.0        # tried prompts at p̂ = 0 or 1 lose their weight
 
 
+SELECT = {"skip": ["rl.prompt_selection=skip", "rl.skip_threshold=0.5", "rl.skip_readmit=0.2"],
+          "allocate": ["rl.prompt_selection=allocate", "rl.rollout_budget=30", "rl.min_group=3", "rl.max_group=12"],
+          "adaptive": ["rl.prompt_selection=adaptive", "rl.adaptive_round=2", "rl.adaptive_cap=8"]}
+SMALL_POOL = "data.train=[{source: add, n: 8, difficulty: 1}]"   # seen again from step 3 (4 prompts a step)
+
+
+@pytest.mark.parametrize("rule", list(SELECT))
+def test_frontier_selection_spends_and_logs(tmp_path, policy, rule, monkeypatch):
+    sizes, real = [], RL.pack_batch
+    monkeypatch.setattr(RL, "pack_batch", lambda groups, *a: sizes.append(
+        [(len(g["completions"]), sum(g["correct"]), sum(map(len, g["completions"]))) for g in groups])
+        or real(groups, *a))
+    RL.train(rl_cfg(tmp_path, policy, "rl.advantage=grpo", *SELECT[rule], SMALL_POOL, "rl.max_steps=4",
+                    "data.eval=[]"))
+    rows, led = metrics(tmp_path), Ledger(tmp_path / "ledger.sqlite")
+    for step, (r, groups) in enumerate(zip(rows, sizes), 1):
+        trials = sum(k for _, k in led.counts(stage="rl", step=step).values())
+        assert r["rollouts"] == trials == r["rollouts_total"] - sum(x["rollouts"] for x in rows[:step - 1])
+        # no dynamic sampling: the batch is every group rolled; verifier rewards agree iff c in {0, n}
+        assert r["rollouts_zero_variance"] == sum(n for n, c, _ in groups if c in (0, n))
+        assert r["rollout_tokens"] == sum(t for _, _, t in groups)
+        groups = [(n, c) for n, c, _ in groups]
+        if groups:
+            assert r["informative_group_share"] == pytest.approx(sum(0 < c < n for n, c in groups) / len(groups))
+        if rule == "allocate":   # the budget exactly, in groups of 3..12
+            assert sum(n for n, _ in groups) == 30 and all(3 <= n <= 12 for n, _ in groups)
+            assert r["prompts_unallocated"] == 8 - len(groups)
+        if rule == "adaptive":   # whole rounds of 2; short of the cap only once both outcomes are in
+            assert all(n % 2 == 0 and n <= 8 and (n == 8 or 0 < c < n) for n, c in groups)
+    if rule == "skip":           # readmit 0.2: what was rolled out had low risk, or was re-admitted
+        assert sum(r["prompts_skipped"] for r in rows) > 0 and rows[0]["prompts_skipped"] == 0  # nothing known yet
+
+
+def test_skip_admits_only_low_risk_prompts_without_readmission(tmp_path, policy):
+    from paced.posterior import beta_params, zero_variance_prob
+    RL.train(rl_cfg(tmp_path, policy, "rl.prompt_selection=skip", "rl.skip_threshold=0.5", "rl.skip_readmit=0",
+                    SMALL_POOL, "rl.max_steps=4", "data.eval=[]"))
+    led, rows = Ledger(tmp_path / "ledger.sqlite"), metrics(tmp_path)
+    for step in range(2, 5):
+        before = led.counts(stage="rl", before_step=step)
+        for pid in led.counts(stage="rl", step=step):
+            c, k = before.get(pid, (0, 0))
+            assert zero_variance_prob(*beta_params(c, k), 8) < 0.5, (step, pid, c, k)
+    assert sum(r["prompts_skipped"] for r in rows) > 0
+
+
 def test_resume_equals_uninterrupted(tmp_path, policy, killed_at_update):
     common = ["rl.max_steps=5", "run.save_steps=2", "run.save_total_limit=0", "rl.num_iterations=2",
               "rl.dynamic_sampling=true", "rl.advantage=grpo", "data.eval=[]"]
@@ -117,6 +164,28 @@ def test_resume_equals_uninterrupted(tmp_path, policy, killed_at_update):
     full = Ledger(tmp_path / "full" / "ledger.sqlite").counts(stage="rl")
     crash = Ledger(tmp_path / "crash" / "ledger.sqlite").counts(stage="rl")
     assert full == crash  # the killed run's rows past the checkpoint were dropped, then redone
+
+
+@pytest.mark.parametrize("rule", ["beta", "hard_filter", *SELECT])
+def test_resume_equals_uninterrupted_with_every_selection(tmp_path, policy, killed_at_update, rule):
+    extra = {**SELECT, "beta": ["rl.prompt_selection=beta", "rl.dynamic_sampling=true"],
+             "hard_filter": ["rl.prompt_selection=hard_filter"],
+             "skip": [*SELECT["skip"], "rl.dynamic_sampling=true"]}[rule]   # GRESO sits on dynamic sampling
+    common = ["rl.max_steps=5", "run.save_steps=2", "run.save_total_limit=0", "rl.advantage=grpo", SMALL_POOL,
+              "data.eval=[]", *extra]
+    RL.train(rl_cfg(tmp_path / "full", policy, *common))
+    crashed = rl_cfg(tmp_path / "crash", policy, *common)
+    killed_at_update(lambda: RL.train(crashed), 3)  # dies in step 3, after step-2
+    assert (tmp_path / "crash" / "checkpoints" / "step-2").exists()
+    RL.train(crashed, resume=True)
+    a = load_file(tmp_path / "full" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "crash" / "model" / "model.safetensors")
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    full, crash = metrics(tmp_path / "full"), metrics(tmp_path / "crash")
+    assert [r["rollouts_total"] for r in full] == [r["rollouts_total"] for r in crash]
+    assert Ledger(tmp_path / "full" / "ledger.sqlite").counts(stage="rl") == \
+        Ledger(tmp_path / "crash" / "ledger.sqlite").counts(stage="rl")
 
 
 def test_ppo_resume_restores_the_critic(tmp_path, policy, killed_at_update):
@@ -172,10 +241,19 @@ def test_user_reward_function_trains(tmp_path, policy):
     ("rl.reward_funcs=[nonsense]", "rl.reward_funcs[0]"),
     ("rl.advantage=reinforce", "rl.advantage"),
     ("rl.loss_typ=dapo", "did you mean 'rl.loss_type'"),
+    ("rl.prompt_selection=knapsack", "rl.prompt_selection"),
+    (("rl.prompt_selection=allocate", "rl.dynamic_sampling=true"), "drop rl.dynamic_sampling"),
+    (("rl.prompt_selection=adaptive", "rl.guide.enabled=true"), "rl.guide replaces"),
+    (("rl.prompt_selection=allocate", "rl.rollout_budget=33", "rl.min_group=4", "rl.max_group=4"),
+     "cannot be split exactly"),
+    (("rl.prompt_selection=allocate", "rl.min_group=17"), "more than max_group 16"),
+    (("rl.prompt_selection=adaptive", "rl.adaptive_round=3"), "not a multiple of adaptive_round 3"),
+    ("rl.skip_readmit=1.5", "above the maximum"),
+    ("rl.min_group=1", "below the minimum"),
 ])
 def test_bad_config_is_named(tmp_path, policy, override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
-        rl_cfg(tmp_path, policy, override)
+        rl_cfg(tmp_path, policy, *([override] if isinstance(override, str) else override))
 
 
 @pytest.mark.slow

@@ -27,7 +27,8 @@ from .trainers import (DistillCfg, DistillConfig, GuideCfg, PPOCfg, RLCfg, RLCon
                        StageCfg, TrainCfg)
 from .yamlfiles import rename_keys, safe_yaml, save_config  # noqa: F401
 
-# old key -> new key (paced 0.1's names; they work, with a warning, until 0.3)
+# old key -> new key, or (new key, {old value: new value}) (paced 0.1's names and 0.2's
+# rl.prompt_weighting; they work, with a warning, until 0.3)
 _SAMPLING = {f"{sec}.{old}": f"sampling.{new}" for sec, names in (
     ("rl", ("temperature", "top_p", "top_k", "max_completion_length", "sampling_batch_size")),
     ("eval", ("temperature", "top_p", "top_k", "max_completion_length", "batch_size")),
@@ -48,6 +49,7 @@ RENAMED = {
         ("classp_p1", ("lr", "threshold", "eps")), ("classp_p2", ("lr", "threshold", "eps")),
         ("mas", ("lr", "optimizer", "alpha"))) for k in ks},
     "continual.ewc_lambda": "continual.ewc.ewc_lambda", "continual.mas_lambda": "continual.mas.mas_lambda",
+    "rl.prompt_weighting": ("rl.prompt_selection", {"none": "uniform"}),   # (new key, old value -> new value)
     **{k: f"demo.{k}" for k in ("teacher_preset", "student_preset", "teacher_steps", "student_steps",
                                 "student_train", "passrate_pool", "distill_families", "distill_target",
                                 "distill_pool", "rl_families", "rl_pool")},

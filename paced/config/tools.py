@@ -196,7 +196,8 @@ def parse_overrides(overrides: list[str], root, renamed: dict | None = None) -> 
         if "=" not in item:
             raise ConfigError(f"override {item!r} must look like key=value{_nearest(item, root)}")
         key, raw = item.split("=", 1)
-        t = _field_type(root, renamed.get(key.strip(), key.strip()))
+        new = renamed.get(key.strip(), key.strip())
+        t = _field_type(root, new[0] if isinstance(new, tuple) else new)
         if t is not None and _is_text_field(t) and raw not in ("", "null", "~") and raw[:1] not in "'\"":
             _set_dotted(data, key.strip(), raw, root)
             continue

@@ -165,10 +165,27 @@ class RLCfg:
     reward_funcs: list[str] = option(["verifier"], "reward functions: 'verifier' (the task's checker) or "
                                      "'module:function' / 'file.py:function' with TRL's signature")
     reward_weights: list[float] = option([], "one weight per reward function (default 1 each)")
-    prompt_weighting: Literal["none", "hard_filter", "beta"] = option(
-        "none", "sample prompts by w(p-hat) from this run's rollouts in the ledger (untried: p-hat = 0.5)")
-    weight_alpha: float = option(1.0, "prompt_weighting beta: alpha of p^alpha (1-p)^beta", min=0.0)
-    weight_beta: float = option(1.0, "prompt_weighting beta: beta of p^alpha (1-p)^beta", min=0.0)
+    prompt_selection: Literal["uniform", "hard_filter", "beta", "skip", "allocate", "adaptive"] = option(
+        "uniform", "which prompts a step rolls out, p-hat from the ledger (paced/train/frontier.py): uniform "
+        "(the seeded stream), hard_filter / beta (drawn by w(p-hat); untried: p-hat = 0.5), skip (the stream "
+        "minus prompts whose group would all agree), allocate (a knapsack spreads rollout_budget over "
+        "allocate_prompts), adaptive (rounds of adaptive_round until both outcomes or adaptive_cap)")
+    weight_alpha: float = option(1.0, "prompt_selection beta: alpha of p^alpha (1-p)^beta", min=0.0)
+    weight_beta: float = option(1.0, "prompt_selection beta: beta of p^alpha (1-p)^beta", min=0.0)
+    skip_threshold: float = option(0.5, "skip: leave out a prompt when P(its num_generations rewards all agree) "
+                                   "under its posterior is at least this (0.5: after one all-agree group, whose "
+                                   "P is (G+1)/(2G+1) under the uniform prior)", min=0.0, max=1.0)
+    skip_readmit: float = option(0.1, "skip: probability that a prompt to leave out is rolled out anyway",
+                                 min=0.0, max=1.0)
+    rollout_budget: int = option(0, "allocate: rollouts per process per step (0 = per_device_train_batch_size x "
+                                 "gradient_accumulation_steps, a uniform step's)", min=0, max=65_536)
+    allocate_prompts: int = option(0, "allocate: candidate prompts per process per step (0 = twice a uniform "
+                                   "step's)", min=0, max=65_536)
+    min_group: int = option(2, "allocate: fewest rollouts of a prompt that gets any", min=2, max=4_096)
+    max_group: int = option(0, "allocate: most rollouts of one prompt (0 = 2 x num_generations)", min=0, max=4_096)
+    adaptive_round: int = option(4, "adaptive: rollouts per prompt per round", min=1, max=4_096)
+    adaptive_cap: int = option(32, "adaptive: most rollouts of one prompt in a step (a multiple of adaptive_round)",
+                               min=2, max=4_096)
     eval_n: int = option(8, "samples per held-out problem (data.eval) before, after and every eval_steps", min=1)
     eval_steps: int = option(0, "held-out evaluation every N steps into metrics.jsonl (0 = before and after only)",
                              min=0)
@@ -190,6 +207,33 @@ class RLCfg:
         if self.reward_weights and len(self.reward_weights) != len(self.reward_funcs):
             raise ConfigError(f"{key}.reward_weights: {len(self.reward_weights)} weights for "
                               f"{len(self.reward_funcs)} reward functions")
+        self.check_selection(key)
+
+    def check_selection(self, key: str) -> None:
+        """prompt_selection's knobs: an allocate budget the knapsack can spend exactly, an adaptive
+        cap in whole rounds; no Guide or dynamic sampling with unequal groups."""
+        sel = self.prompt_selection
+        if sel in ("allocate", "adaptive"):
+            if self.guide.enabled:
+                raise ConfigError(f"{key}.prompt_selection: {sel} gives groups of unequal size; {key}.guide replaces "
+                                  f"a failed group of num_generations: use uniform / skip / hard_filter / beta "
+                                  f"with guide")
+            if self.dynamic_sampling:
+                raise ConfigError(f"{key}.prompt_selection: {sel} decides each prompt's rollouts itself; drop "
+                                  f"{key}.dynamic_sampling (it would resample what {sel} already spent)")
+        if sel == "allocate":
+            local = self.per_device_train_batch_size * self.gradient_accumulation_steps // self.num_generations
+            budget = self.rollout_budget or local * self.num_generations
+            n, hi = self.allocate_prompts or 2 * local, self.max_group or 2 * self.num_generations
+            if self.min_group > hi:
+                raise ConfigError(f"{key}.min_group: {self.min_group} is more than max_group {hi}")
+            m = -(-budget // hi)          # the fewest groups that can hold the budget
+            if m > n or m * self.min_group > budget:
+                raise ConfigError(f"{key}.rollout_budget: {budget} rollouts cannot be split exactly into groups of "
+                                  f"{self.min_group}..{hi} over {n} candidate prompts (allocate_prompts)")
+        if sel == "adaptive" and self.adaptive_cap % self.adaptive_round:
+            raise ConfigError(f"{key}.adaptive_cap: {self.adaptive_cap} is not a multiple of adaptive_round "
+                              f"{self.adaptive_round}")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -80,16 +80,19 @@ def _warn(text: str) -> None:
 
 def rename_keys(data: dict, renamed: dict, where: str, warn=_warn) -> dict:
     """Move each old dotted key of ``renamed`` found in ``data`` (with a value that is not a
-    mapping: the old keys were all single values) to its new key, telling ``warn`` so. An old
-    and a new key both set to different values is a ConfigError naming both."""
+    mapping: the old keys were all single values) to its new key, telling ``warn`` so; a new key
+    given as (key, {old value: new value}) also renames those values. An old and a new key both
+    set to different values is a ConfigError naming both."""
     for old, new in renamed.items():
+        new, values = new if isinstance(new, tuple) else (new, {})
         *path, leaf = old.split(".")
         node = data
         for p in path:
             node = node.get(p) if isinstance(node, dict) else None
         if not isinstance(node, dict) or leaf not in node or isinstance(node[leaf], dict):
             continue
-        value = node.pop(leaf)
+        value = was = node.pop(leaf)
+        value = values.get(value, value) if isinstance(value, str) else value
         if not node and path:               # an old section left empty
             _pop_empty(data, path)
         *npath, nleaf = new.split(".")
@@ -104,7 +107,8 @@ def rename_keys(data: dict, renamed: dict, where: str, warn=_warn) -> dict:
                               f"{target[nleaf]!r}; keep only {new}")
         target[nleaf] = value
         if warn:
-            warn(f"{where}: '{old}' is now '{new}' (the old name works until paced 0.3)")
+            warn(f"{where}: '{old}' is now '{new}'" + (f", its value {was!r} now {value!r}" if was != value else "")
+                 + " (the old name works until paced 0.3)")
     return data
 
 

@@ -4,11 +4,13 @@
     accelerate launch -m paced.cli rl --config ...          # the same code on many processes
 
 Algorithm (one pass per step; the math is paced/rl_losses.py; the loop calls its named steps
-``collect_groups`` (paced/train/rollouts.py), ``pack_batch`` and
+``collect`` (paced/train/frontier.py, over paced/train/rollouts.py), ``pack_batch`` and
 ``targets_for`` (paced/train/rl_batch.py), ``optimise`` over ``policy_loss``, ``step_row``):
-    prompts   <- the next prompts of a seeded per-epoch permutation of data.train
-                 (or drawn ∝ w(p̂) with prompt_weighting, p̂ from this run's rollouts so far)
+    prompts   <- the next prompts of a seeded per-epoch permutation of data.train, or as
+                 prompt_selection says (∝ w(p̂); skip, allocate, adaptive: frontier.py), p̂ from
+                 the ledger (this run's rollouts and its parents', under ledger.recency)
     rollouts  <- num_generations completions per prompt (the shared sampler), old log-probs
+                 (allocate, adaptive: groups of unequal size)
     rewards   <- reward_funcs (the task verifiers by default); successes -> the ledger
     guide:    a group whose num_generations rollouts all fail and whose prompt has a hint is
                  replaced by num_generations rollouts from the hinted prompt (rl.guide.hint_template),
@@ -40,7 +42,9 @@ is the verifier's verdict (whatever reward_funcs say); hinted rollouts are recor
 under stage "<ledger.stage>:hinted", so p̂ stays the plain prompt's pass rate; hinted old
 log-probs are always the sampler's (π_old(o|q,h) needs the hinted prompt, which the training
 forward does not see). Every run logs ``all_fail_prompts`` (prompts whose rollouts all failed
-once) and ``all_fail_now_solved`` (of those, the ones whose latest plain rollouts solved them).
+once) and ``all_fail_now_solved`` (of those, the ones whose latest plain rollouts solved them),
+and what its rollouts bought: ``rollout_tokens``, ``rollouts_zero_variance`` (in groups whose
+rewards all agree) and ``informative_group_share``.
 """
 from __future__ import annotations
 
@@ -68,12 +72,13 @@ from ..runlog import Progress, RunLog, console
 from ..tasks import load_sources
 from ..tasks.answers import take_undecided
 from .critic import ValueModel
+from .frontier import SelectSpec, collect, reads_counts
 from .lineage import Recency, link_parent, read_counts
 from .logprobs import completion_logprobs
 from .optimization import make_scheduler, optimizer_from, update
 from .regularizer import regularizer_from
 from .rl_batch import Batch, Targets, pack_batch, targets_for
-from .rollouts import Collected, Roller, collect_groups, encode_hints, prompt_weights
+from .rollouts import Collected, Roller, encode_hints
 
 
 # ---------------------------------------------------------------------------------------------
@@ -204,7 +209,9 @@ def step_row(c: Collected, batch: Batch, t: Targets, stats: dict, grad_norm, lr:
            "accuracy": float(np.mean([x for g in groups for x in g["correct"]])) if N else float("nan"),
            "frac_reward_zero_std": float(np.mean(c.zero_std)) if c.zero_std else float("nan"),
            "groups": len(groups), "prompts_sampled": c.sampled, "sampling_rounds": c.rounds,
-           "rollouts": c.rollouts, "rollouts_total": rollouts_total,
+           "rollouts": c.rollouts, "rollouts_total": rollouts_total, "rollout_tokens": c.tokens,
+           "rollouts_zero_variance": c.rollouts_zero_variance,
+           "informative_group_share": c.informative / c.rolled if c.rolled else float("nan"), **c.metrics,
            "all_fail_prompts": len(once_failed), "all_fail_now_solved": sum(once_failed.values()),
            "kept_rows": int(t.keep.sum()), "completion_length": float(batch.lengths.mean()) if N else 0.0,
            "loss": stats["loss"] / max(iters, 1), "grad_norm": float(grad_norm), "lr": lr,
@@ -288,9 +295,10 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
     adv_kw = {"grpo": {"scale_rewards": r.scale_rewards}, "w_reinforce": {"lam": r.w_reinforce_lambda}}.get(r.advantage, {})
     trainable = _Params([p for m in (policy, critic) if m is not None for p in m.parameters()])
     local = r.per_device_train_batch_size * r.gradient_accumulation_steps // G
+    sel = SelectSpec.of(r, local)
     if main:
         console.print(f"rl ({r.advantage}, loss_type {r.loss_type}): {len(pool)} prompts, "
-                      f"{local * world} prompts x {G} completions per step, {r.max_steps} steps"
+                      f"{local * world} prompts x {G} completions per step ({sel.rule}), {r.max_steps} steps"
                       + (f"; p̂ also from {', '.join(parents)}" if parents else ""))
 
     def held_out_eval() -> dict:
@@ -318,16 +326,13 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
     while step < r.max_steps and not (r.max_rollouts and rollouts_total >= r.max_rollouts):
         t0 = time.perf_counter()
         t_sync = sync_weights(raw, cfg.engine.backend)   # the engine serves the current policy
-        weights = None if r.prompt_weighting == "none" else prompt_weights(   # p̂ from the rollouts so far
-            *read_counts(accelerator, ledger, tag, pool_ids, step, rec), r.prompt_weighting,
-            r.weight_alpha, r.weight_beta)
-        c, prompts_seen = collect_groups(ro, step, prompts_seen, weights, local, world, rank, cfg.run.seed,
-                                         r.dynamic_sampling, r.max_sampling_rounds, accelerator, ledger, tag,
-                                         stage, hint_stage if r.guide.enabled else None, once_failed)
+        counts = read_counts(accelerator, ledger, tag, pool_ids, step, rec) if reads_counts(sel.rule) else None
+        c, prompts_seen = collect(ro, sel, counts, step, prompts_seen, world, rank, cfg.run.seed, accelerator, ledger,
+                                  tag, stage, hint_stage if r.guide.enabled else None, once_failed)
         t_rollout = time.perf_counter() - t0
-        batch = pack_batch(c.groups, G, r.per_device_train_batch_size, tok.pad_token_id, dev)
+        batch = pack_batch(c.groups, r.per_device_train_batch_size, tok.pad_token_id, dev)
         rollouts_total += int(accelerator.reduce(torch.tensor(c.rollouts, device=dev), "sum"))
-        t = targets_for(accelerator, raw, ref, critic, batch, G, r.advantage, adv_kw,
+        t = targets_for(accelerator, raw, ref, critic, batch, r.advantage, adv_kw,
                         r.advantage == "grpo" and r.scale_rewards == "batch" and world > 1, r.ppo.gamma, r.ppo.lam,
                         r.ppo.whiten_advantages, smp.temperature, cfg.engine.backend != "hf" and r.num_iterations > 1,
                         smp.max_completion_length)
@@ -345,8 +350,6 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
         row["undecided"] = take_undecided()   # verdicts math-verify timed out on (counted wrong)
         if critic is not None:
             row["value_loss"] = stats["value_loss"] / max(r.num_iterations, 1)
-        if weights is not None:
-            row["mean_prompt_weight"] = float(weights.mean())
         if r.eval_steps and step % r.eval_steps == 0 and step < r.max_steps:
             row.update(held_out_eval())
         log.log(step, row, console_keys=("reward", "accuracy", "frac_reward_zero_std", "loss", "entropy"))

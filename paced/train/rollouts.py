@@ -1,6 +1,7 @@
 """The rollout phase of an RL step: which prompts, their groups of completions and rewards,
 Guide's hinted replacement and dynamic sampling, recorded in the ledger (``collect_groups``, which
-paced/train/rl.py calls first in every step).
+paced/train/frontier.py's ``collect`` calls for the rules that roll num_generations per prompt;
+``roll_sized`` and ``record_round`` are what its allocate and adaptive rules build on).
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def pick_prompts(n_pool: int, count: int, seed: int, start: int, weights=None, k
         return batch_indices(n_pool, seed, start, count)
     live = np.flatnonzero(weights > 0)
     if live.size == 0:
-        raise ValueError("rl.prompt_weighting: every prompt has weight 0 (p̂ all 0 or 1)")
+        raise ValueError("rl.prompt_selection: every prompt has weight 0 (p̂ all 0 or 1)")
     rng = np.random.default_rng([seed, *key])
     return rng.choice(live, count, replace=count > live.size, p=weights[live] / weights[live].sum()).tolist()
 
@@ -92,8 +93,11 @@ def _verified(correct: list[bool]):
 
 @dataclass
 class Collected:
-    """One step's groups (each: prompt, rewards (G,), verdicts, completions, sample log-probs,
-    hinted) and what it cost. ``counts`` / ``hint_counts``: every round's ledger rows."""
+    """One step's groups (each: prompt, rewards (n,), verdicts, completions, sample log-probs,
+    hinted) and what it cost (``tokens``: completion tokens sampled): ``rolled`` groups sampled
+    (a Guide replacement is a group of its own; dynamic sampling's dropped ones count),
+    ``informative`` of them with rewards that vary, ``rollouts_zero_variance`` the rollouts of
+    the others; ``metrics``: the selection rule's own."""
     groups: list[dict] = field(default_factory=list)
     rounds: int = 0
     sampled: int = 0
@@ -103,6 +107,17 @@ class Collected:
     zero_std: list[float] = field(default_factory=list)
     t_sample: float = 0.0
     t_reward: float = 0.0
+    tokens: int = 0
+    rolled: int = 0
+    informative: int = 0
+    rollouts_zero_variance: int = 0
+    metrics: dict = field(default_factory=dict)
+
+    def waste(self, rewards, G: int) -> None:
+        """Count groups of G rows (``rewards`` (N,)) into rolled / informative / zero-variance."""
+        varied = group_has_variance(rewards, G)                       # (groups,)
+        self.rolled, self.informative = self.rolled + varied.numel(), self.informative + int(varied.sum())
+        self.rollouts_zero_variance += G * int((~varied).sum())
 
 
 def roll_round(ro: Roller, mine: list[int], seed_key: tuple, out: Collected):
@@ -115,11 +130,15 @@ def roll_round(ro: Roller, mine: list[int], seed_key: tuple, out: Collected):
     comps, lps, correct, rewards, ts = roll(ro, [prompt_ids[i] for i in mine], exs, seed_of(*seed_key))
     counts, hint_counts = tally([e.id for e in exs for _ in range(G)], correct), {}
     out.zero_std.append(reward_zero_std_share(rewards, G))
+    out.waste(rewards, G)
+    out.tokens += sum(len(x) for x in comps)
     stuck = [j for j in all_fail(correct, G).nonzero().flatten().tolist()
              if hint_ids is not None and mine[j] in hint_ids]
     if stuck:
         h = roll(ro, [hint_ids[mine[j]] for j in stuck], [exs[j] for j in stuck], seed_of(*seed_key, 1))
         hint_counts = tally([exs[j].id for j in stuck for _ in range(G)], h[2])
+        out.waste(h[3], G)
+        out.tokens += sum(len(x) for x in h[0])
         comps, lps, correct, rewards = (replace_groups(x, hx, stuck, G)
                                         for x, hx in zip((comps, lps, correct, rewards), h))
         out.guided_solved += sum(any(h[2][k * G:(k + 1) * G]) for k in range(len(stuck)))
@@ -134,32 +153,58 @@ def roll_round(ro: Roller, mine: list[int], seed_key: tuple, out: Collected):
     return groups, group_has_variance(rewards, G), counts, hint_counts
 
 
-def collect_groups(ro: Roller, step: int, prompts_seen: int, weights, local: int, world: int, rank: int, seed: int,
+def roll_sized(ro: Roller, mine: list[int], sizes: list[int], seed_key: tuple, out: Collected) -> list[dict]:
+    """``sizes[j]`` rollouts of prompt ``mine[j]`` (groups of unequal size; no Guide): one sampler
+    call per distinct size (seeded by ``seed_key`` and the size), the groups back in order. Adds
+    the rollouts and their costs to ``out`` (not the waste counts: a group may grow over rounds)."""
+    groups: list[dict | None] = [None] * len(mine)
+    for n in sorted(set(sizes)):
+        js = [j for j, s in enumerate(sizes) if s == n]
+        comps, lps, correct, rewards, ts = roll(replace(ro, params=replace(ro.params, n=n)),
+                                                [ro.prompt_ids[mine[j]] for j in js], [ro.pool[mine[j]] for j in js],
+                                                seed_of(*seed_key, n))
+        for k, j in enumerate(js):
+            sl = slice(k * n, (k + 1) * n)
+            groups[j] = {"prompt": ro.prompt_ids[mine[j]], "rewards": rewards[sl], "correct": correct[sl],
+                         "completions": comps[sl], "sample_logp": lps[sl], "hinted": False, "pool_index": mine[j]}
+        out.t_sample, out.t_reward = out.t_sample + ts[0], out.t_reward + ts[1]
+        out.tokens += sum(len(x) for x in comps)
+    out.sampled, out.rollouts = out.sampled + len(mine), out.rollouts + sum(sizes)
+    return groups
+
+
+def record_round(counts: dict, hint_counts: dict, world: int, ledger: Ledger, tag: str, stage: str,
+                 hint_stage: str | None, step: int, once_failed: dict) -> None:
+    """A round's ledger rows, every process's (a collective), and ``once_failed``'s update."""
+    counts = gather_counts(counts, world)
+    ledger.record(counts, model=tag, stage=stage, step=step + 1)
+    if hint_stage is not None:
+        ledger.record(gather_counts(hint_counts, world), model=tag, stage=hint_stage, step=step + 1)
+    for pid, (c, _) in counts.items():
+        if c == 0 or pid in once_failed:
+            once_failed[pid] = c > 0
+
+
+def collect_groups(ro: Roller, step: int, prompts_seen: int, pick, local: int, world: int, rank: int, seed: int,
                    dynamic: bool, max_rounds: int, accelerator, ledger: Ledger, tag: str, stage: str,
                    hint_stage: str | None, once_failed: dict) -> tuple[Collected, int]:
-    """This process's ``local`` groups of one step: rounds of ``pick_prompts`` (every process
-    draws the same global prompts and takes its slice) and ``roll_round``; with ``dynamic``
-    (DAPO's dynamic sampling) groups whose rewards are all equal are dropped and rounds go on
-    until every process is full or ``max_rounds`` is spent. Every process records every process's
-    rollouts in its ledger (so their p̂ weights agree) and updates ``once_failed``. Returns the
-    groups and the new stream position."""
+    """This process's ``local`` groups of one step: rounds of ``pick(prompts_seen, key, out)`` ->
+    (global prompts, new stream position) (every process draws the same global prompts and takes
+    its slice; frontier.py's ``picker``) and ``roll_round``; with ``dynamic`` (DAPO's dynamic
+    sampling) groups whose rewards are all equal are dropped and rounds go on until every process
+    is full or ``max_rounds`` is spent. Every process records every process's rollouts in its
+    ledger (so their p̂ agree) and updates ``once_failed``. Returns the groups and the new stream
+    position."""
     out = Collected()
     while True:
-        idx = pick_prompts(len(ro.pool), local * world, seed, prompts_seen, weights, (step, out.rounds))
-        prompts_seen += local * world
+        idx, prompts_seen = pick(prompts_seen, (step, out.rounds), out)
         mine = idx[rank::world] if len(out.groups) < local else []
         out.rounds += 1
         counts, hint_counts = {}, {}   # {problem id: [successes, trials]} of this round
         if mine:
             groups, varied, counts, hint_counts = roll_round(ro, mine, (seed, step, out.rounds, rank), out)
             out.groups += [g for g, v in zip(groups, varied) if v or not dynamic]
-        counts = gather_counts(counts, world)
-        ledger.record(counts, model=tag, stage=stage, step=step + 1)
-        if hint_stage is not None:
-            ledger.record(gather_counts(hint_counts, world), model=tag, stage=hint_stage, step=step + 1)
-        for pid, (c, _) in counts.items():
-            if c == 0 or pid in once_failed:
-                once_failed[pid] = c > 0
+        record_round(counts, hint_counts, world, ledger, tag, stage, hint_stage, step, once_failed)
         short = torch.tensor(float(len(out.groups) < local), device=accelerator.device)
         if not dynamic or out.rounds >= max_rounds or float(accelerator.reduce(short, "sum")) == 0:
             break

@@ -11,7 +11,7 @@ from paced.config import ConfigError, RLConfig, load_config
 from paced.posterior import zero_variance_prob
 from paced.rl_losses import LOSS_TYPES, ragged_advantages, ragged_has_variance
 from paced.train.batches import batch_indices
-from paced.train.frontier import posterior, skip_draw
+from paced.train.frontier import posterior, route, skip_draw
 from paced.train.rl_batch import pack_batch, targets_for
 
 
@@ -171,3 +171,18 @@ def test_the_config_offers_every_rule():
     from paced.config.tools import choices_of
     from paced.train.frontier import Selection
     assert choices_of(typing.get_type_hints(RLCfg)["prompt_selection"]) == typing.get_args(Selection)
+
+
+def test_frontier_routes_by_hand():
+    # G = 8, uniform prior: 16/16 -> Beta(17, 1): P(all 8 pass) = 17/25; 0/16 -> P(all fail) = 17/25;
+    # 8/16 -> Beta(9, 9): both ends small; 0/2 -> Beta(1, 3): P(all fail) = 3/11 < 0.5
+    a, b = posterior(np.array([16, 0, 0, 8, 0]), np.array([16, 16, 16, 16, 2]))
+    assert P_all(a, b) == pytest.approx([17 / 25, 17 / 25])
+    skip, hint = route(a, b, np.array([True, True, False, True, True]), 8, 0.5)
+    assert skip.tolist() == [True, False, True, False, False]      # all-pass; all-fail without a hint
+    assert hint.tolist() == [False, True, False, False, False]     # all-fail with a hint
+
+
+def P_all(a, b):
+    from paced.posterior import moment
+    return [moment(a[0], b[0], 8, 0), moment(a[1], b[1], 0, 8)]

@@ -17,7 +17,8 @@ from paced.rollout import SAMPLERS, Rollouts
 from paced.runlog import read_jsonl
 from paced.train import rl as RL
 
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke"
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = ROOT / "configs" / "smoke"
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,6 +221,54 @@ def test_skip_keeps_the_all_fail_prompts_guide_can_rescue(tmp_path, policy, monk
         assert rows[2]["prompts_skipped"] + rows[3]["prompts_skipped"] > 0
         assert all(i % 2 == 1 for i in plain[2] + plain[3])                  # the all-fail ones are left out
         assert [r["informative_group_share"] for r in rows[2:]] == [1.0, 1.0]
+
+
+def test_frontier_routes_hopeless_prompts_straight_to_their_hints(tmp_path, policy, monkeypatch):
+    """Scripted as above, frontier selection, no re-admission: after the first epoch the even
+    problems (0 of 8 plain, so P(a group all fails) = 9/17 ≥ 0.5) get only hinted rollouts: no
+    plain group is paid for them, and no rollout of steps 3-4 is in a zero-variance group."""
+    from paced.tasks import load_sources
+    cfg = rl_cfg(tmp_path, policy, "rl.dynamic_sampling=false", "rl.prompt_selection=frontier",
+                 "rl.skip_threshold=0.5", "rl.skip_readmit=0", "rl.max_steps=4",
+                 "data.train=[{source: add, n: 8, difficulty: 1, hint_level: 1}]")
+    scripted = Scripted(policy, load_sources(cfg.data.train))
+    monkeypatch.setitem(SAMPLERS, "hf", scripted)
+    RL.train(cfg)
+    rows = read_jsonl(tmp_path / "metrics.jsonl")
+    index = lambda call: [scripted.by_prompt[t.split("(")[0]][0] for t in call]  # noqa: E731
+    plain = [index(c) for c in scripted.calls if "(starts" not in c[0]]
+    hinted = [index(c) for c in scripted.calls if "(starts" in c[0]]
+    assert [r["prompts_hint_routed"] for r in rows[:2]] == [0, 0]                  # first epoch: nothing known
+    assert all(i % 2 == 1 for i in plain[2] + plain[3])                            # even ones: no plain group
+    assert hinted[2] + hinted[3] and all(i % 2 == 0 for i in hinted[2] + hinted[3])
+    assert [r["prompts_hint_routed"] for r in rows[2:]] == [len(hinted[2]), len(hinted[3])]
+    assert [r["rollouts_zero_variance"] for r in rows[2:]] == [0, 0]
+    assert all(r["rollouts"] == 8 * r["groups"] for r in rows[2:])                 # one group per prompt
+
+
+def test_the_frontier_preset_runs_on_a_passrate_runs_ledger(tmp_path, policy):
+    """configs/rl/frontier.yaml as a user runs it: p-hat measured by paced passrate first, then
+    one rl run reading it (ledger.parent auto) that routes the hopeless prompts to their hints."""
+    from paced.config import PassrateConfig
+    from paced.passrate import run as passrate
+    pool = "data.train=[{source: add, n: 16, difficulty: [1, 3], hint_level: 2}]"
+    ledger = f"ledger.path={tmp_path / 'ledger.sqlite'}"
+    passrate(load_config(PassrateConfig, ROOT / "configs" / "passrate.yaml",
+                         [f"model.path={policy}", pool, ledger, "passrate.num_generations=16", "run.progress=false"],
+                         run_dir=tmp_path / "p"))
+    cfg = load_config(RLConfig, ROOT / "configs" / "rl" / "frontier.yaml", [
+        f"policy.path={policy}", pool, ledger, "data.eval=[]", "rl.max_steps=2", "rl.gradient_accumulation_steps=1",
+        "rl.per_device_train_batch_size=32", "sampling.max_completion_length=8", "run.progress=false",
+        "rl.guide.hint_template={prompt}(starts {hint})"], run_dir=tmp_path / "rl")
+    RL.train(cfg)
+    rows = read_jsonl(tmp_path / "rl" / "metrics.jsonl")
+    assert sum(r["prompts_hint_routed"] for r in rows) > 0          # 3-digit sums: p-hat 0, hints given
+    assert all(r["guide/guided_groups"] >= r["prompts_hint_routed"] for r in rows)
+
+
+def test_frontier_needs_guide(tmp_path, policy):
+    with pytest.raises(ConfigError, match=r"rl.prompt_selection: frontier routes likely all-fail prompts to Guide"):
+        rl_cfg(tmp_path, policy, "rl.guide.enabled=false", "rl.prompt_selection=frontier")
 
 
 def test_without_guide_the_failed_groups_are_dropped(tmp_path, policy, monkeypatch):

@@ -166,10 +166,12 @@ def test_resume_equals_uninterrupted(tmp_path, policy, killed_at_update):
     assert full == crash  # the killed run's rows past the checkpoint were dropped, then redone
 
 
-@pytest.mark.parametrize("rule", ["beta", "hard_filter", *SELECT])
+@pytest.mark.parametrize("rule", ["beta", "hard_filter", *SELECT, "frontier"])
 def test_resume_equals_uninterrupted_with_every_selection(tmp_path, policy, killed_at_update, rule):
     extra = {**SELECT, "beta": ["rl.prompt_selection=beta", "rl.dynamic_sampling=true"],
              "hard_filter": ["rl.prompt_selection=hard_filter"],
+             "frontier": ["rl.prompt_selection=frontier", "rl.skip_readmit=0.2", "rl.guide.enabled=true",
+                          "data.train=[{source: add, n: 8, difficulty: [1, 2], hint_level: 2}]"],
              "skip": [*SELECT["skip"], "rl.dynamic_sampling=true"]}[rule]   # GRESO sits on dynamic sampling
     common = ["rl.max_steps=5", "run.save_steps=2", "run.save_total_limit=0", "rl.advantage=grpo", SMALL_POOL,
               "data.eval=[]", *extra]

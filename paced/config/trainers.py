@@ -165,11 +165,13 @@ class RLCfg:
     reward_funcs: list[str] = option(["verifier"], "reward functions: 'verifier' (the task's checker) or "
                                      "'module:function' / 'file.py:function' with TRL's signature")
     reward_weights: list[float] = option([], "one weight per reward function (default 1 each)")
-    prompt_selection: Literal["uniform", "hard_filter", "beta", "skip", "allocate", "adaptive"] = option(
+    prompt_selection: Literal["uniform", "hard_filter", "beta", "skip", "allocate", "adaptive", "frontier"] = option(
         "uniform", "which prompts a step rolls out, p-hat from the ledger (paced/train/frontier.py): uniform "
         "(the seeded stream), hard_filter / beta (drawn by w(p-hat); untried: p-hat = 0.5), skip (the stream "
         "minus prompts whose group would all agree), allocate (a knapsack spreads rollout_budget over "
-        "allocate_prompts), adaptive (rounds of adaptive_round until both outcomes or adaptive_cap)")
+        "allocate_prompts), adaptive (rounds of adaptive_round until both outcomes or adaptive_cap), frontier (by "
+        "the posterior: likely all-pass skipped, likely all-fail to Guide's hinted rollouts or skipped without "
+        "a hint, the rest trained; needs guide.enabled)")
     weight_alpha: float = option(1.0, "prompt_selection beta: alpha of p^alpha (1-p)^beta", min=0.0)
     weight_beta: float = option(1.0, "prompt_selection beta: beta of p^alpha (1-p)^beta", min=0.0)
     skip_threshold: float = option(0.5, "skip: leave out a prompt when P(its num_generations rewards all agree) "
@@ -213,6 +215,9 @@ class RLCfg:
         """prompt_selection's knobs: an allocate budget the knapsack can spend exactly, an adaptive
         cap in whole rounds; no Guide or dynamic sampling with unequal groups."""
         sel = self.prompt_selection
+        if sel == "frontier" and not self.guide.enabled:
+            raise ConfigError(f"{key}.prompt_selection: frontier routes likely all-fail prompts to Guide's hinted "
+                              f"rollouts; set {key}.guide.enabled=true (or use skip)")
         if sel in ("allocate", "adaptive"):
             if self.guide.enabled:
                 raise ConfigError(f"{key}.prompt_selection: {sel} gives groups of unequal size; {key}.guide replaces "

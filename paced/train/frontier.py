@@ -17,7 +17,12 @@ out and how many rollouts each gets, read from the posterior of their pass rates
     adaptive     the uniform stream's prompts, rollouts in rounds of adaptive_round until a prompt
                  has a success and a failure or adaptive_cap rollouts (Reinforce-Ada, arXiv
                  2510.04996); the whole group is trained on: groups of unequal size
-skip and allocate read the posterior Beta(1 + c_eff, 1 + k_eff − c_eff): an untried prompt has
+    frontier     each prompt routed by its posterior (needs Guide): likely all-pass -> skipped; likely
+                 all-fail with a hint -> straight to Guide's hinted rollouts (no plain group is paid
+                 for), without a hint -> skipped; the rest -> trained as usual. "Likely" is
+                 P ≥ skip_threshold; every skipped or hint-routed prompt is rolled out plain with
+                 probability skip_readmit instead, so its p̂ keeps being re-checked
+skip, allocate and frontier read the posterior Beta(1 + c_eff, 1 + k_eff − c_eff): an untried prompt has
 p ~ U(0, 1); hard_filter and beta keep their plug-in p̂ (as before this module); adaptive reads none.
 Every draw is a pure function of (run.seed, step, round, stream position), so resume is exact.
 
@@ -46,7 +51,7 @@ from ..rl_losses import ragged_has_variance
 from .batches import batch_indices
 from .rollouts import Collected, Roller, collect_groups, pick_prompts, prompt_weights, record_round, roll_sized
 
-Selection = Literal["uniform", "hard_filter", "beta", "skip", "allocate", "adaptive"]   # RLCfg.prompt_selection
+Selection = Literal["uniform", "hard_filter", "beta", "skip", "allocate", "adaptive", "frontier"]   # RLCfg.prompt_selection
 
 
 @dataclass(frozen=True)
@@ -111,10 +116,39 @@ def skip_draw(n_pool: int, count: int, seed: int, start: int, key: tuple, p_zero
     return admitted, start, skipped
 
 
-def picker(sp: SelectSpec, counts, n_pool: int, world: int, seed: int):
+def route(a, b, has_hint, G: int, threshold: float):
+    """frontier's routes, (n,) bool each: (skip, hint) from the posterior Beta(a, b) of each
+    prompt: P(G rollouts all pass) ≥ threshold -> skip; P(all fail) ≥ threshold -> hint if the
+    prompt has one (``has_hint`` (n,) bool), else skip."""
+    p_pass, p_fail = moment(a, b, G, 0.0), moment(a, b, 0.0, G)                      # (n,) each
+    fail = p_fail >= threshold
+    return (p_pass >= threshold) | (fail & ~has_hint), fail & has_hint
+
+
+def frontier_pick(sp: SelectSpec, counts, has_hint, count: int, n_pool: int, seed: int):
+    """frontier's draw: the skip walk over ``route``'s skip set (each re-admitted plain with
+    probability skip_readmit), then the admitted hint-routed prompts into ``out.direct`` unless a
+    draw (seeded by the step's key) sends them plain."""
+    skip, hint = route(*posterior(*counts), has_hint, sp.G, sp.skip_threshold)
+
+    def pick(start, key, out):
+        idx, start, skipped = skip_draw(n_pool, count, seed, start, key, skip.astype(float), 0.5, sp.skip_readmit)
+        plain = np.random.default_rng([seed, *key, 1 << 20]).random(len(idx)) < sp.skip_readmit      # (count,)
+        routed = {i for i, p in zip(idx, plain) if hint[i] and not p}
+        out.direct |= routed
+        out.metrics["prompts_skipped"] = out.metrics.get("prompts_skipped", 0) + skipped
+        out.metrics["prompts_hint_routed"] = out.metrics.get("prompts_hint_routed", 0) + len(routed)
+        return idx, start
+    return pick
+
+
+def picker(sp: SelectSpec, counts, n_pool: int, world: int, seed: int, has_hint=None):
     """``collect_groups``' draw for the rules with groups of num_generations: uniform, hard_filter,
-    beta (∝ w(p̂)) and skip. ``counts``: (c_eff, k_eff) or None (uniform)."""
+    beta (∝ w(p̂)), skip and frontier (``has_hint`` (n_pool,) bool). ``counts``: (c_eff, k_eff)
+    or None (uniform)."""
     count = sp.local * world
+    if sp.rule == "frontier":
+        return frontier_pick(sp, counts, has_hint, count, n_pool, seed)
     if sp.rule == "skip":   # with Guide an all-fail group is re-rolled with a hint: only all-pass is waste
         a, b = posterior(*counts)
         p_zv = moment(a, b, sp.G, 0.0) if sp.guide else zero_variance_prob(a, b, sp.G)   # (n_pool,)
@@ -210,9 +244,10 @@ def collect(ro: Roller, sp: SelectSpec, counts, step: int, prompts_seen: int, wo
     if sp.rule == "adaptive":
         return collect_adaptive(ro, sp, step, prompts_seen, world, rank, seed, accelerator, ledger, tag, stage,
                                 once_failed)
-    return collect_groups(ro, step, prompts_seen, picker(sp, counts, len(ro.pool), world, seed), sp.local, world,
-                          rank, seed, sp.dynamic, sp.max_rounds, accelerator, ledger, tag, stage, hint_stage,
-                          once_failed)
+    has_hint = np.isin(np.arange(len(ro.pool)), list(ro.hint_ids or ()))                    # (n_pool,)
+    return collect_groups(ro, step, prompts_seen, picker(sp, counts, len(ro.pool), world, seed, has_hint),
+                          sp.local, world, rank, seed, sp.dynamic, sp.max_rounds, accelerator, ledger, tag, stage,
+                          hint_stage, once_failed)
 
 
 def reads_counts(rule: str) -> bool:

@@ -112,6 +112,7 @@ class Collected:
     informative: int = 0
     rollouts_zero_variance: int = 0
     metrics: dict = field(default_factory=dict)
+    direct: set = field(default_factory=set)   # pool indices to roll hinted only (frontier selection)
 
     def waste(self, rewards, G: int) -> None:
         """Count groups of G rows (``rewards`` (N,)) into rolled / informative / zero-variance."""
@@ -123,20 +124,28 @@ class Collected:
 def roll_round(ro: Roller, mine: list[int], seed_key: tuple, out: Collected):
     """One round of this process's prompts ``mine``: G rollouts each; with Guide (``hint_ids``),
     a group whose G rollouts all fail and whose prompt has a hint is replaced by G rollouts of the
-    hinted prompt (``guide.replace_groups``). Returns the groups' rows and the ledger counts
-    (plain, hinted); adds the round's costs to ``out``."""
+    hinted prompt (``guide.replace_groups``), and the prompts in ``out.direct`` (frontier
+    selection: the posterior says their plain group would all fail) get only the hinted rollouts.
+    Returns the groups' rows and the ledger counts (plain, hinted); adds the round's costs to
+    ``out``."""
     G, pool, prompt_ids, hint_ids = ro.params.n, ro.pool, ro.prompt_ids, ro.hint_ids
-    exs = [pool[i] for i in mine]
-    comps, lps, correct, rewards, ts = roll(ro, [prompt_ids[i] for i in mine], exs, seed_of(*seed_key))
+    plain = [j for j, i in enumerate(mine) if i not in out.direct]
+    exs = [pool[mine[j]] for j in plain]
+    comps, lps, correct, rewards, ts = roll(ro, [prompt_ids[mine[j]] for j in plain], exs, seed_of(*seed_key)) \
+        if plain else ([], [], [], torch.zeros(0), [0.0, 0.0])
     counts, hint_counts = tally([e.id for e in exs for _ in range(G)], correct), {}
-    out.zero_std.append(reward_zero_std_share(rewards, G))
-    out.waste(rewards, G)
+    if plain:
+        out.zero_std.append(reward_zero_std_share(rewards, G))
+        out.waste(rewards, G)
     out.tokens += sum(len(x) for x in comps)
-    stuck = [j for j in all_fail(correct, G).nonzero().flatten().tolist()
-             if hint_ids is not None and mine[j] in hint_ids]
+    stuck = sorted([plain[k] for k in all_fail(correct, G).nonzero().flatten().tolist()
+                    if hint_ids is not None and mine[plain[k]] in hint_ids] +
+                   [j for j, i in enumerate(mine) if i in out.direct])             # positions in mine
+    comps, lps, correct = (replace_groups([None] * (G * len(mine)), x, plain, G) for x in (comps, lps, correct))
+    rewards = replace_groups(torch.zeros(G * len(mine), dtype=rewards.dtype), rewards, plain, G)
     if stuck:
-        h = roll(ro, [hint_ids[mine[j]] for j in stuck], [exs[j] for j in stuck], seed_of(*seed_key, 1))
-        hint_counts = tally([exs[j].id for j in stuck for _ in range(G)], h[2])
+        h = roll(ro, [hint_ids[mine[j]] for j in stuck], [pool[mine[j]] for j in stuck], seed_of(*seed_key, 1))
+        hint_counts = tally([pool[mine[j]].id for j in stuck for _ in range(G)], h[2])
         out.waste(h[3], G)
         out.tokens += sum(len(x) for x in h[0])
         comps, lps, correct, rewards = (replace_groups(x, hx, stuck, G)
@@ -145,7 +154,7 @@ def roll_round(ro: Roller, mine: list[int], seed_key: tuple, out: Collected):
         ts = [ts[0] + h[4][0], ts[1] + h[4][1]]
     out.t_sample, out.t_reward = out.t_sample + ts[0], out.t_reward + ts[1]
     out.sampled, out.guided = out.sampled + len(mine), out.guided + len(stuck)
-    out.rollouts += G * (len(mine) + len(stuck))
+    out.rollouts += G * (len(plain) + len(stuck))
     stuck_set = set(stuck)
     groups = [{"prompt": prompt_ids[i], "rewards": rewards[j * G:(j + 1) * G], "correct": correct[j * G:(j + 1) * G],
                "completions": comps[j * G:(j + 1) * G], "sample_logp": lps[j * G:(j + 1) * G],

@@ -1,5 +1,6 @@
 """Frontier prompt selection in rl at an equal rollout budget: the DAPO baseline (GRPO + dynamic
-sampling) against skip, allocate and adaptive (paced/train/frontier.py), from one student and pool.
+sampling) against skip, allocate, adaptive and the frontier rule (paced/train/frontier.py), from one
+student and pool.
 
     python benchmarks/frontier_rl.py --quick     # 1 seed, 12k rollouts a run (minutes on 2 cores)
     python benchmarks/frontier_rl.py             # 3 seeds, 40k rollouts a run (docs/benchmarks.md's table)
@@ -18,6 +19,10 @@ the same budget of sampled completions, ``rl.max_rollouts`` (all rounds counted)
     skip       prompt_selection skip on top of that (threshold 0.5, re-admit 0.1): GRESO-style
     allocate   prompt_selection allocate: 256 rollouts a step over 128 candidates, groups of 2..16
     adaptive   prompt_selection adaptive: rounds of 4 until both outcomes or 16 rollouts
+    frontier   the frontier rule (configs/rl/frontier.yaml's): on dynamic sampling as skip, likely
+               all-pass prompts skipped, likely all-fail ones straight to Guide's hinted rollouts
+               (the pool's problems with hint_level 3: "starts" + the answer's leading digits; Guide's
+               default hint template), the rest trained. The student never saw a hint in SFT.
 p̂ is the ledger's: this run's rollouts, ledger.recency exponential with a half-life of 10 steps for
 skip and allocate (adaptive reads none), the uniform prior for untried prompts. These settings
 (128 candidates, the half-life, adaptive's cap 16 rather than 32) were chosen on seed 9, which
@@ -53,7 +58,10 @@ ARMS = {"dapo": ["rl.dynamic_sampling=true"],
                  "rl.skip_readmit=0.1", *RECENT],
         "allocate": ["rl.prompt_selection=allocate", "rl.allocate_prompts=128", "rl.min_group=2",
                      "rl.max_group=16", *RECENT],
-        "adaptive": ["rl.prompt_selection=adaptive", "rl.adaptive_round=4", "rl.adaptive_cap=16"]}
+        "adaptive": ["rl.prompt_selection=adaptive", "rl.adaptive_round=4", "rl.adaptive_cap=16"],
+        "frontier": ["rl.dynamic_sampling=true", "rl.prompt_selection=frontier", "rl.skip_threshold=0.5",
+                     "rl.skip_readmit=0.1", "rl.guide.enabled=true", *RECENT]}
+HINTED = {"frontier": 3}   # the arms whose pool carries hints (the same problems: hints are extra fields)
 CURVE = ("step", "rollouts_total", "rollouts", "rollout_tokens", "rollouts_zero_variance", "informative_group_share",
          "prompts_skipped", "groups", "reward", "eval/pass@1", "eval/pass@8")
 BASELINE = "dapo"
@@ -72,13 +80,14 @@ def ensure_student(out_dir: Path, steps: int, threads: int) -> str:
     return str(out_dir / "model")
 
 
-def source(seed: int, n: int) -> str:
-    return f"{{source: add, n: {n}, difficulty: [1, 6], seed: {seed}}}"
+def source(seed: int, n: int, hint_level: int = 0) -> str:
+    return f"{{source: add, n: {n}, difficulty: [1, 6], seed: {seed}, hint_level: {hint_level}}}"
 
 
 def rl_config(arm: str, seed: int, a) -> C.RLConfig:
     return C.load_config(C.RLConfig, None, [
-        f"policy.path={a.student}", f"data.train=[{source(0, a.pool)}]", f"data.eval=[{source(1, a.heldout)}]",
+        f"policy.path={a.student}", f"data.train=[{source(0, a.pool, HINTED.get(arm, 0))}]",
+        f"data.eval=[{source(1, a.heldout)}]",
         "rl.advantage=grpo", "rl.loss_type=dapo", "rl.num_generations=8", f"rl.max_sampling_rounds={a.rounds}",
         "rl.per_device_train_batch_size=128", "rl.gradient_accumulation_steps=2", "rl.max_steps=100000",
         f"rl.max_rollouts={a.budget}", "rl.eval_n=8", f"rl.eval_steps={a.eval_steps}",

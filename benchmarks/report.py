@@ -255,7 +255,11 @@ FRONTIER_READING = (
     "prompts a run) and reaches the target at 0.89×, 2 of 3 seeds: its ceiling is the waste it removes, and "
     "groups of 8 at p̂ near, not at, 0 or 1 still often agree. `adaptive` (0.73×) has the highest informative-group "
     "share, but a prompt at p = 0 or 1 costs it the full cap of 16. Wall time follows optimizer steps: allocate "
-    "and grpo do 2.3× DAPO's updates, and allocate calls the sampler once per distinct group size. Toy scale, one pool: a "
+    "and grpo do 2.3× DAPO's updates, and allocate calls the sampler once per distinct group size. `frontier` is "
+    "the worst arm (1.00×, 1 of 3 seeds): this student never saw a hint in SFT, and not one of its hinted groups "
+    "solved a problem (seed 0: 920 hinted groups, 392 of them routed straight to the hint), so the routing spends on "
+    "all-fail hinted groups what it saves on plain ones; it needs a policy that reads hints (Guide's benchmark "
+    "student), which this pool's student is not. Toy scale, one pool: a "
     "pool with more prompts at p̂ = 0 or 1, or a larger model whose rollouts cost more than its updates, could "
     "order them differently.")
 

@@ -125,6 +125,37 @@ def settled_kernel(a, b, k, alpha: float, beta: float, tol: float, cap: int) -> 
     return (sd <= tol * kernel_max(alpha, beta)) | (np.asarray(k) >= cap)
 
 
+def settled_zero(a, b, alpha: float, beta: float, zero_tol: float) -> np.ndarray:
+    """The Beta kernel's weight is settled as w ≈ 0 once its posterior mean is at most
+    ``zero_tol`` × max w (``zero_tol`` = 0: never). Under the uniform prior, n straight failures
+    (or successes) give E[p(1 − p)] = (n + 1) / ((n + 2)(n + 3)), i.e. 0.48, 0.33, 0.20 of max w
+    after n = 4, 8, 16: the rule stops a problem the student keeps failing (or solving) once
+    more rollouts could only add a small weight.
+    Deviations: the mean, not an upper credible bound such as mean + 2 sd: under the uniform
+    prior that bound falls to 0.5 of max w only after 18 straight failures and to 0.3 after 34,
+    so below a cap of 16 or 32 it would never stop anything the sd rule does not."""
+    m, _ = weight_mean_sd(a, b, alpha, beta)
+    return (m <= zero_tol * kernel_max(alpha, beta)) & (zero_tol > 0)
+
+
+def settled_for_hard_filter(c, k, cap: int, alpha: float, beta: float, tol: float, zero_tol: float) -> np.ndarray:
+    """``settled_hard_filter`` with the signature of ``SETTLED`` (α, β, tol, zero_tol unused)."""
+    return settled_hard_filter(c, k, cap)
+
+
+def settled_for_beta(c, k, cap: int, alpha: float, beta: float, tol: float, zero_tol: float) -> np.ndarray:
+    """The Beta kernel's stopping rule on counts (c, k), each (n,): under the posterior
+    Beta(1 + c, 1 + k − c), settled once the sd of w is at most ``tol`` × max w
+    (``settled_kernel``), or w ≈ 0 (``settled_zero``), or ``cap`` trials are spent."""
+    a, b = beta_params(c, k)
+    return settled_kernel(a, b, k, alpha, beta, tol, cap) | settled_zero(a, b, alpha, beta, zero_tol)
+
+
+# The sequential estimator's rule per weighting: (c, k, cap, α, β, tol, zero_tol) -> (n,) bool.
+# The hard filter's weight is 0 or 1, so it has no tolerances; uniform weighting needs no p̂.
+SETTLED = {"hard_filter": settled_for_hard_filter, "beta": settled_for_beta}
+
+
 def group_value(a, b, sizes) -> np.ndarray:
     """The value of a group of n rollouts of a prompt: E[p (1 − p) · 1{the n rewards differ}]
     = E[p(1−p)] − E[p^(n+1) (1−p)] − E[p (1−p)^(n+1)] under Beta(a, b); 0 for n < 2. The

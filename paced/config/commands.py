@@ -75,6 +75,11 @@ class SNRConfig:
     ledger: LedgerCfg = option(LedgerCfg(stage="snr"), "")
     run: RunCfg = option(RunCfg(dir="runs/snr"), "")
 
+    def check(self, key: str) -> None:
+        if self.passrate.adaptive:
+            raise ConfigError("passrate.adaptive: paced snr bins problems by p-hat from K = "
+                              "passrate.num_generations rollouts each; set passrate.adaptive=false")
+
 
 FAMILY_SIZES = Literal["nano", "tiny", "small", "medium"]
 

@@ -213,6 +213,12 @@ class DistillConfig:
     ledger: LedgerCfg = option(LedgerCfg(stage="distill"), "")
     run: TrainRunCfg = option(TrainRunCfg(dir="runs/distill"), "")
 
+    def check(self, key: str) -> None:
+        for i, st in enumerate(self.distill.stages):
+            if self.passrate.adaptive and st.weight_estimator == "unbiased":
+                raise ConfigError(f"distill.stages[{i}].weight_estimator: 'unbiased' is unbiased for a fixed K "
+                                  f"only; with passrate.adaptive the trials depend on the outcomes, use 'plugin'")
+
 
 @dataclass
 class RLConfig:

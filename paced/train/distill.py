@@ -252,8 +252,10 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
     log = RunLog(run_dir, cfg.run.report_to, cfg.run.logging_steps, resume_step=step if ckpt else None,
                  enabled=main, config=to_dict(cfg))
 
-    pr = PassRater(raw, tok, cfg.passrate.num_generations, smp.temperature, smp.top_p, smp.top_k,
-                   smp.max_completion_length, cfg.run.seed, smp.batch_size, system, cfg.engine.backend, long)
+    pc = cfg.passrate
+    pr = PassRater(raw, tok, pc.num_generations, smp.temperature, smp.top_p, smp.top_k,
+                   smp.max_completion_length, cfg.run.seed, smp.batch_size, system, cfg.engine.backend, long,
+                   pc.adaptive, pc.round_size, pc.max_generations, pc.weight_tol, pc.zero_tol)
     before = eval_before(pr, held_out, d.eval_n, run_dir, ckpt is not None, main)
     rs = Responder(teacher, raw, t_prompts, s_prompts, stops, tok.pad_token_id, tok.eos_token_id,
                    smp.max_completion_length, d.teacher_temperature, d.student_temperature, cfg.run.seed,

@@ -68,7 +68,7 @@ def test_hard_filter_stops_exactly_when_both_outcomes_are_seen_or_at_the_cap(tmp
     out, ledger, sampler = run(tmp_path, monkeypatch, partial(hard_rule, cap=cap), cap=cap)
     assert out == ledger.counts(model="m", stage="s", step=3)          # what it returns is what it recorded
     assert sum(k for _, k in out.values()) == sampler.rollouts          # every rollout drawn is counted once
-    for pid, rows in rows_in_order(ledger).items():
+    for rows in rows_in_order(ledger).values():
         assert all(k == 2 for _, k in rows)
         seen = np.cumsum([c for c, _ in rows]), 2 * np.arange(1, len(rows) + 1)   # (successes, trials) per round
         both = [0 < c < k for c, k in zip(*seen)]
@@ -81,7 +81,7 @@ def test_hard_filter_stops_exactly_when_both_outcomes_are_seen_or_at_the_cap(tmp
 
 def test_beta_rule_by_hand(tmp_path, monkeypatch):
     # n straight failures: E[p(1 - p)] under Beta(1, 1 + n) = (n + 1) / ((n + 2)(n + 3)), by hand
-    for n in range(0, 20):
+    for n in range(20):
         a, b = P.beta_params(0, n)
         mean = (n + 1) / ((n + 2) * (n + 3))
         for zero_tol in (0.3, 0.5):
@@ -92,8 +92,8 @@ def test_beta_rule_by_hand(tmp_path, monkeypatch):
     # sd of w 0.097 of max w <= 0.15; (1, 2): Beta(2, 2), sd 0.214 > 0.15, mean 0.8 > 0.48; (3, 32): the cap
     assert P.SETTLED["beta"](c, k, 32, 1.0, 1.0, 0.15, 0.48).tolist() == [True, False, True, False, True]
     rule = partial(P.SETTLED["beta"], cap=16, alpha=1.0, beta=1.0, tol=0.15, zero_tol=0.4)
-    out, ledger, _ = run(tmp_path, monkeypatch, rule, cap=16)
-    for pid, rows in rows_in_order(ledger).items():             # the rule was open before every round but the first
+    _, ledger, _ = run(tmp_path, monkeypatch, rule, cap=16)
+    for rows in rows_in_order(ledger).values():             # the rule was open before every round but the first
         c = np.cumsum([0] + [c for c, _ in rows])
         k = 2 * np.arange(len(rows) + 1)
         assert not rule(c[1:-1], k[1:-1]).any() and (rule(c[-1:], k[-1:]).all() or k[-1] == 16)
@@ -213,3 +213,15 @@ def test_paced_passrate_adaptive_records_what_it_reports(tmp_path):
     counts = Ledger(tmp_path / "ledger.sqlite").counts()
     assert summary["adaptive"] and summary["rollouts"] == sum(k for _, k in counts.values())
     assert {k for c, k in counts.values() if c == 0} == {6}
+
+
+def test_fit_prior_recovers_the_pool_by_monte_carlo():
+    """Problems with p ~ Beta(0.8, 2.5), 8 or 16 trials each: the marginal-likelihood fit comes
+    back near (0.8, 2.5); all-failure pools push a0 to its floor."""
+    rng = np.random.default_rng(0)
+    p = rng.beta(0.8, 2.5, 4000)
+    k = np.where(rng.random(4000) < 0.5, 8, 16)
+    a, b = P.fit_prior(rng.binomial(k, p), k)
+    assert a == pytest.approx(0.8, rel=0.1) and b == pytest.approx(2.5, rel=0.1)
+    a, b = P.fit_prior(np.zeros(50), np.full(50, 8))
+    assert a < 0.01 and a / (a + b) < 1e-3

@@ -146,7 +146,7 @@ class PassrateCfg:
     round_size: int = option(2, "adaptive: rollouts per problem per round", min=1, max=4096)
     max_generations: int = option(16, "adaptive: the cap on rollouts per problem (a multiple of round_size)",
                                   min=1, max=4096)
-    weight_tol: float = option(0.15, "adaptive, beta: stop once the posterior sd of w is at most this x max w",
+    weight_tol: float = option(0.2, "adaptive, beta: stop once the posterior sd of w is at most this x max w",
                                min=0.0, max=1.0)
     zero_tol: float = option(0.4, "adaptive, beta: stop once the posterior mean of w is at most this x max w "
                              "(w ~ 0; 0 = off)", min=0.0, max=1.0)

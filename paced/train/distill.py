@@ -5,6 +5,7 @@
 Algorithm (one pass of the loop per stage of ``distill.stages``):
     for each stage (loss_type, weighting, max_steps, reestimate_every):
         p̂  <- K student rollouts per problem of data.train, verified, recorded in the ledger
+              (passrate.adaptive: rounds until each problem's weight is settled, up to a cap)
         w   <- w(p̂) per problem (uniform | hard_filter | beta: p̂^α (1-p̂)^β), detached
         pool <- problems with w > 0   (zero-weight problems are never forwarded)
         for step in stage:

@@ -43,7 +43,7 @@ class PassRater:
     adaptive: bool = False
     round_size: int = 2
     max_generations: int = 16
-    weight_tol: float = 0.15
+    weight_tol: float = 0.2
     zero_tol: float = 0.4
 
 
@@ -54,9 +54,11 @@ def stage_weights(pr: PassRater, ledger: Ledger, tag: str, name: str, pool: list
     verified responses of steps ≤ at. Weighting uniform uses no p̂: nothing is sampled, p̂ is NaN.
     ``pr.adaptive``: the sequential estimate under the weighting's stopping rule
     (``posterior.SETTLED``), trials unequal; w is then the plug-in w(c / k) of each problem's own
-    k: it keeps w = 0 exact where every rollout agreed (those problems are never forwarded), and
-    in benchmarks/adaptive_passrate.py it was closer to a large-K reference than the posterior
-    mean of w under the uniform prior (which puts w > 0 on every problem)."""
+    k: it keeps w = 0 exact where every rollout agreed (those problems are never forwarded). In
+    benchmarks/adaptive_passrate.py the posterior mean of w under the uniform prior was no closer
+    to a large-K reference (0.200 vs 0.201 of max w at 8 rollouts per problem); the posterior mean
+    under a prior fitted to the pool was (0.154), but it is > 0 on every problem, so every problem
+    would be forwarded."""
     if weighting == "uniform":
         return np.full(len(pool), np.nan), np.ones(len(pool))
     base = start if online else at

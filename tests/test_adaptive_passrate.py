@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 
 from paced import passrate as PR
 from paced import posterior as P
-from paced.config import ConfigError, DistillConfig, PassrateConfig, SNRConfig, load_config
+from paced.config import ConfigError, DemoConfig, DistillConfig, PassrateConfig, SNRConfig, load_config
 from paced.ledger import Ledger
 from paced.rollout import SamplingParams
 from paced.tasks.base import Example
@@ -133,14 +133,17 @@ def test_counts_that_do_not_fit_the_rounds_are_an_error(tmp_path, monkeypatch):
                      "distill.stages=[{name: a, weighting: hard_filter}, {name: b, weight_estimator: unbiased}]"],
      "distill.stages[1].weight_estimator: 'unbiased' is unbiased for a fixed K only; with passrate.adaptive the "
      "trials depend on the outcomes, use 'plugin'"),
+    (DemoConfig, ["passrate.adaptive=true", "distill.stages=[{weight_estimator: unbiased}]"],
+     "distill.stages[0].weight_estimator: 'unbiased' is unbiased for a fixed K only; with passrate.adaptive the "
+     "trials depend on the outcomes, use 'plugin'"),
     (SNRConfig, ["teacher.path=self", "passrate.adaptive=true"],
      "passrate.adaptive: paced snr bins problems by p-hat from K = passrate.num_generations rollouts each; set "
      "passrate.adaptive=false"),
 ])
 def test_bad_settings_are_rejected_at_load(root, overrides, message):
-    who = "student" if root is not PassrateConfig else "model"
+    who = {PassrateConfig: ["model.preset=nano"], DemoConfig: []}.get(root, ["student.preset=nano"])
     with pytest.raises(ConfigError) as e:
-        load_config(root, None, [f"{who}.preset=nano", *overrides])
+        load_config(root, None, [*who, *overrides])
     assert str(e.value) == message
 
 

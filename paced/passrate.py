@@ -6,13 +6,20 @@
 ``estimate``: K = ``passrate.num_generations`` rollouts per problem of ``data.train`` with the
 shared sampler, each verified, (successes, K) appended to the ledger under (model, stage) in one
 transaction per sampler batch — so a run killed half-way keeps every finished batch.
+``estimate_sequential`` (``passrate.adaptive``): rounds of a few rollouts for the problems whose
+weight is not yet settled (``paced.posterior.SETTLED``), up to a cap; unequal trials per problem.
 """
 from __future__ import annotations
 
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+
+import numpy as np
 
 from .evaluate import rollout_and_verify, success_counts
 from .ledger import Ledger, histogram
+from .posterior import SETTLED
 from .weighting import problem_weights
 from .rollout import SamplingParams
 from .runlog import Progress, console, write_json
@@ -52,6 +59,60 @@ def estimate(model, tokenizer, examples, ledger: Ledger, k: int, params: Samplin
     return out
 
 
+def estimate_sequential(model, tokenizer, examples, ledger: Ledger, rule: Callable, round_size: int, cap: int,
+                        params: SamplingParams, model_name: str, stage: str, step: int = 0,
+                        batch_size: int = 256, progress: bool = False, backend: str = "hf",
+                        system_prompt: str = "default", long_prompts: str = "error",
+                        recorded: dict | None = None) -> dict[str, tuple[int, int]]:
+    """Sequential estimate: rounds of ``round_size`` rollouts for every problem not yet settled,
+    until ``rule(c, k)`` ((n,) counts -> (n,) bool) settles it or ``cap`` trials are spent;
+    returns {id: (successes, trials)}, trials a multiple of ``round_size`` in [round_size, cap].
+
+    Round r samples, in ``examples`` order, every problem with k = r·round_size trials that the
+    rule leaves open (round 0: all), in sampler calls of ``batch_size // round_size`` prompts,
+    seed ``params.seed + r·n + s`` for the call starting at position s of the round's list; each
+    call's counts are one ledger transaction. Resume: ``recorded`` (the ledger's summed counts of
+    a killed run) fixes every round again — a problem with k > r·round_size was in round r, one
+    with k = r·round_size is in it iff the rule leaves it open — so a call whose problems are all
+    past r·round_size is taken as recorded and not sampled, and the counts equal an uninterrupted
+    run's bit for bit. Raises if ``recorded`` mixes done and undone problems in one call (counts
+    from another estimate)."""
+    if cap % round_size:
+        raise ValueError(f"estimate_sequential: cap {cap} is not a multiple of round_size {round_size}")
+    n, per_call, recorded = len(examples), max(1, batch_size // round_size), recorded or {}
+    c = np.array([recorded.get(e.id, (0, 0))[0] for e in examples], dtype=np.int64)   # (n,)
+    k = np.array([recorded.get(e.id, (0, 0))[1] for e in examples], dtype=np.int64)   # (n,)
+    bar = Progress(cap // round_size, "pass rates (rounds)", progress)
+    for r in range(cap // round_size):
+        base = r * round_size
+        open_ = (k == base) & (~np.asarray(rule(c, k), dtype=bool) if r else True)
+        members = np.flatnonzero((k > base) | open_)                                   # round r, in order
+        if members.size == 0:
+            break
+        for s in range(0, members.size, per_call):
+            call = members[s: s + per_call]
+            if (k[call] > base).all():
+                continue                                                                # recorded before a kill
+            if not (k[call] == base).all():
+                bad = examples[int(call[k[call] != base][0])].id
+                raise ValueError(f"estimate_sequential: recorded counts of problem {bad!r} do not fit round {r} "
+                                 f"(trials {recorded.get(bad)}, round size {round_size}): rows of another estimate "
+                                 f"under the same model, stage and step?")
+            batch = [examples[int(i)] for i in call]
+            p = SamplingParams(n=round_size, temperature=params.temperature, top_p=params.top_p,
+                               top_k=params.top_k, max_tokens=params.max_tokens, seed=params.seed + r * n + s)
+            _, _, rewards = rollout_and_verify(model, tokenizer, batch, p, batch_size, backend=backend,
+                                               system_prompt=system_prompt, long_prompts=long_prompts)
+            got = success_counts(rewards, len(batch), round_size)
+            ledger.record({e.id: (g, round_size) for e, g in zip(batch, got)}, model=model_name, stage=stage,
+                          step=step)
+            c[call] += got
+            k[call] += round_size
+        bar.update()
+    bar.close()
+    return {e.id: (int(ci), int(ki)) for e, ci, ki in zip(examples, c, k)}
+
+
 def histogram_text(hist: dict, width: int = 40) -> str:
     """An ASCII bar chart of a ``ledger.histogram`` dict."""
     lines, top = [], max(hist["counts"] + [1])
@@ -78,20 +139,28 @@ def run(cfg) -> dict:
     s = cfg.sampling
     params = SamplingParams(temperature=s.temperature, top_p=s.top_p, top_k=s.top_k,
                             max_tokens=s.max_completion_length, seed=cfg.run.seed)
-    counts = estimate(model, tok, examples, ledger, cfg.passrate.num_generations, params, name,
-                      cfg.ledger.stage, batch_size=s.batch_size, progress=cfg.run.progress,
-                      backend=cfg.engine.backend, system_prompt=cfg.model.system_prompt,
-                      long_prompts=cfg.model.long_prompts)
+    pc, common = cfg.passrate, dict(batch_size=s.batch_size, progress=cfg.run.progress, backend=cfg.engine.backend,
+                                    system_prompt=cfg.model.system_prompt, long_prompts=cfg.model.long_prompts)
+    if pc.adaptive:   # the Beta kernel's rule at α = β = 1, PACED's default weighting
+        rule = partial(SETTLED["beta"], cap=pc.max_generations, alpha=1.0, beta=1.0, tol=pc.weight_tol,
+                       zero_tol=pc.zero_tol)
+        counts = estimate_sequential(model, tok, examples, ledger, rule, pc.round_size, pc.max_generations, params,
+                                     name, cfg.ledger.stage, **common)
+    else:
+        counts = estimate(model, tok, examples, ledger, pc.num_generations, params, name, cfg.ledger.stage, **common)
     p_hat = [c / k for c, k in counts.values()]
     hist = histogram(p_hat)
+    rollouts = sum(k for _, k in counts.values())
     summary = {"command": "passrate", "model": name, "stage": cfg.ledger.stage,
                "ledger": str(ledger.path), "problems": len(counts),
-               "num_generations": cfg.passrate.num_generations,
+               "num_generations": pc.num_generations, "adaptive": pc.adaptive, "rollouts": rollouts,
                "mean_pass_rate": sum(p_hat) / len(p_hat), "histogram": hist,
                "undecided": take_undecided()}   # math-verify timeouts, counted wrong
     write_json(run_dir / "summary.json", summary)
-    console.print(f"pass rates of {name} on {len(counts)} problems "
-                  f"(K = {cfg.passrate.num_generations}, T = {s.temperature}); ledger {ledger.path}")
+    how = (f"adaptive: {rollouts / len(counts):.1f} rollouts per problem, rounds of {pc.round_size} up to "
+           f"{pc.max_generations}" if pc.adaptive else f"K = {pc.num_generations}")
+    console.print(f"pass rates of {name} on {len(counts)} problems ({how}, T = {s.temperature}); "
+                  f"ledger {ledger.path}")
     console.print(histogram_text(hist))
     return summary
 

@@ -15,8 +15,9 @@ The last one is what a prompt-selection rule needs: the chance that a group of G
 carries no gradient (all rewards equal), under what the ledger knows.
 
 Deviations: MoPPS / BOTS discount by a factor per update; here the factor is set by a half-life
-in optimizer steps (one knob with a unit). The posterior is per problem, with no sharing across
-problems (no hierarchical prior).
+in optimizer steps (one knob with a unit). The posterior is per problem; the only sharing across
+problems is ``fit_prior``, an empirical-Bayes Beta prior fitted to a pool's counts (used by
+benchmarks/adaptive_passrate.py, not by the trainers yet).
 """
 from __future__ import annotations
 
@@ -66,6 +67,29 @@ def beta_params(c_eff, k_eff, prior_a: float = 1.0, prior_b: float = 1.0):
     """(a, b) of the posterior Beta(a0 + c_eff, b0 + k_eff − c_eff)."""
     c, k = np.asarray(c_eff, dtype=float), np.asarray(k_eff, dtype=float)
     return prior_a + c, prior_b + (k - c)
+
+
+def fit_prior(c, k, steps: int = 100) -> tuple[float, float]:
+    """Empirical Bayes: the Beta(a0, b0) prior over a pool of problems that maximises the
+    beta-binomial marginal likelihood of its counts, Σ_i log B(a0 + c_i, b0 + k_i − c_i) −
+    log B(a0, b0) (the binomial coefficients do not depend on a0, b0); c, k (n,), trials unequal
+    allowed (the stopping of a sequential estimate does not enter the likelihood). L-BFGS over
+    (log a0, log b0) from the uniform prior, each kept in [e^−6, e^6].
+    Deviations: one Beta for the whole pool, no mass at p = 0 or 1 exactly."""
+    c_t, k_t = (torch.as_tensor(np.asarray(x, dtype=float)) for x in (c, k))
+    theta = torch.zeros(2, dtype=torch.float64, requires_grad=True)                 # (log a0, log b0)
+    opt = torch.optim.LBFGS([theta], max_iter=steps, line_search_fn="strong_wolfe")
+
+    def nll():
+        opt.zero_grad()
+        a, b = torch.exp(theta.clamp(-6, 6))
+        lb = lambda x, y: torch.lgamma(x) + torch.lgamma(y) - torch.lgamma(x + y)  # noqa: E731
+        loss = -(lb(a + c_t, b + k_t - c_t) - lb(a, b)).sum()
+        loss.backward()
+        return loss
+    opt.step(nll)
+    a, b = np.exp(theta.detach().clamp(-6, 6).numpy())
+    return float(a), float(b)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -123,6 +147,37 @@ def settled_kernel(a, b, k, alpha: float, beta: float, tol: float, cap: int) -> 
     or once ``cap`` trials are spent; (a, b) the posterior, k the trials spent so far."""
     _, sd = weight_mean_sd(a, b, alpha, beta)
     return (sd <= tol * kernel_max(alpha, beta)) | (np.asarray(k) >= cap)
+
+
+def settled_zero(a, b, alpha: float, beta: float, zero_tol: float) -> np.ndarray:
+    """The Beta kernel's weight is settled as w ≈ 0 once its posterior mean is at most
+    ``zero_tol`` × max w (``zero_tol`` = 0: never). Under the uniform prior, n straight failures
+    (or successes) give E[p(1 − p)] = (n + 1) / ((n + 2)(n + 3)), i.e. 0.48, 0.33, 0.20 of max w
+    after n = 4, 8, 16: the rule stops a problem the student keeps failing (or solving) once
+    more rollouts could only add a small weight.
+    Deviations: the mean, not an upper credible bound such as mean + 2 sd: under the uniform
+    prior that bound falls to 0.5 of max w only after 18 straight failures and to 0.3 after 34,
+    so below a cap of 16 or 32 it would never stop anything the sd rule does not."""
+    m, _ = weight_mean_sd(a, b, alpha, beta)
+    return (m <= zero_tol * kernel_max(alpha, beta)) & (zero_tol > 0)
+
+
+def settled_for_hard_filter(c, k, cap: int, alpha: float, beta: float, tol: float, zero_tol: float) -> np.ndarray:
+    """``settled_hard_filter`` with the signature of ``SETTLED`` (α, β, tol, zero_tol unused)."""
+    return settled_hard_filter(c, k, cap)
+
+
+def settled_for_beta(c, k, cap: int, alpha: float, beta: float, tol: float, zero_tol: float) -> np.ndarray:
+    """The Beta kernel's stopping rule on counts (c, k), each (n,): under the posterior
+    Beta(1 + c, 1 + k − c), settled once the sd of w is at most ``tol`` × max w
+    (``settled_kernel``), or w ≈ 0 (``settled_zero``), or ``cap`` trials are spent."""
+    a, b = beta_params(c, k)
+    return settled_kernel(a, b, k, alpha, beta, tol, cap) | settled_zero(a, b, alpha, beta, zero_tol)
+
+
+# The sequential estimator's rule per weighting: (c, k, cap, α, β, tol, zero_tol) -> (n,) bool.
+# The hard filter's weight is 0 or 1, so it has no tolerances; uniform weighting needs no p̂.
+SETTLED = {"hard_filter": settled_for_hard_filter, "beta": settled_for_beta}
 
 
 def group_value(a, b, sizes) -> np.ndarray:

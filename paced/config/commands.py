@@ -8,7 +8,7 @@ from typing import Literal
 from .sections import (DataCfg, DataSource, EngineCfg, EvalCfg, LedgerCfg, ModelCfg, OptimCfg, PassrateCfg,
                        RunCfg, SamplingCfg, TeacherCfg, TrainRunCfg)
 from .tools import ConfigError, option
-from .trainers import DISTILL_LOSS_TYPES, DistillCfg, RLCfg, StageCfg, TrainCfg
+from .trainers import DISTILL_LOSS_TYPES, DistillCfg, RLCfg, StageCfg, TrainCfg, check_adaptive_estimators
 
 WEIGHT_ESTIMATORS = Literal["plugin", "unbiased"]
 
@@ -76,6 +76,11 @@ class SNRConfig:
     ledger: LedgerCfg = option(LedgerCfg(stage="snr"), "")
     run: RunCfg = option(RunCfg(dir="runs/snr"), "")
 
+    def check(self, key: str) -> None:
+        if self.passrate.adaptive:
+            raise ConfigError("passrate.adaptive: paced snr bins problems by p-hat from K = "
+                              "passrate.num_generations rollouts each; set passrate.adaptive=false")
+
 
 FAMILY_SIZES = Literal["nano", "tiny", "small", "medium"]
 
@@ -117,6 +122,9 @@ class DemoConfig:
     rl_optim: OptimCfg = option(OptimCfg(lr=1e-4, warmup_steps=20, lr_scheduler_type="constant"), "")
     run: TrainRunCfg = option(TrainRunCfg(dir="runs/demo", threads=2, logging_steps=50, save_steps=100), "")
     # threads pinned: another thread count trains other weights, and the printed tables repeat anywhere
+
+    def check(self, key: str) -> None:
+        check_adaptive_estimators(self.passrate, self.distill.stages)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -138,6 +138,23 @@ class SamplingCfg:
 @dataclass
 class PassrateCfg:
     num_generations: int = option(8, "K: student rollouts per problem for the pass rate p-hat", min=1)
+    adaptive: bool = option(False, "sequential p-hat instead of K rollouts each: rounds of round_size rollouts "
+                            "for the problems whose weight is not settled yet (hard_filter: a success and a "
+                            "failure seen; beta: the posterior sd of w <= weight_tol x max w, or w ~ 0 by "
+                            "zero_tol), up to max_generations; paced passrate uses the beta rule at "
+                            "alpha = beta = 1 (paced/posterior.py SETTLED)")
+    round_size: int = option(2, "adaptive: rollouts per problem per round", min=1, max=4096)
+    max_generations: int = option(16, "adaptive: the cap on rollouts per problem (a multiple of round_size)",
+                                  min=1, max=4096)
+    weight_tol: float = option(0.2, "adaptive, beta: stop once the posterior sd of w is at most this x max w",
+                               min=0.0, max=1.0)
+    zero_tol: float = option(0.4, "adaptive, beta: stop once the posterior mean of w is at most this x max w "
+                             "(w ~ 0; 0 = off)", min=0.0, max=1.0)
+
+    def check(self, key: str) -> None:
+        if self.max_generations % self.round_size:
+            raise ConfigError(f"{key}.max_generations: {self.max_generations} is not a multiple of "
+                              f"{key}.round_size={self.round_size} (the cap ends a round)")
 
 
 @dataclass

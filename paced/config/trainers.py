@@ -269,6 +269,17 @@ class DistillConfig:
     ledger: LedgerCfg = option(LedgerCfg(stage="distill"), "")
     run: TrainRunCfg = option(TrainRunCfg(dir="runs/distill"), "")
 
+    def check(self, key: str) -> None:
+        check_adaptive_estimators(self.passrate, self.distill.stages)
+
+
+def check_adaptive_estimators(passrate: PassrateCfg, stages: list[StageCfg]) -> None:
+    """passrate.adaptive with a stage's 'unbiased' weight estimator: an error (the distill and demo roots)."""
+    for i, st in enumerate(stages):
+        if passrate.adaptive and st.weight_estimator == "unbiased":
+            raise ConfigError(f"distill.stages[{i}].weight_estimator: 'unbiased' is unbiased for a fixed K "
+                              f"only; with passrate.adaptive the trials depend on the outcomes, use 'plugin'")
+
 
 @dataclass
 class RLConfig:

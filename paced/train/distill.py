@@ -5,6 +5,7 @@
 Algorithm (one pass of the loop per stage of ``distill.stages``):
     for each stage (loss_type, weighting, max_steps, reestimate_every):
         p̂  <- K student rollouts per problem of data.train, verified, recorded in the ledger
+              (passrate.adaptive: rounds until each problem's weight is settled, up to a cap)
         w   <- w(p̂) per problem (uniform | hard_filter | beta: p̂^α (1-p̂)^β), detached
         pool <- problems with w > 0   (zero-weight problems are never forwarded)
         for step in stage:
@@ -259,8 +260,10 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
     log = RunLog(run_dir, cfg.run.report_to, cfg.run.logging_steps, resume_step=step if ckpt else None,
                  enabled=main, config=to_dict(cfg))
 
-    pr = PassRater(raw, tok, cfg.passrate.num_generations, smp.temperature, smp.top_p, smp.top_k,
-                   smp.max_completion_length, cfg.run.seed, smp.batch_size, system, cfg.engine.backend, long)
+    pc = cfg.passrate
+    pr = PassRater(raw, tok, pc.num_generations, smp.temperature, smp.top_p, smp.top_k,
+                   smp.max_completion_length, cfg.run.seed, smp.batch_size, system, cfg.engine.backend, long,
+                   pc.adaptive, pc.round_size, pc.max_generations, pc.weight_tol, pc.zero_tol)
     before = eval_before(pr, held_out, d.eval_n, run_dir, ckpt is not None, main)
     rs = Responder(teacher, raw, t_prompts, s_prompts, stops, tok.pad_token_id, tok.eos_token_id,
                    smp.max_completion_length, d.teacher_temperature, d.student_temperature, cfg.run.seed,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,8 @@ import torch
 
 from ..evaluate import evaluate
 from ..ledger import Ledger
-from ..passrate import estimate
+from ..passrate import estimate, estimate_sequential
+from ..posterior import SETTLED
 from ..rollout import SamplingParams
 from ..runlog import console, write_json
 from ..weighting import WEIGHTINGS, beta_kernel, problem_weights
@@ -23,7 +25,9 @@ from ..weighting import WEIGHTINGS, beta_kernel, problem_weights
 
 @dataclass
 class PassRater:
-    """How the student's p̂ is estimated: K rollouts per problem at ``temperature`` (top_p, top_k)."""
+    """How the student's p̂ is estimated: K rollouts per problem at ``temperature`` (top_p, top_k),
+    or, ``adaptive``, rounds of ``round_size`` until the weight is settled or ``max_generations``
+    (``passrate.estimate_sequential``, tolerances ``weight_tol``, ``zero_tol``)."""
     model: torch.nn.Module
     tok: object
     k: int
@@ -36,6 +40,11 @@ class PassRater:
     system: str
     backend: str
     long_prompts: str
+    adaptive: bool = False
+    round_size: int = 2
+    max_generations: int = 16
+    weight_tol: float = 0.2
+    zero_tol: float = 0.4
 
 
 def stage_weights(pr: PassRater, ledger: Ledger, tag: str, name: str, pool: list, weighting: str, alpha: float,
@@ -45,7 +54,11 @@ def stage_weights(pr: PassRater, ledger: Ledger, tag: str, name: str, pool: list
     verified responses of steps ≤ at. Weighting uniform uses no p̂: nothing is sampled, p̂ is NaN.
     ``known(now=, exclude=)``: the ledger's discounted counts (``lineage.read_counts``; stage
     passrate_source ledger), read without this estimate's own rows: only problems with less than
-    one trial of evidence are sampled."""
+    one trial of evidence are sampled.
+    ``pr.adaptive``: the sequential estimate under the weighting's stopping rule
+    (``posterior.SETTLED``), trials unequal; w is then the plug-in w(c / k) of each problem's own
+    k: it keeps w = 0 exact where every rollout agreed (those problems are never forwarded);
+    docs/benchmarks.md compares it with posterior means of w (adaptive_passrate)."""
     if weighting == "uniform":
         return np.full(len(pool), np.nan), np.ones(len(pool))
     if known is not None:
@@ -53,12 +66,20 @@ def stage_weights(pr: PassRater, ledger: Ledger, tag: str, name: str, pool: list
                              *known(now=at, exclude=(name, at)))
     base = start if online else at
     counts = ledger.counts(model=tag, stage=name, step=base)
-    if len(counts) < len(pool):  # not yet estimated (or a kill cut the estimate short)
-        params = SamplingParams(temperature=pr.temperature, top_p=pr.top_p, top_k=pr.top_k, max_tokens=pr.max_tokens,
-                                seed=pr.seed * 7919 + base)
-        counts = estimate(pr.model, pr.tok, pool, ledger, pr.k, params, tag, name, step=base,
-                          batch_size=pr.batch_size, system_prompt=pr.system, backend=pr.backend,
-                          long_prompts=pr.long_prompts, recorded=counts)   # a killed estimate resumes exactly
+    params = SamplingParams(temperature=pr.temperature, top_p=pr.top_p, top_k=pr.top_k, max_tokens=pr.max_tokens,
+                            seed=pr.seed * 7919 + base)
+    common = dict(step=base, batch_size=pr.batch_size, system_prompt=pr.system, backend=pr.backend,
+                  long_prompts=pr.long_prompts, recorded=counts)   # a killed estimate resumes exactly
+    if pr.adaptive:  # re-entered on resume too: it samples only the rounds the ledger lacks
+        rule = partial(SETTLED[weighting], cap=pr.max_generations, alpha=alpha, beta=beta, tol=pr.weight_tol,
+                       zero_tol=pr.zero_tol)
+        counts = estimate_sequential(pr.model, pr.tok, pool, ledger, rule, pr.round_size, pr.max_generations,
+                                     params, tag, name, **common)
+        spent = sum(k for _, k in counts.values())
+        console.print(f"adaptive p̂ at step {base}: {spent} rollouts for {len(pool)} problems ({spent / len(pool):.1f} "
+                      f"each, cap {pr.max_generations}; K = {pr.k} fixed: {pr.k * len(pool)})")
+    elif len(counts) < len(pool):  # not yet estimated (or a kill cut the estimate short)
+        counts = estimate(pr.model, pr.tok, pool, ledger, pr.k, params, tag, name, **common)
     extra = ledger.counts(model=tag, stage=f"{name}:online", before_step=at + 1) if online else {}
     c = np.array([counts[e.id][0] + extra.get(e.id, (0, 0))[0] for e in pool])
     k = np.array([counts[e.id][1] + extra.get(e.id, (0, 0))[1] for e in pool])

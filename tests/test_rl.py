@@ -151,19 +151,25 @@ def test_skip_admits_only_low_risk_prompts_without_readmission(tmp_path, policy)
 def test_resume_equals_uninterrupted(tmp_path, policy, killed_at_update):
     common = ["rl.max_steps=5", "run.save_steps=2", "run.save_total_limit=0", "rl.num_iterations=2",
               "rl.dynamic_sampling=true", "rl.advantage=grpo", "data.eval=[]"]
+    killed_and_resumed(tmp_path, policy, killed_at_update, common, 6)  # 2 updates a step: dies in step 3
+    assert [r["step"] for r in metrics(tmp_path / "crash")] == [1, 2, 3, 4, 5]
+
+
+def killed_and_resumed(tmp_path, policy, killed_at_update, common, update: int) -> None:
+    """One run straight through, one killed at ``update`` (after checkpoint step-2) and resumed:
+    the same weights, and the same ledger (the killed run's rows past the checkpoint were
+    dropped, then redone)."""
     RL.train(rl_cfg(tmp_path / "full", policy, *common))
     crashed = rl_cfg(tmp_path / "crash", policy, *common)
-    killed_at_update(lambda: RL.train(crashed), 6)  # 2 updates per step: dies in step 3, after step-2
+    killed_at_update(lambda: RL.train(crashed), update)
     assert (tmp_path / "crash" / "checkpoints" / "step-2").exists()
     RL.train(crashed, resume=True)
     a = load_file(tmp_path / "full" / "model" / "model.safetensors")
     b = load_file(tmp_path / "crash" / "model" / "model.safetensors")
     for k in a:
         assert torch.equal(a[k], b[k]), k
-    assert [r["step"] for r in metrics(tmp_path / "crash")] == [1, 2, 3, 4, 5]
-    full = Ledger(tmp_path / "full" / "ledger.sqlite").counts(stage="rl")
-    crash = Ledger(tmp_path / "crash" / "ledger.sqlite").counts(stage="rl")
-    assert full == crash  # the killed run's rows past the checkpoint were dropped, then redone
+    assert Ledger(tmp_path / "full" / "ledger.sqlite").counts(stage="rl") == \
+        Ledger(tmp_path / "crash" / "ledger.sqlite").counts(stage="rl")
 
 
 @pytest.mark.parametrize("rule", ["beta", "hard_filter", *SELECT, "frontier"])
@@ -175,19 +181,9 @@ def test_resume_equals_uninterrupted_with_every_selection(tmp_path, policy, kill
              "skip": [*SELECT["skip"], "rl.dynamic_sampling=true"]}[rule]   # GRESO sits on dynamic sampling
     common = ["rl.max_steps=5", "run.save_steps=2", "run.save_total_limit=0", "rl.advantage=grpo", SMALL_POOL,
               "data.eval=[]", *extra]
-    RL.train(rl_cfg(tmp_path / "full", policy, *common))
-    crashed = rl_cfg(tmp_path / "crash", policy, *common)
-    killed_at_update(lambda: RL.train(crashed), 3)  # dies in step 3, after step-2
-    assert (tmp_path / "crash" / "checkpoints" / "step-2").exists()
-    RL.train(crashed, resume=True)
-    a = load_file(tmp_path / "full" / "model" / "model.safetensors")
-    b = load_file(tmp_path / "crash" / "model" / "model.safetensors")
-    for k in a:
-        assert torch.equal(a[k], b[k]), k
+    killed_and_resumed(tmp_path, policy, killed_at_update, common, 3)   # dies in step 3, after step-2
     full, crash = metrics(tmp_path / "full"), metrics(tmp_path / "crash")
     assert [r["rollouts_total"] for r in full] == [r["rollouts_total"] for r in crash]
-    assert Ledger(tmp_path / "full" / "ledger.sqlite").counts(stage="rl") == \
-        Ledger(tmp_path / "crash" / "ledger.sqlite").counts(stage="rl")
 
 
 def test_ppo_resume_restores_the_critic(tmp_path, policy, killed_at_update):

@@ -4,6 +4,9 @@ student and pool.
 
     python benchmarks/frontier_rl.py --quick     # 1 seed, 12k rollouts a run (minutes on 2 cores)
     python benchmarks/frontier_rl.py             # 3 seeds, 40k rollouts a run (docs/benchmarks.md's table)
+    python benchmarks/guide_student.py && python benchmarks/frontier_rl.py --student runs/guide/student/model \
+        --out-dir runs/bench-frontier-guide --out frontier_rl_guide_student.json \
+        --set 'frontier:rl.guide.hint_template={hint:_<16}|{prompt}'    # the same from a hint-reading student
 
 The student (built if missing, cached under --out-dir): the tiny preset, SFT on ``add`` at
 difficulty 1-4 (20000 problems, batch 64, lr 2e-3 after 50 warm-up steps, constant) for

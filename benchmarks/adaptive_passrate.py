@@ -81,12 +81,13 @@ def kernel(c, k):
 def errors(c, k, c_ref, k_ref) -> dict:
     """Mean |ŵ − w_ref| / max w of counts (c, k) against the reference's, for ŵ the plug-in, the
     unbiased estimate (where every k ≥ 2), the posterior mean under the uniform prior and under
-    the pool's empirical-Bayes prior (``posterior.fit_prior`` on these counts); and the hard
-    filter's wrong-decision share."""
-    from paced.posterior import beta_params, fit_prior, weight_mean_sd
+    the pool's empirical-Bayes prior (``weight_estimator: shrunk``, ``posterior.fit_prior`` on
+    these counts); and the hard filter's wrong-decision share."""
+    from paced.posterior import beta_params, weight_mean_sd
+    from paced.weighting import problem_weights
     w_ref = kernel(c_ref, k_ref)
     post, _ = weight_mean_sd(*beta_params(c, k), 1.0, 1.0)
-    eb, _ = weight_mean_sd(*beta_params(c, k, *fit_prior(c, k)), 1.0, 1.0)
+    eb = problem_weights(c, k, "beta", 1.0, 1.0, "shrunk")
     unbiased = c * (k - c) / (k * np.maximum(k - 1, 1))
     keep, keep_ref = (c > 0) & (c < k), (c_ref > 0) & (c_ref < k_ref)
     err = lambda w: float(np.abs(w - w_ref).mean() / 0.25)  # noqa: E731

@@ -10,6 +10,7 @@ import numpy as np
 import torch
 
 from .ledger import plain, unbiased_power
+from .posterior import fit_prior, moment
 
 
 def _detach(x):
@@ -53,7 +54,7 @@ def uniform(p):
 
 
 WEIGHTINGS = {"uniform": uniform, "hard_filter": hard_filter, "beta": beta_kernel}
-WEIGHT_ESTIMATORS = ("plugin", "unbiased")   # w of (c, K): plugin w(c/K), or unbiased
+WEIGHT_ESTIMATORS = ("plugin", "unbiased", "shrunk")   # w of (c, K): plug-in, unbiased, or EB posterior mean
 
 
 def problem_weights(successes, trials, weighting: str, alpha: float = 1.0, beta: float = 1.0,
@@ -65,7 +66,13 @@ def problem_weights(successes, trials, weighting: str, alpha: float = 1.0, beta:
       factorials, ``ledger.unbiased_power``), whose expectation over c ~ Binomial(K, p) is exactly
       p^α (1−p)^β (docs/methods.md §1); ≥ 0 for integers, so no clipping. Needs K ≥ α + β.
       For α = β = 1 it is c (K−c) / (K (K−1)), whereas the plug-in p̂(1−p̂) is biased by (K−1)/K.
-    Deviations: the unbiased estimator is our addition; the paper uses the plug-in p̂.
+    - ``"shrunk"``: Beta kernel only: the posterior mean E[p^α (1−p)^β] under Beta(a0 + c,
+      b0 + K − c), where Beta(a0, b0) is the prior fitted to the whole pool's counts by
+      marginal likelihood (``posterior.fit_prior``, empirical Bayes): a problem with few trials
+      is pulled towards the pool. Never exactly 0, so every problem is trained on (with a
+      small weight); trials may differ per problem (adaptive estimation).
+    Deviations: the unbiased and shrunk estimators are our additions; the paper uses the
+    plug-in p̂.
     """
     if weighting not in WEIGHTINGS:
         raise ValueError(f"unknown weighting {weighting!r}; choose one of {sorted(WEIGHTINGS)}")
@@ -80,6 +87,12 @@ def problem_weights(successes, trials, weighting: str, alpha: float = 1.0, beta:
         if weighting == "beta":
             return np.asarray(beta_kernel(p, alpha, beta), dtype=float)
         return np.asarray(WEIGHTINGS[weighting](p), dtype=float)
+    if estimator == "shrunk":
+        if weighting != "beta":
+            raise ValueError(f"estimator 'shrunk' is a posterior mean of p^alpha (1-p)^beta: weighting 'beta' "
+                             f"only, not {weighting!r}")
+        a0, b0 = fit_prior(c, k)
+        return np.asarray(moment(a0 + c, b0 + k - c, alpha, beta), dtype=float)
     if weighting != "beta":
         raise ValueError(f"estimator 'unbiased' exists only for weighting 'beta' (an unbiased estimate "
                          f"of p^alpha (1-p)^beta), not for {weighting!r}; use estimator 'plugin'")

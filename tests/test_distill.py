@@ -52,6 +52,18 @@ def test_every_loss_and_weighting(tmp_path, student, loss_type, weighting):
     assert all(r["step_time"] > 0 and r["tokens_per_s"] > 0 for r in rows)
 
 
+def test_shrunk_weights_train_every_problem(tmp_path, student):
+    """weight_estimator shrunk (empirical-Bayes posterior mean of w) with adaptive estimation:
+    unequal trials, no weight exactly 0."""
+    cfg = distill_cfg(tmp_path, student, "data.eval=[]", "data.forgetting=[]", "passrate.adaptive=true",
+                      "distill.stages=[{name: s, loss_type: forward_kl, max_steps: 2, weight_estimator: shrunk}]")
+    D.train(cfg)
+    rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["zero_weight_share"] for r in rows] == [0.0, 0.0] and all(r["loss"] > 0 for r in rows)
+    trials = {k for _, k in Ledger(tmp_path / "ledger.sqlite").counts(stage="0:s").values()}
+    assert len(trials) > 1                                     # the sequential estimate stopped unevenly
+
+
 def test_zero_weight_problems_are_never_forwarded(tmp_path, student, monkeypatch):
     forwarded = []
     real_pack = D.pack
@@ -248,3 +260,10 @@ def test_pick_batch_draws_only_live_problems(by_weight):
     one = np.zeros(5)
     one[2] = 1.0                                                # fewer live than processes: repeats
     assert [D.pick_batch(one, 0, 0, 4, 2, r, by_weight)[0].tolist() for r in range(2)] == [[2], [2]]
+
+
+def test_shrunk_needs_the_beta_kernel(tmp_path, student):
+    from paced.config import ConfigError
+    with pytest.raises(ConfigError, match=r"^distill.stages\[0\].weight_estimator: 'shrunk' is a posterior mean of "
+                                          r"p\^alpha \(1-p\)\^beta; it needs weighting 'beta'$"):
+        distill_cfg(tmp_path, student, "distill.stages=[{name: s, weighting: hard_filter, weight_estimator: shrunk}]")

@@ -119,3 +119,26 @@ def test_normalize():
     torch.testing.assert_close(out, torch.tensor([0.25, 0.75]))
     with pytest.raises(ValueError):
         normalize(w, "max")
+
+
+def test_problem_weights_shrunk_is_the_posterior_mean_under_the_fitted_prior():
+    from paced.posterior import fit_prior, moment
+    rng = np.random.default_rng(0)
+    c, k = rng.binomial(6, rng.beta(0.5, 3, 300)), np.full(300, 6)
+    a0, b0 = fit_prior(c, k)
+    got = problem_weights(c, k, "beta", 1, 2, estimator="shrunk")
+    np.testing.assert_allclose(got, moment(a0 + c, b0 + k - c, 1, 2))
+    assert (got > 0).all()                                   # never exactly 0: every problem trains
+    with pytest.raises(ValueError, match="estimator 'shrunk' is a posterior mean"):
+        problem_weights(c, k, "hard_filter", estimator="shrunk")
+
+
+@pytest.mark.parametrize("K", [4, 8])
+def test_shrunk_weights_are_closer_to_the_truth_than_the_plug_in(K):
+    """On a pool whose p follows a Beta (the estimator's own assumption), over 3 seeds."""
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        p = rng.beta(0.5, 3.0, 4000)
+        c, k = rng.binomial(K, p), np.full(4000, K)
+        err = {e: np.abs(problem_weights(c, k, "beta", estimator=e) - p * (1 - p)).mean() for e in ("plugin", "shrunk")}
+        assert err["shrunk"] < err["plugin"], err

@@ -10,7 +10,7 @@ from .sections import (DataCfg, DataSource, EngineCfg, EvalCfg, LedgerCfg, Model
 from .tools import ConfigError, option
 from .trainers import DISTILL_LOSS_TYPES, DistillCfg, RLCfg, StageCfg, TrainCfg, check_adaptive_estimators
 
-WEIGHT_ESTIMATORS = Literal["plugin", "unbiased"]
+WEIGHT_ESTIMATORS = Literal["plugin", "unbiased", "shrunk"]
 
 
 @dataclass

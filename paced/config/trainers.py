@@ -43,8 +43,9 @@ class StageCfg:
     weighting: Literal["uniform", "hard_filter", "beta"] = option("beta", "per-problem weight from p-hat")
     weight_alpha: float = option(1.0, "alpha of w = p^alpha (1-p)^beta", min=0.0)
     weight_beta: float = option(1.0, "beta of w = p^alpha (1-p)^beta", min=0.0)
-    weight_estimator: Literal["plugin", "unbiased"] = option(
-        "plugin", "w(p-hat) or the unbiased estimate of p^a(1-p)^b (integer a, b)")
+    weight_estimator: Literal["plugin", "unbiased", "shrunk"] = option(
+        "plugin", "w(p-hat), the unbiased estimate of p^a(1-p)^b (integer a, b), or shrunk: its posterior mean "
+        "under a Beta prior fitted to the pool (empirical Bayes; never 0, so every problem is trained on)")
     normalize: Literal["sum", "count"] = option("sum", "batch loss = sum w l / sum w (sum) or / N (count)")
     sample_by_weight: bool = option(False, "draw batches with probability proportional to w (then w = 1)")
     reestimate_every: int = option(0, "re-estimate p-hat every E steps (0 = once, at the stage start)", min=0)
@@ -64,6 +65,9 @@ class StageCfg:
                                                     or self.weight_beta % 1):
             raise ConfigError(f"{key}.weight_estimator: 'unbiased' needs weighting 'beta' with integer "
                               f"weight_alpha and weight_beta")
+        if self.weight_estimator == "shrunk" and self.weighting != "beta":
+            raise ConfigError(f"{key}.weight_estimator: 'shrunk' is a posterior mean of p^alpha (1-p)^beta; it "
+                              f"needs weighting 'beta'")
         responses = self.responses if self.responses != "auto" else default_responses(self.loss_type)
         if self.weighting == "uniform" and (self.online_passrate or self.reestimate_every):
             raise ConfigError(f"{key}.weighting: 'uniform' uses no p̂, so online_passrate and reestimate_every "

@@ -54,6 +54,13 @@ def uniform(p):
 
 
 WEIGHTINGS = {"uniform": uniform, "hard_filter": hard_filter, "beta": beta_kernel}
+
+
+def weight_of(p, weighting: str, alpha: float = 1.0, beta: float = 1.0) -> np.ndarray:
+    """w(p) under ``WEIGHTINGS[weighting]`` (α, β for the Beta kernel), a float numpy array:
+    the plug-in weight of pass rates, whatever counts they came from."""
+    w = beta_kernel(p, alpha, beta) if weighting == "beta" else WEIGHTINGS[weighting](p)
+    return np.asarray(w, dtype=float)
 WEIGHT_ESTIMATORS = ("plugin", "unbiased", "shrunk")   # w of (c, K): plug-in, unbiased, or EB posterior mean
 
 
@@ -83,10 +90,7 @@ def problem_weights(successes, trials, weighting: str, alpha: float = 1.0, beta:
     if np.any(k < 1) or np.any(c < 0) or np.any(c > k):
         raise ValueError("problem_weights needs 0 <= successes <= trials and trials >= 1")
     if estimator == "plugin":
-        p = plain(c, k)
-        if weighting == "beta":
-            return np.asarray(beta_kernel(p, alpha, beta), dtype=float)
-        return np.asarray(WEIGHTINGS[weighting](p), dtype=float)
+        return weight_of(plain(c, k), weighting, alpha, beta)
     if estimator == "shrunk":
         if weighting != "beta":
             raise ValueError(f"estimator 'shrunk' is a posterior mean of p^alpha (1-p)^beta: weighting 'beta' "

@@ -37,9 +37,9 @@ def ledger_parents(ledger: Ledger, model_path: str) -> list[tuple[str, int]]:
     """[(tag, step)] the ledger holds for the model directory a run loads: the directory itself
     (rows of ``paced passrate`` / ``eval`` on it, at their last step) and the paced run that
     wrote it (``<run>/model``: that run's last step; ``<run>/checkpoints/step-N``: step N)."""
-    out = []
-    if (at := ledger.max_step(model_tag(model_path))) is not None:
-        out.append((model_tag(model_path), at))
+    out, own = [], model_tag(model_path)
+    if (at := ledger.max_step(own)) is not None:
+        out.append((own, at))
     p = Path(os.path.realpath(model_path))
     m = re.fullmatch(r"step-(\d+)", p.name)
     run, step = (p.parent, None) if p.name == "model" else \

@@ -20,7 +20,7 @@ from ..passrate import estimate, estimate_sequential
 from ..posterior import SETTLED
 from ..rollout import SamplingParams
 from ..runlog import console, write_json
-from ..weighting import WEIGHTINGS, beta_kernel, problem_weights
+from ..weighting import problem_weights, weight_of
 
 
 @dataclass
@@ -104,8 +104,7 @@ def known_weights(pr: PassRater, ledger: Ledger, tag: str, name: str, pool: list
     console.print(f"p̂ from the ledger for {len(pool) - len(todo)} of {len(pool)} problems; "
                   f"{len(todo) * pr.k} fresh rollouts for the rest")
     p_hat = c / k
-    return p_hat, np.asarray(beta_kernel(p_hat, alpha, beta) if weighting == "beta" else WEIGHTINGS[weighting](p_hat),
-                             dtype=float)
+    return p_hat, weight_of(p_hat, weighting, alpha, beta)
 
 
 def held_out_eval(pr: PassRater, held_out: dict[str, list], n: int, when: str) -> dict:

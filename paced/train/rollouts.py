@@ -19,7 +19,7 @@ from ..rl_losses import group_has_variance, reward_zero_std_share
 from ..rollout import SAMPLERS, SamplingParams
 from ..runlog import console
 from ..tasks import verify
-from ..weighting import WEIGHTINGS, beta_kernel
+from ..weighting import weight_of
 from .batches import batch_indices
 
 
@@ -45,7 +45,7 @@ def prompt_weights(c_eff, k_eff, weighting: str, alpha: float, beta: float) -> n
     c, k = np.asarray(c_eff, dtype=float), np.asarray(k_eff, dtype=float)
     c, k = np.where(k > 0, c, 1.0), np.where(k > 0, k, 2.0)
     p = c / k
-    return np.asarray(beta_kernel(p, alpha, beta) if weighting == "beta" else WEIGHTINGS[weighting](p), dtype=float)
+    return weight_of(p, weighting, alpha, beta)
 
 
 @dataclass

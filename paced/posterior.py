@@ -16,8 +16,9 @@ carries no gradient (all rewards equal), under what the ledger knows.
 
 Deviations: MoPPS / BOTS discount by a factor per update; here the factor is set by a half-life
 in optimizer steps (one knob with a unit). The posterior is per problem; the only sharing across
-problems is ``fit_prior``, an empirical-Bayes Beta prior fitted to a pool's counts (used by
-benchmarks/adaptive_passrate.py, not by the trainers yet).
+problems is ``fit_prior``, an empirical-Bayes Beta prior fitted to a pool's counts, or to each
+group of it (``fit_prior_by``: per source and difficulty, say), which ``weight_estimator: shrunk``
+uses (paced/weighting.py).
 """
 from __future__ import annotations
 
@@ -90,6 +91,33 @@ def fit_prior(c, k, steps: int = 100) -> tuple[float, float]:
     opt.step(nll)
     a, b = np.exp(theta.detach().clamp(-6, 6).numpy())
     return float(a), float(b)
+
+
+SHRINK_MIN = 8   # fit_prior_by: a group with fewer problems takes the whole pool's prior
+
+
+def fit_prior_by(c, k, groups, min_size: int = SHRINK_MIN) -> tuple[np.ndarray, np.ndarray]:
+    """Empirical Bayes within groups: per-problem prior (a0, b0), (n,) each, from ``fit_prior``
+    on the counts of each group of ``groups`` ((n,) integer labels: problems of one source and
+    difficulty, say) that holds at least ``min_size`` problems, and from ``fit_prior`` on the
+    whole pool for the problems of smaller groups. Problems that the data already sorts by
+    difficulty have pass rates far closer within a group than across the pool, so the prior
+    pulls a few trials' p̂ towards a much better guess.
+    Deviations: separate fits rather than one hierarchical model (no pooling of the groups'
+    priors towards each other); the size threshold is ours."""
+    c, k = np.asarray(c, dtype=float), np.asarray(k, dtype=float)
+    labels = np.asarray(groups)
+    a0, b0 = np.full(len(c), np.nan), np.full(len(c), np.nan)
+    small = np.zeros(len(c), dtype=bool)
+    for g in np.unique(labels):
+        i = labels == g                                                              # (n,) bool
+        if i.sum() < min_size:
+            small |= i
+            continue
+        a0[i], b0[i] = fit_prior(c[i], k[i])
+    if small.any():
+        a0[small], b0[small] = fit_prior(c, k)
+    return a0, b0
 
 
 # ---------------------------------------------------------------------------------------------

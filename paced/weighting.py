@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from .ledger import plain, unbiased_power
-from .posterior import fit_prior, moment
+from .posterior import fit_prior, fit_prior_by, moment
 
 
 def _detach(x):
@@ -65,7 +65,7 @@ WEIGHT_ESTIMATORS = ("plugin", "unbiased", "shrunk")   # w of (c, K): plug-in, u
 
 
 def problem_weights(successes, trials, weighting: str, alpha: float = 1.0, beta: float = 1.0,
-                    estimator: str = "plugin") -> np.ndarray:
+                    estimator: str = "plugin", groups=None) -> np.ndarray:
     """Per-problem weights from ledger counts (c successes in K trials), shape of ``successes``.
 
     - ``"plugin"``: w(p̂) with p̂ = c / K (``ledger.plain``) for any weighting.
@@ -77,7 +77,9 @@ def problem_weights(successes, trials, weighting: str, alpha: float = 1.0, beta:
       b0 + K − c), where Beta(a0, b0) is the prior fitted to the whole pool's counts by
       marginal likelihood (``posterior.fit_prior``, empirical Bayes): a problem with few trials
       is pulled towards the pool. Never exactly 0, so every problem is trained on (with a
-      small weight); trials may differ per problem (adaptive estimation).
+      small weight); trials may differ per problem (adaptive estimation). ``groups`` ((n,)
+      integer labels, e.g. ``paced.train.passrates.group_labels``): one prior per group
+      (``posterior.fit_prior_by``) instead of one for the pool.
     Deviations: the unbiased and shrunk estimators are our additions; the paper uses the
     plug-in p̂.
     """
@@ -95,7 +97,7 @@ def problem_weights(successes, trials, weighting: str, alpha: float = 1.0, beta:
         if weighting != "beta":
             raise ValueError(f"estimator 'shrunk' is a posterior mean of p^alpha (1-p)^beta: weighting 'beta' "
                              f"only, not {weighting!r}")
-        a0, b0 = fit_prior(c, k)
+        a0, b0 = fit_prior(c, k) if groups is None else fit_prior_by(c, k, groups)
         return np.asarray(moment(a0 + c, b0 + k - c, alpha, beta), dtype=float)
     if weighting != "beta":
         raise ValueError(f"estimator 'unbiased' exists only for weighting 'beta' (an unbiased estimate "

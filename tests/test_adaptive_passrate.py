@@ -162,13 +162,18 @@ def distill_cfg(run_dir, student, *overrides):
         "data.train=[{source: add, n: 24, difficulty: 1}]", "run.progress=false", *overrides], run_dir=run_dir)
 
 
-def test_distill_with_adaptive_passrate_resumes_bit_exact(tmp_path, half_learned_add, monkeypatch):
+@pytest.mark.parametrize("estimator", ["plugin", "shrunk"])
+def test_distill_with_adaptive_passrate_resumes_bit_exact(tmp_path, half_learned_add, monkeypatch, estimator):
     """A run killed in the middle of its second sequential estimate (step 3) resumes from the
-    step-3 checkpoint to the same weights and the same ledger as an uninterrupted run."""
+    step-3 checkpoint to the same weights and the same ledger as an uninterrupted run (with the
+    plug-in weights, and with shrunk ones under one prior per difficulty)."""
     from paced.train import distill as D
+    shrunk = ", weight_estimator: shrunk, shrink_by: source_difficulty" if estimator == "shrunk" else ""
     common = ["data.eval=[]", "data.forgetting=[]", "passrate.adaptive=true", "passrate.max_generations=8",
-              "distill.stages=[{name: s, loss_type: forward_kl, max_steps: 6, weighting: beta, reestimate_every: 3}]",
-              "distill.per_device_train_batch_size=8", "run.save_steps=3", "run.save_total_limit=0"]
+              "distill.stages=[{name: s, loss_type: forward_kl, max_steps: 6, weighting: beta, reestimate_every: 3"
+              f"{shrunk}}}]", "distill.per_device_train_batch_size=8", "run.save_steps=3", "run.save_total_limit=0",
+              *(["data.train=[{source: add, n: 16, difficulty: 1}, {source: add, n: 16, difficulty: 2, seed: 1}]"]
+                if shrunk else [])]
     real = PR.rollout_and_verify
     calls = {"n": 0, "die_at": None}
 

@@ -52,12 +52,26 @@ def test_every_loss_and_weighting(tmp_path, student, loss_type, weighting):
     assert all(r["step_time"] > 0 and r["tokens_per_s"] > 0 for r in rows)
 
 
-def test_shrunk_weights_train_every_problem(tmp_path, student):
+@pytest.mark.parametrize("shrink_by", ["pool", "source_difficulty"])
+def test_shrunk_weights_train_every_problem(tmp_path, student, shrink_by, monkeypatch):
     """weight_estimator shrunk (empirical-Bayes posterior mean of w) with adaptive estimation:
-    unequal trials, no weight exactly 0."""
+    unequal trials, no weight exactly 0; shrink_by source_difficulty hands the weights one group
+    label per (source, difficulty) of the pool."""
+    import paced.train.passrates as P
+    seen, real = [], P.problem_weights
+    monkeypatch.setattr(P, "problem_weights", lambda *a: seen.append(a[-1]) or real(*a))
     cfg = distill_cfg(tmp_path, student, "data.eval=[]", "data.forgetting=[]", "passrate.adaptive=true",
-                      "distill.stages=[{name: s, loss_type: forward_kl, max_steps: 2, weight_estimator: shrunk}]")
+                      "data.train=[{source: add, n: 24, difficulty: [1, 2]}, {source: sub, n: 8, difficulty: 1}]",
+                      "distill.stages=[{name: s, loss_type: forward_kl, max_steps: 2, weight_estimator: shrunk, "
+                      f"shrink_by: {shrink_by}}}]")
     D.train(cfg)
+    from paced.tasks import load_sources
+    labels = set(seen[0].tolist())
+    assert len(seen) == 1
+    if shrink_by == "pool":
+        assert labels == {0}
+    else:
+        assert len(labels) == len({(e.source, e.difficulty) for e in load_sources(cfg.data.train)}) > 1
     rows = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["zero_weight_share"] for r in rows] == [0.0, 0.0] and all(r["loss"] > 0 for r in rows)
     trials = {k for _, k in Ledger(tmp_path / "ledger.sqlite").counts(stage="0:s").values()}
@@ -260,6 +274,24 @@ def test_pick_batch_draws_only_live_problems(by_weight):
     one = np.zeros(5)
     one[2] = 1.0                                                # fewer live than processes: repeats
     assert [D.pick_batch(one, 0, 0, 4, 2, r, by_weight)[0].tolist() for r in range(2)] == [[2], [2]]
+
+
+def test_group_labels_number_groups_in_order_of_first_appearance():
+    from paced.tasks import Example
+    from paced.train.passrates import group_labels
+    ex = [Example(id=str(i), prompt="", answer="", source=s, difficulty=d)
+          for i, (s, d) in enumerate([("add", 2), ("sub", 2), ("add", 2), ("add", None), ("sub", 1)])]
+    assert group_labels(ex, "source_difficulty").tolist() == [0, 1, 0, 2, 3]
+    assert group_labels(ex, "source").tolist() == [0, 1, 0, 0, 1]
+    assert group_labels(ex, "difficulty").tolist() == [0, 0, 0, 1, 2]
+    assert group_labels(ex, "pool").tolist() == [0] * 5
+
+
+def test_shrink_by_needs_the_shrunk_estimator(tmp_path, student):
+    from paced.config import ConfigError
+    with pytest.raises(ConfigError, match=r"^distill.stages\[0\].shrink_by: 'difficulty' groups the prior of "
+                                          r"weight_estimator 'shrunk'; set weight_estimator=shrunk or drop it$"):
+        distill_cfg(tmp_path, student, "distill.stages=[{name: s, shrink_by: difficulty}]")
 
 
 def test_shrunk_needs_the_beta_kernel(tmp_path, student):

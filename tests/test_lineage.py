@@ -185,3 +185,20 @@ def test_a_kill_inside_a_ledger_stage_estimate_resumes_exactly(tmp_path, half_le
     full_tag = f"{(tmp_path / 'full').resolve()}:student"
     led = Ledger(tmp_path / "rl" / "ledger.sqlite")
     assert led.counts(model=full_tag, stage="0:r") == led.counts(model=tag, stage="0:r")
+
+
+def test_a_ledger_stage_samples_the_unknown_problems_adaptively(tmp_path, half_learned_add):
+    """passrate.adaptive with passrate_source ledger: the 24 problems the parent's run never
+    sampled get the sequential estimate (unequal trials, a multiple of round_size, at most the
+    cap); the 8 it did get no fresh rollouts."""
+    RL.train(rl_cfg(tmp_path / "rl", half_learned_add, "rl.max_steps=2"))
+    D.train(distill_cfg(tmp_path / "d", tmp_path / "rl" / "model", f"ledger.path={tmp_path / 'rl' / 'ledger.sqlite'}",
+                        "ledger.parent=auto", "passrate.adaptive=true", "passrate.max_generations=8",
+                        "distill.stages=[{name: r, loss_type: reverse_kl, max_steps: 2, weighting: beta, "
+                        "passrate_source: ledger}]"))
+    led = Ledger(tmp_path / "rl" / "ledger.sqlite")
+    fresh = led.counts(model=f"{(tmp_path / 'd').resolve()}:student", stage="0:r")
+    parent = {i for i, _ in led.counts(stage="rl").items()}
+    assert len(fresh) == 24 and not set(fresh) & parent
+    trials = [k for _, k in fresh.values()]
+    assert all(k % 2 == 0 and 2 <= k <= 8 for k in trials) and len(set(trials)) > 1, trials

@@ -142,3 +142,40 @@ def test_shrunk_weights_are_closer_to_the_truth_than_the_plug_in(K):
         c, k = rng.binomial(K, p), np.full(4000, K)
         err = {e: np.abs(problem_weights(c, k, "beta", estimator=e) - p * (1 - p)).mean() for e in ("plugin", "shrunk")}
         assert err["shrunk"] < err["plugin"], err
+
+
+def test_shrunk_by_group_fits_one_prior_per_group_and_the_pools_for_small_ones():
+    from paced.posterior import SHRINK_MIN, fit_prior, moment
+    rng = np.random.default_rng(1)
+    sizes, means = (60, 40, SHRINK_MIN - 1), (0.1, 0.7, 0.4)
+    groups = np.repeat(np.arange(3), sizes)                                     # (n,)
+    p = np.concatenate([rng.beta(20 * m, 20 * (1 - m), s) for m, s in zip(means, sizes)])
+    k = rng.integers(2, 9, len(p))                                              # unequal trials
+    c = rng.binomial(k, p)
+    got = problem_weights(c, k, "beta", 1, 1, estimator="shrunk", groups=groups)
+    want = np.empty(len(p))
+    for g in (0, 1):
+        i = groups == g
+        a0, b0 = fit_prior(c[i], k[i])
+        want[i] = moment(a0 + c[i], b0 + k[i] - c[i], 1, 1)
+    a0, b0 = fit_prior(c, k)                                                    # the small group: the pool's
+    i = groups == 2
+    want[i] = moment(a0 + c[i], b0 + k[i] - c[i], 1, 1)
+    np.testing.assert_allclose(got, want, rtol=1e-9)
+    one = problem_weights(c, k, "beta", 1, 1, estimator="shrunk", groups=np.zeros(len(p), dtype=int))
+    np.testing.assert_allclose(one, problem_weights(c, k, "beta", 1, 1, estimator="shrunk"))
+
+
+def test_shrunk_by_group_is_closer_to_the_truth_where_groups_sort_the_pass_rates():
+    """Pass rates that depend on a known difficulty (as the synthetic families' and MATH's
+    levels do): one prior per difficulty beats the pool's prior, which beats the plug-in, at K = 4."""
+    for seed in range(3):
+        rng = np.random.default_rng(seed)
+        d = rng.integers(0, 6, 3000)                                             # (n,) difficulty
+        p = rng.beta(8 * (1 - d / 6) + 0.2, 8 * d / 6 + 0.2)
+        c, k = rng.binomial(4, p), np.full(3000, 4)
+        err = lambda w: np.abs(w - p * (1 - p)).mean()  # noqa: E731
+        by = err(problem_weights(c, k, "beta", estimator="shrunk", groups=d))
+        pool = err(problem_weights(c, k, "beta", estimator="shrunk"))
+        plug = err(problem_weights(c, k, "beta"))
+        assert by < pool < plug, (seed, by, pool, plug)

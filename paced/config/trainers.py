@@ -46,6 +46,9 @@ class StageCfg:
     weight_estimator: Literal["plugin", "unbiased", "shrunk"] = option(
         "plugin", "w(p-hat), the unbiased estimate of p^a(1-p)^b (integer a, b), or shrunk: its posterior mean "
         "under a Beta prior fitted to the pool (empirical Bayes; never 0, so every problem is trained on)")
+    shrink_by: Literal["pool", "source", "difficulty", "source_difficulty"] = option(
+        "pool", "shrunk: fit one prior to the whole pool, or one to each source / difficulty / (source, "
+        "difficulty) group of it (groups under 8 problems take the pool's)")
     normalize: Literal["sum", "count"] = option("sum", "batch loss = sum w l / sum w (sum) or / N (count)")
     sample_by_weight: bool = option(False, "draw batches with probability proportional to w (then w = 1)")
     reestimate_every: int = option(0, "re-estimate p-hat every E steps (0 = once, at the stage start)", min=0)
@@ -55,7 +58,7 @@ class StageCfg:
     passrate_source: Literal["rollouts", "ledger"] = option(
         "rollouts", "where p-hat comes from: K fresh rollouts per problem (rollouts), or the rows the ledger "
         "already holds for this student and its parents (ledger.parent), weighed by ledger.recency; problems "
-        "with less than one trial on record get K fresh rollouts")
+        "with less than one trial on record get K fresh rollouts (or, passrate.adaptive, the sequential estimate)")
     beta: float = option(0.5, "jsd: mixing (0 = forward KL, 1 = reverse KL; TRL GKD convention)", min=0.0, max=1.0)
     temperature: float = option(1.0, "softmax temperature inside the KL", min=1e-6)
     akl_mu: float = option(0.5, "akl: teacher mass of the head", min=0.0, max=1.0)
@@ -68,6 +71,9 @@ class StageCfg:
         if self.weight_estimator == "shrunk" and self.weighting != "beta":
             raise ConfigError(f"{key}.weight_estimator: 'shrunk' is a posterior mean of p^alpha (1-p)^beta; it "
                               f"needs weighting 'beta'")
+        if self.shrink_by != "pool" and self.weight_estimator != "shrunk":
+            raise ConfigError(f"{key}.shrink_by: {self.shrink_by!r} groups the prior of weight_estimator 'shrunk'; "
+                              f"set weight_estimator=shrunk or drop it")
         responses = self.responses if self.responses != "auto" else default_responses(self.loss_type)
         if self.weighting == "uniform" and (self.online_passrate or self.reestimate_every):
             raise ConfigError(f"{key}.weighting: 'uniform' uses no p̂, so online_passrate and reestimate_every "

@@ -58,7 +58,7 @@ from ..weighting import normalize
 from .batches import Packed, pack
 from .lineage import Recency, link_parent, read_counts
 from .optimization import make_scheduler, optimizer_from, update
-from .passrates import PassRater, eval_before, held_out_change, held_out_eval, stage_weights
+from .passrates import PassRater, eval_before, group_labels, held_out_change, held_out_eval, stage_weights
 from .regularizer import regularizer_from
 
 
@@ -293,7 +293,8 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
         weigh = (stage.weighting, stage.weight_alpha, stage.weight_beta, stage.weight_estimator, stage.online_passrate)
         known = partial(read_counts, accelerator, ledger, tag, pool_ids, rec=rec) \
             if stage.passrate_source == "ledger" else None   # p̂ from the rows on record, not fresh rollouts
-        p_hat, w = stage_weights(pr, ledger, tag, name, pool, *weigh, est_at, stage_start, known)
+        groups = group_labels(pool, stage.shrink_by)   # shrunk's prior: one per group
+        p_hat, w = stage_weights(pr, ledger, tag, name, pool, *weigh, est_at, stage_start, known, groups)
         console.print(f"stage {stage_i} '{stage.name}': {stage.loss_type} on {who} responses, "
                       f"weighting {stage.weighting}; {int((w > 0).sum())}/{len(pool)} problems "
                       f"with w > 0 (p̂ = 0: {int((p_hat == 0).sum())}, p̂ = 1: {int((p_hat == 1).sum())})")
@@ -303,7 +304,7 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
             t_step = time.perf_counter()
             if step > est_at and (step - stage_start) % every == 0:
                 est_at = step
-                p_hat, w = stage_weights(pr, ledger, tag, name, pool, *weigh, est_at, stage_start, known)
+                p_hat, w = stage_weights(pr, ledger, tag, name, pool, *weigh, est_at, stage_start, known, groups)
             if not (w > 0).any():
                 raise ValueError(f"stage {stage.name!r}: every problem has weight 0 at step {step} "
                                  f"(p̂ all 0 or 1 under {stage.weighting}); nothing to train on. "

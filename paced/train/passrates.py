@@ -47,8 +47,20 @@ class PassRater:
     zero_tol: float = 0.4
 
 
+# StageCfg.shrink_by: the key of an example that groups the pool for ``weight_estimator: shrunk``'s prior
+SHRINK_BY = {"pool": lambda e: 0, "source": lambda e: e.source, "difficulty": lambda e: e.difficulty,
+             "source_difficulty": lambda e: (e.source, e.difficulty)}
+
+
+def group_labels(pool: list, by: str) -> np.ndarray:
+    """(n,) integer labels of ``SHRINK_BY[by]`` over the pool's examples, in order of first
+    appearance (a missing difficulty is a group of its own)."""
+    ids: dict = {}
+    return np.array([ids.setdefault(SHRINK_BY[by](e), len(ids)) for e in pool], dtype=np.int64)
+
+
 def stage_weights(pr: PassRater, ledger: Ledger, tag: str, name: str, pool: list, weighting: str, alpha: float,
-                  beta: float, estimator: str, online: bool, at: int, start: int, known=None):
+                  beta: float, estimator: str, online: bool, at: int, start: int, known=None, groups=None):
     """p̂ and w for every pool problem, estimated at global step ``at`` (reused if the ledger has
     it: a resumed run samples nothing again); ``online``: the stage-start estimate plus the
     verified responses of steps ≤ at. Weighting uniform uses no p̂: nothing is sampled, p̂ is NaN.
@@ -58,7 +70,8 @@ def stage_weights(pr: PassRater, ledger: Ledger, tag: str, name: str, pool: list
     ``pr.adaptive``: the sequential estimate under the weighting's stopping rule
     (``posterior.SETTLED``), trials unequal; w is then the plug-in w(c / k) of each problem's own
     k: it keeps w = 0 exact where every rollout agreed (those problems are never forwarded);
-    docs/benchmarks.md compares it with posterior means of w (adaptive_passrate)."""
+    docs/benchmarks.md compares it with posterior means of w (adaptive_passrate).
+    ``groups`` ((n,) labels, ``group_labels``): estimator shrunk fits one prior per group."""
     if weighting == "uniform":
         return np.full(len(pool), np.nan), np.ones(len(pool))
     if known is not None:
@@ -83,26 +96,34 @@ def stage_weights(pr: PassRater, ledger: Ledger, tag: str, name: str, pool: list
     extra = ledger.counts(model=tag, stage=f"{name}:online", before_step=at + 1) if online else {}
     c = np.array([counts[e.id][0] + extra.get(e.id, (0, 0))[0] for e in pool])
     k = np.array([counts[e.id][1] + extra.get(e.id, (0, 0))[1] for e in pool])
-    return c / k, problem_weights(c, k, weighting, alpha, beta, estimator)
+    return c / k, problem_weights(c, k, weighting, alpha, beta, estimator, groups)
 
 
 def known_weights(pr: PassRater, ledger: Ledger, tag: str, name: str, pool: list, weighting: str, alpha: float,
                   beta: float, at: int, c_eff, k_eff):
-    """p̂ = c / k and plug-in w from the ledger's discounted counts (c_eff, k_eff) (n,), plus K
-    fresh rollouts (recorded under ``name`` at step ``at``) for the problems with k_eff < 1."""
+    """p̂ = c / k and plug-in w from the ledger's discounted counts (c_eff, k_eff) (n,), plus fresh
+    rollouts (recorded under ``name`` at step ``at``) for the problems with k_eff < 1: K each, or
+    ``pr.adaptive``, the sequential estimate under the weighting's rule."""
     c, k = np.asarray(c_eff, dtype=float).copy(), np.asarray(k_eff, dtype=float).copy()
-    todo = [i for i in range(len(pool)) if k[i] < 1]
+    todo, spent = [i for i in range(len(pool)) if k[i] < 1], 0
     if todo:
         sub = [pool[i] for i in todo]
         params = SamplingParams(temperature=pr.temperature, top_p=pr.top_p, top_k=pr.top_k, max_tokens=pr.max_tokens,
                                 seed=pr.seed * 7919 + at)
-        fresh = estimate(pr.model, pr.tok, sub, ledger, pr.k, params, tag, name, step=at, batch_size=pr.batch_size,
-                         system_prompt=pr.system, backend=pr.backend, long_prompts=pr.long_prompts,
-                         recorded=ledger.counts(model=tag, stage=name, step=at))
+        common = dict(step=at, batch_size=pr.batch_size, system_prompt=pr.system, backend=pr.backend,
+                      long_prompts=pr.long_prompts, recorded=ledger.counts(model=tag, stage=name, step=at))
+        if pr.adaptive:
+            rule = partial(SETTLED[weighting], cap=pr.max_generations, alpha=alpha, beta=beta, tol=pr.weight_tol,
+                           zero_tol=pr.zero_tol)
+            fresh = estimate_sequential(pr.model, pr.tok, sub, ledger, rule, pr.round_size, pr.max_generations,
+                                        params, tag, name, **common)
+        else:
+            fresh = estimate(pr.model, pr.tok, sub, ledger, pr.k, params, tag, name, **common)
         for i, e in zip(todo, sub):
             c[i], k[i] = c[i] + fresh[e.id][0], k[i] + fresh[e.id][1]
+            spent += fresh[e.id][1]
     console.print(f"p̂ from the ledger for {len(pool) - len(todo)} of {len(pool)} problems; "
-                  f"{len(todo) * pr.k} fresh rollouts for the rest")
+                  f"{spent} fresh rollouts for the rest")
     p_hat = c / k
     return p_hat, weight_of(p_hat, weighting, alpha, beta)
 

@@ -10,7 +10,7 @@ rates almost all below 1/8 (--sft-steps, --hi: other students). The pool: the fi
 its training sources (half add, half sub), as the demo's pass-rate step. A reference estimate with K_ref rollouts per
 problem gives w_ref = w(c / K_ref) for the Beta kernel p(1 - p) and the hard filter 1{0 < c < K_ref}.
 Contenders, each on its own rollouts (seeds differ per contender and per benchmark seed):
-    fixed K in {4, 8, 16}       ``paced.passrate.estimate``
+    fixed K in {2, 4, 8, 16}    ``paced.passrate.estimate``
     sequential, hard filter      ``estimate_sequential`` with the hard filter's rule, caps 8 and 16
     sequential, Beta kernel      the Beta rule (posterior sd of w <= tol x max w, or posterior mean
                                 <= zero_tol x max w, cap 32): zero_tol = 2 tol for tol in 0.25 .. 0.1
@@ -28,7 +28,11 @@ mean; the hard filter's sequential version at cap 8 against K = 8 (the same deci
 construction). Beside it, an oracle bound: the rollouts an allocation knowing each problem's
 reference p would need to match K = 8's expected plug-in error (exact binomial sums; the
 Lagrangian allocation). The reference's counts are cached in --out-dir.
---real: SmolLM2-135M-Instruct on 24 natural-language problems, K_ref = 64 (slow on a CPU, not run by default).
+--real: the built-in SmolLM2-135M-Instruct on natural-language ``add`` and ``mul1`` problems of difficulty 1-2
+(half each, ``answer_format: last_number`` with its instruction, as configs/real/passrate.yaml; where
+this model's p̂ spreads over (0, 1)), T = 0.7, at most 48 new tokens, 32 problems, K_ref = 64, and
+the contenders of ``REAL`` (fewer: a 135M model samples ~200 tokens/s here): 2 seeds (--quick 1),
+about 25 minutes on 2 cores (adaptive_passrate_real.json).
 """
 from __future__ import annotations
 
@@ -45,12 +49,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import mean_std, parser, pm, quick_or_full, result_path, table, write_run  # noqa: E402
 
-FIXED = (4, 8, 16)
+FIXED = (2, 4, 8, 16)
 HARD_CAPS = (8, 16)
 # (tol, zero_tol), cap BETA_CAP: one family, zero_tol = 2 tol (the headline's curve), and tol 0.15
 # without the w ≈ 0 rule (what that rule buys)
 BETA = ((0.25, 0.5), (0.2, 0.4), (0.15, 0.3), (0.1, 0.2), (0.15, 0.0))
 BETA_CAP, ROUND = 32, 2
+# --real runs these contenders only (the headline's curves need fixed K and the Beta family)
+REAL = ("fixed K=2", "fixed K=4", "fixed K=8", "fixed K=16", "seq hard cap=8", "seq beta tol=0.25 zero=0.5",
+        "seq beta tol=0.2 zero=0.4", "seq beta tol=0.15 zero=0.3")
 
 
 def student(a) -> str:
@@ -78,22 +85,24 @@ def kernel(c, k):
     return p * (1 - p)
 
 
-def errors(c, k, c_ref, k_ref) -> dict:
+def errors(c, k, c_ref, k_ref, groups) -> dict:
     """Mean |ŵ − w_ref| / max w of counts (c, k) against the reference's, for ŵ the plug-in, the
-    unbiased estimate (where every k ≥ 2), the posterior mean under the uniform prior and under
+    unbiased estimate (where every k ≥ 2), the posterior mean under the uniform prior, under
     the pool's empirical-Bayes prior (``weight_estimator: shrunk``, ``posterior.fit_prior`` on
-    these counts); and the hard filter's wrong-decision share."""
+    these counts) and under one such prior per (source, difficulty) group (``groups``, (n,)
+    labels; ``shrink_by: source_difficulty``); and the hard filter's wrong-decision share."""
     from paced.posterior import beta_params, weight_mean_sd
     from paced.weighting import problem_weights
     w_ref = kernel(c_ref, k_ref)
     post, _ = weight_mean_sd(*beta_params(c, k), 1.0, 1.0)
     eb = problem_weights(c, k, "beta", 1.0, 1.0, "shrunk")
+    eb_by = problem_weights(c, k, "beta", 1.0, 1.0, "shrunk", groups)
     unbiased = c * (k - c) / (k * np.maximum(k - 1, 1))
     keep, keep_ref = (c > 0) & (c < k), (c_ref > 0) & (c_ref < k_ref)
     err = lambda w: float(np.abs(w - w_ref).mean() / 0.25)  # noqa: E731
     return {"rollouts": float(k.mean()), "err_plugin": err(kernel(c, k)),
             "err_unbiased": err(unbiased) if k.min() >= 2 else None, "err_posterior": err(post),
-            "err_eb": err(eb), "hard_wrong": float((keep != keep_ref).mean())}
+            "err_eb": err(eb), "err_eb_by": err(eb_by), "hard_wrong": float((keep != keep_ref).mean())}
 
 
 def oracle_rollouts(p_ref, n_max: int = 64) -> tuple[float, float]:
@@ -157,7 +166,7 @@ def run_one(model, tok, pool, kind: str, s: dict, seed: int, a, ledger_dir: Path
     from paced.passrate import estimate, estimate_sequential
     from paced.posterior import SETTLED
     from paced.rollout import SamplingParams
-    params = SamplingParams(temperature=1.0, max_tokens=a.max_tokens, seed=seed)
+    params = SamplingParams(temperature=a.temperature, max_tokens=a.max_tokens, seed=seed)
     ledger = Ledger(ledger_dir / f"{seed}.sqlite")
     common = dict(batch_size=a.batch_size, system_prompt=a.system_prompt)
     if kind == "fixed":
@@ -183,10 +192,14 @@ def summarise(runs: dict, ref: dict) -> dict:
     curves = {"sequential, plug-in": [(v["rollouts"][0], v["err_plugin"][0]) for v in family],
               "sequential, EB posterior mean": [(v["rollouts"][0], v["err_eb"][0]) for v in family],
               "fixed K, EB posterior mean": [(v["rollouts"][0], v["err_eb"][0]) for v in fixed],
+              "sequential, EB mean by source x difficulty": [(v["rollouts"][0], v["err_eb_by"][0]) for v in family],
+              "fixed K, EB mean by source x difficulty": [(v["rollouts"][0], v["err_eb_by"][0]) for v in fixed],
               "sequential with the EB rule, EB posterior mean": [(v["rollouts"][0], v["err_eb"][0])
                                                                   for n, v in tab.items() if n.startswith("seq beta EB")]}
     meets = {}
     for name, pts in curves.items():
+        if not pts:
+            continue
         n, how = crossing(pts, target)
         meets[name] = {"rollouts": n, "how": how, "ratio": None if n is None else n / 8}
     return {"table": tab, "headline": {
@@ -217,13 +230,14 @@ def print_tables(res: dict, ref: dict) -> None:
           f"{h['hard_cap8_wrong']:.3f} vs {h['hard_k8_wrong']:.3f}")
 
 
-HEAD = ["estimator", "rollouts / problem", "plug-in", "posterior mean", "EB posterior mean", "unbiased",
-        "hard filter wrong"]
+HEAD = ["estimator", "rollouts / problem", "plug-in", "posterior mean", "EB posterior mean",
+        "EB by source x difficulty", "unbiased", "hard filter wrong"]
 
 
 def rows(tab: dict) -> list[list[str]]:
     """The table's rows (report.py prints the same)."""
     return [[n, pm(v["rollouts"], 2), pm(v["err_plugin"]), pm(v["err_posterior"]), pm(v["err_eb"]),
+             pm(v["err_eb_by"]) if v.get("err_eb_by") else "–",
              pm(v["err_unbiased"]) if v["err_unbiased"] else "–", pm(v["hard_wrong"])] for n, v in tab.items()]
 
 
@@ -232,8 +246,10 @@ def reference(model, tok, pool, a) -> tuple[np.ndarray, np.ndarray]:
     import hashlib
     import json
     key = hashlib.sha1(json.dumps([str(a.student_path), [e.id for e in pool], a.k_ref, a.max_tokens,
-                                   a.batch_size]).encode()).hexdigest()[:12]
+                                   a.batch_size] + ([a.temperature] if a.temperature != 1.0 else [])
+                                  ).encode()).hexdigest()[:12]
     path = Path(a.out_dir) / f"reference-{key}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
     if path.exists():
         c = np.array(json.loads(path.read_text())["c"])
         return c, np.full(len(c), a.k_ref)
@@ -260,10 +276,15 @@ def main() -> None:
     quick_or_full(a, seeds=([0, 1, 2], [0, 1, 2, 3, 4]), problems=(160, 480), k_ref=(256, 512),
                   sft_steps=(1000, 1000), hi=(8, 8),
                   out=("adaptive_passrate_quick.json", "adaptive_passrate.json"))
-    a.max_tokens, a.system_prompt, style = 24, "default", "compact"
+    a.max_tokens, a.system_prompt, a.temperature = 24, "default", 1.0
+    sources, extra = ("add", "sub"), ", style: compact"
     if a.real:
-        a.student, a.problems, a.k_ref, a.max_tokens, style = "smollm2-135m-instruct", 24, 64, 48, "natural"
-        a.out = a.out if a.out != "adaptive_passrate.json" else "adaptive_passrate_real.json"
+        a.student, a.max_tokens, a.temperature, a.hi, sources = "smollm2-135m-instruct", 48, 0.7, 2, ("add", "mul1")
+        a.problems, a.k_ref = a.problems if "--problems" in sys.argv else 32, a.k_ref if "--k-ref" in sys.argv else 64
+        a.seeds = a.seeds if "--seeds" in sys.argv else ([0] if a.quick else [0, 1])
+        a.batch_size = a.batch_size if "--batch-size" in sys.argv else 256
+        extra = ", style: natural, answer_format: last_number, prompt_template: '{prompt} {instruction}'"
+        a.out = a.out if "--out" in sys.argv else f"adaptive_passrate_real{'_quick' if a.quick else ''}.json"
     import torch
 
     from paced import config as C
@@ -275,12 +296,14 @@ def main() -> None:
     model, tok, _ = load_model(a.student_path, None, 0, "float32", Path(a.out_dir))
     half = a.problems // 2
     pool = load_sources(C.load_config(C.DataCfg, None, [
-        f"train=[{{source: add, n: {half}, difficulty: [1, {a.hi}], seed: 0, style: {style}}}, "
-        f"{{source: sub, n: {a.problems - half}, difficulty: [1, {a.hi}], seed: 0, style: {style}}}]"]).train)
+        f"train=[{{source: {sources[0]}, n: {half}, difficulty: [1, {a.hi}], seed: 0{extra}}}, "
+        f"{{source: {sources[1]}, n: {a.problems - half}, difficulty: [1, {a.hi}], seed: 0{extra}}}]"]).train)
     settings = {"problems": len(pool), "k_ref": a.k_ref, "sft_steps": None if a.student else a.sft_steps,
                 "difficulty": [1, a.hi],
                 "student": a.student or "demo student (trained here)", "round_size": ROUND, "beta_cap": BETA_CAP,
-                "max_tokens": a.max_tokens, "temperature": 1.0}
+                "max_tokens": a.max_tokens, "temperature": a.temperature, "sources": list(sources)}
+    from paced.train.passrates import group_labels
+    groups = group_labels(pool, "source_difficulty")
     tic = time.time()
     c_ref, k_ref = reference(model, tok, pool, a)
     p_ref = c_ref / k_ref
@@ -294,9 +317,11 @@ def main() -> None:
         runs: dict[str, list] = {}
         for seed in a.seeds:
             for j, (name, (kind, s)) in enumerate(contenders().items()):
+                if a.real and name not in REAL:
+                    continue
                 tic = time.time()
                 c, k = run_one(model, tok, pool, kind, s, 10 ** 6 * (seed + 1) + 10 ** 4 * j, a, Path(tmp))
-                runs.setdefault(name, []).append(errors(c, k, c_ref, k_ref) | {"seconds": time.time() - tic})
+                runs.setdefault(name, []).append(errors(c, k, c_ref, k_ref, groups) | {"seconds": time.time() - tic})
                 print(f"seed {seed} {name}: " + ", ".join(f"{m} {v:.3f}" for m, v in runs[name][-1].items()
                                                           if v is not None), flush=True)
     runs = {n: [{m: v for m, v in r.items() if m != "seconds"} for r in rs] for n, rs in runs.items()}

@@ -26,6 +26,16 @@ the same budget of sampled completions, ``rl.max_rollouts`` (all rounds counted)
                all-pass prompts skipped, likely all-fail ones straight to Guide's hinted rollouts
                (the pool's problems with hint_level 3: "starts" + the answer's leading digits; Guide's
                default hint template), the rest trained. The student never saw a hint in SFT.
+--real: the built-in SmolLM2-135M-Instruct as the student (no SFT) on natural-language ``add`` of
+difficulty 1-2 (``answer_format: last_number`` with its instruction, configs/real/rl_grpo.yaml's
+pool, where about a third of the problems sit at p̂ = 0 for this model and few at 1), 8 prompts x
+4 completions a uniform step at T = 0.7, at most 48 new tokens, lr 2e-6, ``REAL_BUDGET`` rollouts
+a run (a 135M model is ~25 s a step on 2 cores), 32 held-out problems before and after, the arms
+of ``REAL_ARMS`` with settings scaled to the 32-rollout step (allocate: 32 over 16 candidates,
+groups of 2..8; adaptive: rounds of 2 up to 8); frontier is left out (the pool has no hints this
+model reads). So few steps move held-out accuracy by noise only: what this run measures is how
+each rule spends a real model's rollouts (the zero-variance and informative shares), not the
+accuracy it reaches (frontier_rl_real.json).
 p̂ is the ledger's: this run's rollouts, ledger.recency exponential with a half-life of 10 steps for
 skip and allocate (adaptive reads none), the uniform prior for untried prompts. These settings
 (128 candidates, the half-life, adaptive's cap 16 rather than 32) were chosen on seed 9, which
@@ -68,6 +78,12 @@ HINTED = {"frontier": 3}   # the arms whose pool carries hints (the same problem
 CURVE = ("step", "rollouts_total", "rollouts", "rollout_tokens", "rollouts_zero_variance", "informative_group_share",
          "prompts_skipped", "groups", "reward", "eval/pass@1", "eval/pass@8")
 BASELINE = "dapo"
+REAL_BUDGET = 320
+REAL_ARMS = {"dapo": [], "grpo": [], "skip": [],
+             "allocate": ["rl.allocate_prompts=16", "rl.min_group=2", "rl.max_group=8"],
+             "adaptive": ["rl.adaptive_round=2", "rl.adaptive_cap=8"]}   # after ARMS' (later overrides win)
+REAL_SOURCE = ("{{source: add, style: natural, n: {n}, difficulty: [1, 2], seed: {seed}, answer_format: last_number, "
+               "prompt_template: '{{prompt}} {{instruction}}'}}")
 
 
 def ensure_student(out_dir: Path, steps: int, threads: int) -> str:
@@ -83,26 +99,36 @@ def ensure_student(out_dir: Path, steps: int, threads: int) -> str:
     return str(out_dir / "model")
 
 
-def source(seed: int, n: int, hint_level: int = 0) -> str:
+def source(seed: int, n: int, hint_level: int = 0, real: bool = False) -> str:
+    if real:
+        return REAL_SOURCE.format(n=n, seed=seed)
     return f"{{source: add, n: {n}, difficulty: [1, 6], seed: {seed}, hint_level: {hint_level}}}"
+
+
+def real_overrides(a) -> list[str]:
+    """--real: the settings of the module docstring, on top of rl_config's."""
+    return ["rl.num_generations=4", "rl.per_device_train_batch_size=16", "rl.gradient_accumulation_steps=2",
+            "rl.eval_steps=0", "sampling.max_completion_length=48", "sampling.temperature=0.7",
+            "sampling.batch_size=128", "optim.warmup_steps=0"] if a.real else []
 
 
 def rl_config(arm: str, seed: int, a) -> C.RLConfig:
     return C.load_config(C.RLConfig, None, [
-        f"policy.path={a.student}", f"data.train=[{source(0, a.pool, HINTED.get(arm, 0))}]",
-        f"data.eval=[{source(1, a.heldout)}]",
+        f"policy.path={a.student}", f"data.train=[{source(0, a.pool, HINTED.get(arm, 0), a.real)}]",
+        f"data.eval=[{source(1, a.heldout, real=a.real)}]",
         "rl.advantage=grpo", "rl.loss_type=dapo", "rl.num_generations=8", f"rl.max_sampling_rounds={a.rounds}",
         "rl.per_device_train_batch_size=128", "rl.gradient_accumulation_steps=2", "rl.max_steps=100000",
         f"rl.max_rollouts={a.budget}", "rl.eval_n=8", f"rl.eval_steps={a.eval_steps}",
         "sampling.max_completion_length=16", "run.logging_steps=1000000", "run.save_steps=0", f"optim.lr={a.lr}",
         "optim.warmup_steps=5", "optim.lr_scheduler_type=constant", "optim.max_grad_norm=1.0",
         f"run.dir={Path(a.out_dir) / f'{arm}-seed{seed}'}", f"run.seed={seed}", f"run.threads={a.threads}",
-        "run.progress=false", *overrides(arm, a)])
+        "run.progress=false", *real_overrides(a), *overrides(arm, a)])
 
 
 def overrides(arm: str, a) -> list[str]:
     """The arm's own settings: ARMS and the --set ones."""
-    return [*ARMS[arm], *[o.split(":", 1)[1] for o in a.set if o.split(":", 1)[0] == arm]]
+    return [*ARMS[arm], *(REAL_ARMS[arm] if a.real else []),
+            *[o.split(":", 1)[1] for o in a.set if o.split(":", 1)[0] == arm]]
 
 
 def histogram(model_dir: str, a) -> dict:
@@ -110,13 +136,15 @@ def histogram(model_dir: str, a) -> dict:
     from paced.evaluate import evaluate
     from paced.models import load_model_and_tokenizer
     from paced.tasks import load_sources
-    model, tok = load_model_and_tokenizer(model_dir)
-    pool = load_sources([C.DataSource(source="add", n=a.pool, difficulty=[1, 6], seed=0)])
-    res = evaluate(model, tok, pool, a.k, [1], temperature=1.0, max_tokens=16, greedy=False, batch_size=1024,
-                   seed=12345)
-    by = collections.defaultdict(list)
+    from paced.rundir import load_model
+    model, tok, _ = load_model(model_dir, None, 0, "float32", Path(a.out_dir)) if a.real else \
+        (*load_model_and_tokenizer(model_dir), None)
+    pool = load_sources(C.load_config(C.DataCfg, None, [f"train=[{source(0, a.pool, real=a.real)}]"]).train)
+    res = evaluate(model, tok, pool, a.k, [1], temperature=0.7 if a.real else 1.0, max_tokens=48 if a.real else 16,
+                   greedy=False, batch_size=128 if a.real else 1024, seed=12345)
+    by, level = collections.defaultdict(list), {e.id: e.difficulty for e in pool}
     for p in res["problems"]:
-        by[int(p["id"].split("/")[1][1:])].append(p["c"])
+        by[level[p["id"]]].append(p["c"])
     rows = {d: {"problems": len(cs), "p0": sum(c == 0 for c in cs) / len(cs), "p1": sum(c == a.k for c in cs) / len(cs),
                 "mean": sum(cs) / (a.k * len(cs))} for d, cs in sorted(by.items())}
     cs = [c for v in by.values() for c in v]
@@ -158,12 +186,22 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--set", nargs="*", default=[], metavar="ARM:KEY=VALUE",
                     help="an extra override of one arm (e.g. allocate:rl.allocate_prompts=128; recorded in the JSON)")
+    ap.add_argument("--real", action="store_true", help="SmolLM2-135M-Instruct on natural-language sums "
+                    "(module docstring): how each rule spends a real model's rollouts")
     ap.add_argument("--out-dir", default="runs/bench-frontier")
     ap.add_argument("--out", default=None, help="a file name in benchmarks/results/ or a path "
                     "(default frontier_rl.json, --quick frontier_rl_quick.json)")
     a = ap.parse_args()
-    quick_or_full(a, seeds=([0], [0, 1, 2]), budget=(12000, 40000), heldout=(128, 256),
-                  out=("frontier_rl_quick.json", "frontier_rl.json"))
+    if a.real:
+        a.student = a.student or "smollm2-135m-instruct"
+        a.arms = [arm for arm in a.arms if arm in REAL_ARMS]
+        a.out_dir = a.out_dir if a.out_dir != "runs/bench-frontier" else "runs/bench-frontier-real"
+        a.pool, a.k = (a.pool if a.pool != 512 else 64), (a.k if a.k != 16 else 8)
+        a.lr = a.lr if a.lr != 2e-4 else 2e-6
+    quick_or_full(a, seeds=([0], [0, 1, 2]), budget=(REAL_BUDGET, REAL_BUDGET) if a.real else (12000, 40000),
+                  heldout=(32, 32) if a.real else (128, 256),
+                  out=("frontier_rl_real_quick.json", "frontier_rl_real.json") if a.real else
+                  ("frontier_rl_quick.json", "frontier_rl.json"))
     a.out = result_path(a.out)
     import torch
     torch.set_num_threads(a.threads)
@@ -213,7 +251,7 @@ def _informative(rows: list[dict]) -> float:
 
 
 def settings(a) -> dict:
-    keys = ("student_steps", "budget", "pool", "heldout", "k", "rounds", "eval_steps", "lr")
+    keys = ("student_steps", "budget", "pool", "heldout", "k", "rounds", "eval_steps", "lr", "real")
     return {k: getattr(a, k) for k in keys}   # each run records its arm's own (``overrides``)
 
 

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 from common import READ, RESULTS, f3, machine_line, mean_std as ms, pm, read_json as load, section, table as md_table
+from report_frontier import adaptive_passrate, frontier_rl
 
 ROOT = Path(__file__).resolve().parents[1]
 OUT = ROOT / "docs" / "benchmarks.md"
@@ -107,57 +108,6 @@ def snr() -> list[str]:
         "[rkl_add](../benchmarks/results/snr/rkl_add.png).",
         "*`snr/*.json`: no date or machine record in the JSONs (2026-11-26 on the 2-core CPU machine, per the "
         "README of the time).*")
-
-
-def adaptive_passrate() -> list[str]:
-    r = load("adaptive_passrate.json")
-    s, ref, h = r["meta"]["settings"], r["reference"], r["headline"]
-    rows = [[name, pm(v["rollouts"], 2), pm(v["err_plugin"]), pm(v["err_posterior"]), pm(v["err_eb"]),
-             pm(v["err_unbiased"]) if v["err_unbiased"] else "–", pm(v["hard_wrong"])] for name, v in r["table"].items()]
-
-    def meets(m: dict) -> str:
-        pre = "≤ " if m["how"] == "<=" else ""
-        return "not reached" if m["rollouts"] is None else f"{pre}{m['rollouts']:.2f} (**{pre}{m['ratio']:.2f}**)"
-    return section(
-        "Adaptive pass-rate estimation: rollouts against weight error",
-        "`python benchmarks/adaptive_passrate.py [--quick]`. The claim to test (issue 15): a sequential estimate "
-        "of p̂ ([methods.md](methods.md#adaptive-pass-rate-estimation)) reaches fixed K = 8's weight error with at "
-        f"most half its rollouts. The demo's student ({s['sft_steps']} SFT steps) on its first {s['problems']} "
-        f"training problems (half add, half sub, difficulty {s['difficulty'][0]}–{s['difficulty'][1]}), T = 1. "
-        f"The reference: K_ref = {ref['k']} rollouts per problem, w_ref its plug-in weight; p̂_ref = 0 on "
-        f"{ref['at_zero']}, 1 on {ref['at_one']}, strictly inside on {ref['inside']} problems (counts per eighth "
-        f"of [0, 1]: {', '.join(map(str, ref['histogram']))}). Each contender draws its own rollouts, seeds "
-        f"{r['meta']['seeds']}. Error: mean |ŵ − w_ref| / max w for w = p(1−p), for four estimates from the same "
-        "counts (the plug-in w(c/k), which training uses; the posterior mean under the uniform prior; the posterior "
-        "mean under an empirical-Bayes Beta prior fitted to the pool's counts; the unbiased estimate); and the hard "
-        f"filter's share of keep/drop decisions unlike the reference's. Sequential: rounds of {s['round_size']}; hard "
-        f"filter capped at 8 or 16; Beta kernel capped at {s['beta_cap']}, tol and zero_tol as named.",
-        table(["estimator", "rollouts / problem", "error: plug-in", "posterior mean", "EB posterior mean",
-               "unbiased", "hard filter wrong"], rows),
-        f"Rollouts per problem (and their ratio to 8) at which a curve meets K = 8's plug-in error "
-        f"{h['beta_k8_error']:.3f} (goal ≤ 0.5): "
-        + "; ".join(f"{name} {meets(m)}" for name, m in h["meets_k8"].items())
-        + f". An allocation that knew every p̂_ref would need {h['oracle_rollouts_at_k8_error']:.2f} "
-        f"({h['oracle_ratio']:.2f}) with the plug-in. Hard filter at cap 8: **{h['hard_ratio']:.2f}** of K = 8's "
-        f"rollouts, wrong decisions {h['hard_cap8_wrong']:.3f} (K = 8: {h['hard_k8_wrong']:.3f}; equal in "
-        "expectation by construction).", machine_line(r), ADAPTIVE_READING)
-
-
-ADAPTIVE_READING = (
-    "Reading: the sequential estimator as shipped misses the goal. With the plug-in weight that training uses "
-    "it needs about 1.1× K = 8's rollouts for K = 8's error: its points lie on the fixed-K curve, and the "
-    "defaults land at K = 8's error for 7.6 rollouts. Adaptivity has little to work with on this student: "
-    "almost every problem has a small but non-zero p (p̂_ref = 0 on 1 of 480), so few settle early, and even an "
-    "allocation that knew every p would need about half of K = 8's rollouts; the goal is at the edge of what "
-    "any per-problem allocation can give with the plug-in. What reaches it is the estimate, not the stopping: "
-    "the posterior mean of w under a Beta prior fitted to the pool's counts (empirical Bayes, "
-    "`posterior.fit_prior`) matches K = 8's plug-in error at about 4.2 rollouts (0.52), whether those are 4 "
-    "fixed or sequential ones; refitting that prior inside the stopping rule made it worse (0.64, and unsteady "
-    "across seeds). The posterior mean under the uniform prior is no better than the plug-in. The hard filter's "
-    "rule saves 30 % at cap 8 for the same decisions, and at cap 16 makes K = 16's decisions (0.277 vs 0.272 "
-    "wrong) for 8.4 rollouts, 0.53 of K = 16's. The unbiased estimator falls apart under sequential stopping "
-    "(0.26–0.55), which is why `passrate.adaptive` rejects it. The empirical-Bayes weight is > 0 on every "
-    "problem, so training on it would forward every problem: not wired into the trainers.")
 
 
 def nsr_passk() -> list[str]:
@@ -258,88 +208,6 @@ def guide_vs_grpo() -> list[str]:
         "**Nearly all stuck**: the same student on 8-digit sums (`--difficulty 8 8`): the same order, no GRPO "
         "collapse. Hints that succeed more often, or a larger model, might turn it; not tried.",
         guide_tables("guide_vs_grpo_stuck_pool.json"), guide_student())
-
-
-FRONTIER_HEAD = ["arm", "rollouts", "steps", "pass@1", "pass@8", "rollouts to target (× dapo)", "tokens to target",
-                 "zero-variance rollouts", "informative groups", "minutes"]
-
-
-def frontier_tables(r: dict) -> tuple[list[str], list[str]]:
-    """The pool's p̂ histogram and the arms' table of one frontier_rl JSON."""
-    t, h = r["table"], r["histogram"]
-    hist = table(["difficulty", "problems", "p̂ = 0", "p̂ = 1", f"mean@{h['k']}"],
-                 [[d, x["problems"], f3(x["p0"]), f3(x["p1"]), f3(x["mean"])] for d, x in h["by_difficulty"].items()])
-    rows = []
-    for arm, x in t.items():
-        if arm == "target_pass@1":
-            continue
-        to = (f"{pm(x['rollouts_to_target'], 2)}" if x["rollouts_to_target"] else "never") + f" ({x['reached']})"
-        rows.append([arm, f"{x['rollouts'][0]:,.0f}", f"{x['steps'][0]:.0f}", pm(x["pass@1"]), pm(x["pass@8"]),
-                     f"**{to}**", pm(x["tokens_to_target"], 2) if x["tokens_to_target"] else "never",
-                     pm(x["zero_variance_share"]), pm(x["informative_group_share"]), pm(x["minutes"], 1)])
-    return hist, table(FRONTIER_HEAD, rows)
-
-
-def frontier_rl() -> list[str]:
-    r = load("frontier_rl.json")
-    t, h, m = r["table"], r["histogram"], r["meta"]
-    hist, arms = frontier_tables(r)
-    s = m["settings"]
-    guide = []
-    if (RESULTS / "frontier_rl_guide_student.json").exists():
-        g = load("frontier_rl_guide_student.json")
-        g_hist, g_arms = frontier_tables(g)
-        guide = ["From Guide's hint-reading student instead (`python benchmarks/guide_student.py`: 500 SFT steps on "
-                 "1–8-digit sums, a third of them with hints before the problem; `--student runs/guide/student/model`, "
-                 "frontier's `rl.guide.hint_template={hint:_<16}|{prompt}`), the same pool, arms and budget; target "
-                 f"{g['table']['target_pass@1']:.3f}. The pool's p̂:", g_hist, g_arms, machine_line(g),
-                 FRONTIER_GUIDE_READING]
-    return section(
-        "Frontier prompt selection in RL",
-        "`python benchmarks/frontier_rl.py [--quick]`. The claim ([methods.md](methods.md) §5): aiming rollouts "
-        "with the ledger's posterior reaches the DAPO baseline's (GRPO + dynamic sampling) final accuracy with at "
-        f"most half its rollouts. Student: the tiny preset after {s['student_steps']} SFT steps on 1–4-digit sums; "
-        f"pool: {s['pool']} sums of 1–6 digits, whose p̂ ({h['k']} samples, T = 1) is:",
-        hist,
-        f"Every arm: GRPO, `dapo` loss, 32 prompts × 8 a uniform step, lr {s['lr']:g}, the same budget "
-        f"`rl.max_rollouts={s['budget']:,}`, seeds {m['seeds']}; held-out: {s['heldout']} sums of 1–6 digits, "
-        f"pass@1 and pass@8 from 8 samples every {s['eval_steps']} steps. \"To target\": rollouts (and generated "
-        f"tokens) at the first evaluation reaching the baseline's mean final pass@1 ({t['target_pass@1']:.3f}), "
-        "as a share of the baseline's mean, over the seeds that got there (the baseline's own seeds end on both "
-        "sides of their mean). Zero-variance: the share of rollouts in groups "
-        "whose rewards all agree. skip and allocate read p̂ with `ledger.recency=exponential`, half-life 10 steps; "
-        "the arms' settings were chosen on a seed the table does not report (the script's docstring).",
-        arms, machine_line(r), FRONTIER_READING, *guide)
-
-
-FRONTIER_GUIDE_READING = (
-    "Reading: this student reads hints (Guide's hinted groups solved 90–94 % of the problems whose plain group "
-    "failed), and the ranking changes. `frontier` now reaches the target on 3 of 3 seeds (0.79×) but ends level "
-    "with DAPO, its fair control (both on dynamic sampling): it routed only 43–67 prompts a run straight to their "
-    "hints (p̂ = 0 on 14 % of this pool, and the posterior is confident only after a first all-fail group), so it "
-    "saves few plain rollouts, and the hinted groups it trains on do not beat plain groups here, as in the Guide "
-    "benchmark. `adaptive` is best (0.35 ± 0.19×, 3 of 3, zero-variance share 0.095): with 14 % of the pool at "
-    "p̂ = 0 and 0.8 % at 1 its cap is rarely paid. `allocate` (0.55×) is level with the plain GRPO control (0.53×). "
-    "Which rule wins depends on how much of the pool sits at p̂ = 0 or 1.")
-FRONTIER_READING = (
-    "Reading: `allocate` meets the goal, the DAPO baseline's final pass@1 at half its rollouts (3 of 3 seeds), "
-    "and ends highest. But most of that is not the selection: the `grpo` control (uniform prompts, no dynamic "
-    "sampling) gets there at 0.57×, within noise of allocate. DAPO's dynamic sampling pays for zero-variance "
-    "groups and then throws them away, so it makes fewer updates per rollout (68 steps against 157); on this pool "
-    "that costs more than the cleaner batches gain. Against its fair control, allocate is ahead by a little "
-    "(0.50 against 0.57, final pass@1 level): its knapsack spreads 256 rollouts over about 80 prompts in groups "
-    "of about 3, so it wastes more rollouts on zero-variance groups than any arm and still learns as fast. "
-    "`skip` against its fair control (DAPO) cuts the wasted share from 0.48 to 0.42 (it leaves out about 1,200 "
-    "prompts a run) and reaches the target at 0.89×, 2 of 3 seeds: its ceiling is the waste it removes, and "
-    "groups of 8 at p̂ near, not at, 0 or 1 still often agree. `adaptive` (0.73×) has the highest informative-group "
-    "share, but a prompt at p = 0 or 1 costs it the full cap of 16. Wall time follows optimizer steps: allocate "
-    "and grpo do 2.3× DAPO's updates, and allocate calls the sampler once per distinct group size. `frontier` is "
-    "the worst arm (1.00×, 1 of 3 seeds): this student never saw a hint in SFT, and not one of its hinted groups "
-    "solved a problem (seed 0: 920 hinted groups, 392 of them routed straight to the hint), so the routing spends on "
-    "all-fail hinted groups what it saves on plain ones; it needs a policy that reads hints (Guide's benchmark "
-    "student), which this pool's student is not. Toy scale, one pool: a "
-    "pool with more prompts at p̂ = 0 or 1, or a larger model whose rollouts cost more than its updates, could "
-    "order them differently.")
 
 
 def rl_step_vs_trl() -> list[str]:

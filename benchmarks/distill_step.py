@@ -18,8 +18,8 @@ AdamW (lr 1e-3, betas (0.9, 0.99), weight decay 0: paced's defaults), gradient-n
 no LR schedule, no gradient checkpointing, no logging / evaluation / saving inside the timed step.
 
 Ours: ``paced.train.distill.train_on``, the loop's own step (the function ``train`` calls once
-the batch is drawn), with a ``Responder`` and a ``Learner`` built here (an ``Accelerator(cpu=True)``,
-a constant LR schedule), uniform weights normalised by ``paced.weighting.normalize``:
+the batch is drawn), with a ``Responder`` and a ``Learner`` built here (an ``Accelerator`` on the
+student's device: the CPU here, CUDA under benchmarks/gpu_check.py; a constant LR schedule), uniform weights normalised by ``paced.weighting.normalize``:
   ours_fkl  off-policy forward KL: teacher responses generated once, greedily, with
             ``paced.rollout.sample`` (T = 0) and put in the Responder's greedy cache (as the loop
             does on first sight); per step ``pack`` (once: the teacher is not privileged, so it
@@ -163,8 +163,9 @@ def ours(setup: Setup, loss_type: str, cache: bool = True):
     """One step of paced.train.distill.train's loop: its ``train_on`` (uniform weights, no logging)."""
     from accelerate import Accelerator
     student, teacher = setup.student(), setup.teacher()
+    dev = next(student.parameters()).device            # the batches follow the student (CPU here)
     opt = make_optimizer(student.parameters(), "adamw", LR, WD, *BETAS)
-    ln = D.Learner(Accelerator(cpu=True), student, opt, make_scheduler(opt, "constant", 0, 1), CLIP, CHUNK)
+    ln = D.Learner(Accelerator(cpu=dev.type == "cpu"), student, opt, make_scheduler(opt, "constant", 0, 1), CLIP, CHUNK)
     prompts = {str(i): p for i, p in enumerate(setup.prompts)}
     rs = D.Responder(teacher, student, prompts, prompts, [setup.eos], setup.pad, setup.eos, setup.T,
                      teacher_temperature=0.0, student_temperature=1.0, seed=0, backend="hf",
@@ -177,7 +178,7 @@ def ours(setup: Setup, loss_type: str, cache: bool = True):
 
     def step(r: int) -> dict:
         ids = [str(i) for i in setup.batch_of(r)]
-        factors = torch.as_tensor(normalize(np.ones(len(ids)), "sum"), dtype=torch.float32)
+        factors = torch.as_tensor(normalize(np.ones(len(ids)), "sum"), dtype=torch.float32, device=dev)
         _, m = D.train_on(rs, ln, head_t, teacher_cache, ids, who, r, factors, loss_type, kw)
         return {"tokens": m["response_tokens"], "phases": {k[5:]: v for k, v in m.items() if k.startswith("time_")}}
     return step
@@ -186,6 +187,7 @@ def ours(setup: Setup, loss_type: str, cache: bool = True):
 def sft(setup: Setup):
     """Student-only SFT step on the same prompts + cached teacher responses (memory reference)."""
     student = setup.student()
+    dev = next(student.parameters()).device
     opt = make_optimizer(student.parameters(), "adamw", LR, WD, *BETAS)
 
     def step(r: int) -> dict:
@@ -193,6 +195,7 @@ def sft(setup: Setup):
         ids, mask, pos, P = pack([setup.prompts[i] for i in idx], [setup.teacher_resp[i] for i in idx], setup.pad)
         labels = ids.masked_fill(mask == 0, IGNORE)
         labels[:, :P] = IGNORE
+        ids, mask, pos, labels = (t.to(dev) for t in (ids, mask, pos, labels))
         loss, n = sft_loss(student(input_ids=ids, attention_mask=mask, position_ids=pos).logits, labels)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(student.parameters(), CLIP)

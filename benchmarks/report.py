@@ -364,6 +364,7 @@ REAL = ("answer_extractors.json", "rollout_throughput_real.json", "rl_step_vs_tr
 QUICK = ("adaptive_passrate_quick.json", "frontier_rl_quick.json", "guide_vs_grpo_quick.json", "nsr_passk_quick.json",
          "reliability_quick.json")
 RELIABILITY = ("reliability.json",)   # its table: docs/reliability.md
+DEVICE = ("gpu_check.json", "gpu_check_cpu.json")   # the device check's table: docs/gpu.md
 SECTIONS = (rollout_throughput, paced_vs_baselines, snr, adaptive_passrate, nsr_passk, guide_vs_grpo, frontier_rl,
             rl_step_vs_trl, distill_step, distill_memory, continual_digits, forgetting_in_distill, continual_lm)
 
@@ -378,11 +379,11 @@ def render() -> str:
     for render_section in SECTIONS:
         lines += render_section()
     others = [f for f in sorted(p.relative_to(RESULTS).as_posix() for p in RESULTS.rglob("*.json"))
-              if f not in READ | set(REAL) | set(QUICK) | set(RELIABILITY)]
+              if f not in READ | set(REAL) | set(QUICK) | set(RELIABILITY) | set(DEVICE)]
     lines += ["## Other result files", "", "Shown in [real-models.md](real-models.md): "
               + ", ".join(f"`{f}`" for f in REAL) + ". Quick-mode runs (one seed, minutes: a check that a script "
               "works, not a result): " + ", ".join(f"`{f}`" for f in QUICK) + ". The reliability harness's "
-              "table: [reliability.md](reliability.md)."
+              "table: [reliability.md](reliability.md). The device check's (`gpu_check*.json`): [gpu.md](gpu.md)."
               + (" Not rendered by this report yet: " + ", ".join(f"`{f}`" for f in others) + "." if others else "")]
     return "\n".join(lines).rstrip() + "\n"
 

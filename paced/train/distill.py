@@ -337,8 +337,9 @@ def train(cfg: DistillConfig, resume: bool = False) -> dict:
     after = held_out_eval(pr, held_out, d.eval_n, "after")
     summary = {"command": "distill", "steps": step, "before": before, "after": after,
                **held_out_change(before, after), "model_dir": str(run_dir / "model")}
+    weights = accelerator.get_state_dict(student)   # on every process: under FSDP it gathers the shards
     if main:
-        save_pretrained(raw, tok, run_dir / "model", state_dict=accelerator.get_state_dict(student))
+        save_pretrained(raw, tok, run_dir / "model", state_dict=weights)
     log.summary(summary)
     log.close()
     return summary
@@ -364,6 +365,7 @@ def load_pair(cfg, run_dir, accelerator):
 
 def _save(accelerator, run_dir, step, student, tok, optimizer, scheduler, keep) -> None:
     accelerator.wait_for_everyone()
+    weights = accelerator.get_state_dict(student)   # on every process: under FSDP it gathers the shards
     if accelerator.is_main_process:
         save_checkpoint(run_dir, step, accelerator.unwrap_model(student), tok, optimizer, scheduler,
-                        {}, model_state_dict=accelerator.get_state_dict(student), keep=keep)
+                        {}, model_state_dict=weights, keep=keep)

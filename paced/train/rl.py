@@ -311,13 +311,13 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
 
     def checkpoint(at: int) -> None:
         accelerator.wait_for_everyone()
+        weights = accelerator.get_state_dict(policy)   # on every process: under FSDP it gathers the shards
         if main:
             extra = {"critic": accelerator.unwrap_model(critic).state_dict()} if critic is not None else None
             save_checkpoint(run_dir, at, raw, tok, optimizer, scheduler,
                             {"prompts_seen": prompts_seen, "policy_path": policy_path,
                              "rollouts_total": rollouts_total, "once_failed": once_failed},
-                            model_state_dict=accelerator.get_state_dict(policy),
-                            keep=cfg.run.save_total_limit, extra_tensors=extra)
+                            model_state_dict=weights, keep=cfg.run.save_total_limit, extra_tensors=extra)
 
     before = held_out_eval() if step == 0 else {}
     if before and main:
@@ -359,8 +359,9 @@ def train(cfg: RLConfig, resume: bool = False) -> dict:
     bar.close()
     checkpoint(step)
     after = held_out_eval()
+    weights = accelerator.get_state_dict(policy)
     if main:
-        save_pretrained(raw, tok, run_dir / "model", state_dict=accelerator.get_state_dict(policy))
+        save_pretrained(raw, tok, run_dir / "model", state_dict=weights)
         if after:
             console.print("after: " + ", ".join(f"{k} {v:.3f}" for k, v in after.items() if v is not None))
     summary = {"command": "rl", "steps": step, "advantage": r.advantage, "loss_type": r.loss_type,

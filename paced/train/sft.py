@@ -112,11 +112,11 @@ def train(cfg: SFTConfig, resume: bool = False, optimizer_state: dict | None = N
 
     def checkpoint(at: int) -> None:
         accelerator.wait_for_everyone()
+        weights = accelerator.get_state_dict(model)   # on every process: under FSDP it gathers the shards
         if main:
             save_checkpoint(run_dir, at, accelerator.unwrap_model(model), tok, optimizer, scheduler,
                             {"samples_seen": at * global_batch, "model_path": model_path},
-                            model_state_dict=accelerator.get_state_dict(model),
-                            keep=cfg.run.save_total_limit)
+                            model_state_dict=weights, keep=cfg.run.save_total_limit)
 
     model.train()
     bar = Progress(cfg.train.max_steps, "sft", cfg.run.progress and main, initial=step)
@@ -157,9 +157,9 @@ def train(cfg: SFTConfig, resume: bool = False, optimizer_state: dict | None = N
             checkpoint(step)
     bar.close()
     checkpoint(step)
+    weights = accelerator.get_state_dict(model)
     if main:
-        save_pretrained(accelerator.unwrap_model(model), tok, run_dir / "model",
-                        state_dict=accelerator.get_state_dict(model))
+        save_pretrained(accelerator.unwrap_model(model), tok, run_dir / "model", state_dict=weights)
     summary = {"command": "sft", "steps": step, "examples": len(examples),
                "final_loss": loss_value,
                "model_dir": str(run_dir / "model")}

@@ -313,9 +313,10 @@ def main() -> None:
            "at_one": int((c_ref == k_ref).sum()), "inside": int(((c_ref > 0) & (c_ref < k_ref)).sum()),
            "histogram": np.histogram(p_ref, bins=8, range=(0, 1))[0].tolist(), "mean_p": float(p_ref.mean()),
            "successes": c_ref.tolist()}
+    ref["k8_expected_error"], ref["oracle"] = oracle_rollouts(p_ref)
     with tempfile.TemporaryDirectory() as tmp:
         runs: dict[str, list] = {}
-        for seed in a.seeds:
+        for i, seed in enumerate(a.seeds):
             for j, (name, (kind, s)) in enumerate(contenders().items()):
                 if a.real and name not in REAL:
                     continue
@@ -324,11 +325,11 @@ def main() -> None:
                 runs.setdefault(name, []).append(errors(c, k, c_ref, k_ref, groups) | {"seconds": time.time() - tic})
                 print(f"seed {seed} {name}: " + ", ".join(f"{m} {v:.3f}" for m, v in runs[name][-1].items()
                                                           if v is not None), flush=True)
-    runs = {n: [{m: v for m, v in r.items() if m != "seconds"} for r in rs] for n, rs in runs.items()}
-    ref["k8_expected_error"], ref["oracle"] = oracle_rollouts(p_ref)
-    res = summarise(runs, ref)
-    write_run(result_path(a.out), a.quick, True, t0, dict(seeds=a.seeds, settings=settings, threads=a.threads),
-              reference=ref, **res, runs=runs)
+            done = {n: [{m: v for m, v in r.items() if m != "seconds"} for r in rs] for n, rs in runs.items()}
+            res = summarise(done, ref)   # written after every seed: a stopped run keeps the seeds it finished
+            write_run(result_path(a.out), a.quick, i == len(a.seeds) - 1, t0,
+                      dict(seeds=a.seeds[: i + 1], settings=settings, threads=a.threads), reference=ref, **res,
+                      runs=done)
     print_tables(res, ref)
 
 

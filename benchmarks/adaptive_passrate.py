@@ -269,22 +269,21 @@ def main() -> None:
     ap.add_argument("--sft-steps", type=int)
     ap.add_argument("--hi", type=int, help="highest difficulty of the student's data and the pool (default 8)")
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--batch-size", type=int, default=1024, help="sequences per sampler call")
+    ap.add_argument("--batch-size", type=int, help="sequences per sampler call (default 1024; --real 256)")
     ap.add_argument("--out-dir", default="runs/bench-adaptive")
     ap.add_argument("--out", default=None, help="a file name in benchmarks/results/ or a path")
     a = ap.parse_args()
+    if a.real:   # the module docstring's --real settings, where not given
+        quick_or_full(a, seeds=([0], [0, 1]), problems=(32, 32), k_ref=(64, 64), batch_size=(256, 256),
+                      out=("adaptive_passrate_real_quick.json", "adaptive_passrate_real.json"))
     quick_or_full(a, seeds=([0, 1, 2], [0, 1, 2, 3, 4]), problems=(160, 480), k_ref=(256, 512),
-                  sft_steps=(1000, 1000), hi=(8, 8),
+                  sft_steps=(1000, 1000), hi=(8, 8), batch_size=(1024, 1024),
                   out=("adaptive_passrate_quick.json", "adaptive_passrate.json"))
     a.max_tokens, a.system_prompt, a.temperature = 24, "default", 1.0
     sources, extra = ("add", "sub"), ", style: compact"
     if a.real:
         a.student, a.max_tokens, a.temperature, a.hi, sources = "smollm2-135m-instruct", 48, 0.7, 2, ("add", "mul1")
-        a.problems, a.k_ref = a.problems if "--problems" in sys.argv else 32, a.k_ref if "--k-ref" in sys.argv else 64
-        a.seeds = a.seeds if "--seeds" in sys.argv else ([0] if a.quick else [0, 1])
-        a.batch_size = a.batch_size if "--batch-size" in sys.argv else 256
         extra = ", style: natural, answer_format: last_number, prompt_template: '{prompt} {instruction}'"
-        a.out = a.out if "--out" in sys.argv else f"adaptive_passrate_real{'_quick' if a.quick else ''}.json"
     import torch
 
     from paced import config as C

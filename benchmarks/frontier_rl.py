@@ -177,31 +177,30 @@ def main() -> None:
     ap.add_argument("--student-steps", type=int, default=1500)
     ap.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))   # dapo first: the target
     ap.add_argument("--budget", type=int, help="sampled completions per run (default 40000; quick 12000)")
-    ap.add_argument("--pool", type=int, default=512)
+    ap.add_argument("--pool", type=int, help="pool problems (default 512; --real 64)")
     ap.add_argument("--heldout", type=int, help="held-out problems (default 256; quick 128)")
-    ap.add_argument("--k", type=int, default=16, help="samples a pool problem for the p-hat histogram")
+    ap.add_argument("--k", type=int, help="samples a pool problem for the p-hat histogram (default 16; --real 8)")
     ap.add_argument("--rounds", type=int, default=3, help="dynamic sampling: rollout rounds a step at most")
     ap.add_argument("--eval-steps", type=int, default=5)
-    ap.add_argument("--lr", type=float, default=2e-4)
+    ap.add_argument("--lr", type=float, help="learning rate (default 2e-4; --real 2e-6)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--set", nargs="*", default=[], metavar="ARM:KEY=VALUE",
                     help="an extra override of one arm (e.g. allocate:rl.allocate_prompts=128; recorded in the JSON)")
     ap.add_argument("--real", action="store_true", help="SmolLM2-135M-Instruct on natural-language sums "
                     "(module docstring): how each rule spends a real model's rollouts")
-    ap.add_argument("--out-dir", default="runs/bench-frontier")
+    ap.add_argument("--out-dir", help="runs and the student (default runs/bench-frontier; --real runs/bench-frontier-real)")
     ap.add_argument("--out", default=None, help="a file name in benchmarks/results/ or a path "
                     "(default frontier_rl.json, --quick frontier_rl_quick.json)")
     a = ap.parse_args()
-    if a.real:
+    if a.real:   # the module docstring's --real settings, where not given
         a.student = a.student or "smollm2-135m-instruct"
         a.arms = [arm for arm in a.arms if arm in REAL_ARMS]
-        a.out_dir = a.out_dir if a.out_dir != "runs/bench-frontier" else "runs/bench-frontier-real"
-        a.pool, a.k = (a.pool if a.pool != 512 else 64), (a.k if a.k != 16 else 8)
-        a.lr = a.lr if a.lr != 2e-4 else 2e-6
-    quick_or_full(a, seeds=([0], [0, 1, 2]), budget=(REAL_BUDGET, REAL_BUDGET) if a.real else (12000, 40000),
-                  heldout=(32, 32) if a.real else (128, 256),
-                  out=("frontier_rl_real_quick.json", "frontier_rl_real.json") if a.real else
-                  ("frontier_rl_quick.json", "frontier_rl.json"))
+        quick_or_full(a, budget=(REAL_BUDGET, REAL_BUDGET), heldout=(32, 32), pool=(64, 64), k=(8, 8),
+                      lr=(2e-6, 2e-6), out_dir=("runs/bench-frontier-real",) * 2,
+                      out=("frontier_rl_real_quick.json", "frontier_rl_real.json"))
+    quick_or_full(a, seeds=([0], [0, 1, 2]), budget=(12000, 40000), heldout=(128, 256), pool=(512, 512),
+                  k=(16, 16), lr=(2e-4, 2e-4), out_dir=("runs/bench-frontier",) * 2,
+                  out=("frontier_rl_quick.json", "frontier_rl.json"))
     a.out = result_path(a.out)
     import torch
     torch.set_num_threads(a.threads)

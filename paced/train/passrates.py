@@ -59,6 +59,28 @@ def group_labels(pool: list, by: str) -> np.ndarray:
     return np.array([ids.setdefault(SHRINK_BY[by](e), len(ids)) for e in pool], dtype=np.int64)
 
 
+def fresh_counts(pr: PassRater, ledger: Ledger, tag: str, name: str, examples: list, weighting: str, alpha: float,
+                 beta: float, step: int) -> dict[str, tuple[int, int]]:
+    """{id: (successes, trials)} of the student's own rollouts on ``examples``, recorded under
+    stage ``name`` at ``step`` (the sampling seed follows ``step``): K each, or, ``pr.adaptive``,
+    the sequential estimate under the weighting's stopping rule (``posterior.SETTLED``). The
+    ledger's rows at that step are passed as recorded, so a killed estimate resumes exactly and a
+    finished one samples nothing again."""
+    recorded = ledger.counts(model=tag, stage=name, step=step)
+    params = SamplingParams(temperature=pr.temperature, top_p=pr.top_p, top_k=pr.top_k, max_tokens=pr.max_tokens,
+                            seed=pr.seed * 7919 + step)
+    common = dict(step=step, batch_size=pr.batch_size, system_prompt=pr.system, backend=pr.backend,
+                  long_prompts=pr.long_prompts, recorded=recorded)
+    if pr.adaptive:  # re-entered on resume too: it samples only the rounds the ledger lacks
+        rule = partial(SETTLED[weighting], cap=pr.max_generations, alpha=alpha, beta=beta, tol=pr.weight_tol,
+                       zero_tol=pr.zero_tol)
+        return estimate_sequential(pr.model, pr.tok, examples, ledger, rule, pr.round_size, pr.max_generations,
+                                   params, tag, name, **common)
+    if all(e.id in recorded for e in examples):
+        return recorded                                        # estimated before (a resumed run)
+    return estimate(pr.model, pr.tok, examples, ledger, pr.k, params, tag, name, **common)
+
+
 def stage_weights(pr: PassRater, ledger: Ledger, tag: str, name: str, pool: list, weighting: str, alpha: float,
                   beta: float, estimator: str, online: bool, at: int, start: int, known=None, groups=None):
     """p̂ and w for every pool problem, estimated at global step ``at`` (reused if the ledger has
@@ -78,21 +100,11 @@ def stage_weights(pr: PassRater, ledger: Ledger, tag: str, name: str, pool: list
         return known_weights(pr, ledger, tag, name, pool, weighting, alpha, beta, at,
                              *known(now=at, exclude=(name, at)))
     base = start if online else at
-    counts = ledger.counts(model=tag, stage=name, step=base)
-    params = SamplingParams(temperature=pr.temperature, top_p=pr.top_p, top_k=pr.top_k, max_tokens=pr.max_tokens,
-                            seed=pr.seed * 7919 + base)
-    common = dict(step=base, batch_size=pr.batch_size, system_prompt=pr.system, backend=pr.backend,
-                  long_prompts=pr.long_prompts, recorded=counts)   # a killed estimate resumes exactly
-    if pr.adaptive:  # re-entered on resume too: it samples only the rounds the ledger lacks
-        rule = partial(SETTLED[weighting], cap=pr.max_generations, alpha=alpha, beta=beta, tol=pr.weight_tol,
-                       zero_tol=pr.zero_tol)
-        counts = estimate_sequential(pr.model, pr.tok, pool, ledger, rule, pr.round_size, pr.max_generations,
-                                     params, tag, name, **common)
+    counts = fresh_counts(pr, ledger, tag, name, pool, weighting, alpha, beta, base)
+    if pr.adaptive:
         spent = sum(k for _, k in counts.values())
         console.print(f"adaptive p̂ at step {base}: {spent} rollouts for {len(pool)} problems ({spent / len(pool):.1f} "
                       f"each, cap {pr.max_generations}; K = {pr.k} fixed: {pr.k * len(pool)})")
-    elif len(counts) < len(pool):  # not yet estimated (or a kill cut the estimate short)
-        counts = estimate(pr.model, pr.tok, pool, ledger, pr.k, params, tag, name, **common)
     extra = ledger.counts(model=tag, stage=f"{name}:online", before_step=at + 1) if online else {}
     c = np.array([counts[e.id][0] + extra.get(e.id, (0, 0))[0] for e in pool])
     k = np.array([counts[e.id][1] + extra.get(e.id, (0, 0))[1] for e in pool])
@@ -108,17 +120,7 @@ def known_weights(pr: PassRater, ledger: Ledger, tag: str, name: str, pool: list
     todo, spent = [i for i in range(len(pool)) if k[i] < 1], 0
     if todo:
         sub = [pool[i] for i in todo]
-        params = SamplingParams(temperature=pr.temperature, top_p=pr.top_p, top_k=pr.top_k, max_tokens=pr.max_tokens,
-                                seed=pr.seed * 7919 + at)
-        common = dict(step=at, batch_size=pr.batch_size, system_prompt=pr.system, backend=pr.backend,
-                      long_prompts=pr.long_prompts, recorded=ledger.counts(model=tag, stage=name, step=at))
-        if pr.adaptive:
-            rule = partial(SETTLED[weighting], cap=pr.max_generations, alpha=alpha, beta=beta, tol=pr.weight_tol,
-                           zero_tol=pr.zero_tol)
-            fresh = estimate_sequential(pr.model, pr.tok, sub, ledger, rule, pr.round_size, pr.max_generations,
-                                        params, tag, name, **common)
-        else:
-            fresh = estimate(pr.model, pr.tok, sub, ledger, pr.k, params, tag, name, **common)
+        fresh = fresh_counts(pr, ledger, tag, name, sub, weighting, alpha, beta, at)
         for i, e in zip(todo, sub):
             c[i], k[i] = c[i] + fresh[e.id][0], k[i] + fresh[e.id][1]
             spent += fresh[e.id][1]
